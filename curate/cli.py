@@ -1,0 +1,146 @@
+"""The `datamill` command line: run, validate, stages, report."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from datamill.curate.recipe import RecipeError, builtin_recipe_names, load_recipe
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="datamill: curate, synthesize, select and train on LLM data from one recipe.")
+console = Console(stderr=True)
+
+RECIPE_HELP = "Recipe file, or the name of a built-in recipe: " + ", ".join(builtin_recipe_names())
+
+
+@app.command()
+def run(
+    recipe: str = typer.Argument("quickstart", help=RECIPE_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Worker processes (default: cores)."),
+    resume: bool = typer.Option(True, "--resume/--fresh", help="Skip finished shards, or start over."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Read at most N records per source."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Override output.dir."),
+) -> None:
+    """Run a recipe: read sources, apply stages, write the corpus and its report."""
+    from datamill.curate.executor import RunError, run_recipe
+
+    overrides = {}
+    if limit is not None:
+        overrides["sources.*.limit"] = limit
+    if output is not None:
+        overrides["output.dir"] = output
+    parsed = _load_or_exit(recipe, overrides)
+    console.print(f"[bold]datamill[/] running [cyan]{parsed.name}[/] → {parsed.output.dir}")
+    try:
+        with _ProgressDisplay() as display:
+            stats = run_recipe(parsed, workers=workers, resume=resume, progress=display.update)
+    except RunError as err:
+        console.print(f"[red]error:[/] {err}")
+        raise typer.Exit(1) from None
+    _print_summary(stats)
+
+
+@app.command()
+def validate(recipe: str = typer.Argument(..., help=RECIPE_HELP)) -> None:
+    """Check a recipe without running it."""
+    parsed = _load_or_exit(recipe, {})
+    console.print(f"[green]ok[/] {parsed.name}: {len(parsed.sources)} source(s), {len(parsed.stages)} stage(s) "
+                  f"→ {parsed.output.dir}")
+
+
+@app.command()
+def stages() -> None:
+    """List the stage and source types a recipe can use, with their parameters."""
+    from datamill.curate.registry import source_types, stage_types
+    from datamill.curate.stage import describe_params
+
+    out = Console()
+    for title, table_of_types in (("Stages", stage_types()), ("Sources", source_types())):
+        out.rule(title)
+        for name, cls in table_of_types.items():
+            doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+            table = Table(title=f"[bold]{name}[/] — {doc}", title_justify="left", show_edge=False)
+            for column in ("parameter", "type", "default", "description"):
+                table.add_column(column)
+            for row in describe_params(cls.Params):
+                if row["name"] == "type":
+                    continue
+                default = "required" if row["required"] else repr(row["default"])
+                table.add_row(row["name"], row["type"], default, row["description"])
+            out.print(table)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="A run directory (holds stats.json).")) -> None:
+    """Render report.md and report.html again from a run's stats.json."""
+    from datamill.curate.report.render import render_report
+
+    if not (run_dir / "stats.json").exists():
+        console.print(f"[red]error:[/] {run_dir / 'stats.json'} not found: is {run_dir} a finished run?")
+        raise typer.Exit(1)
+    paths = render_report(run_dir)
+    console.print(f"report: {paths['html']}\n        {paths['md']}")
+
+
+def _load_or_exit(recipe: str, overrides: dict):
+    try:
+        return load_recipe(recipe, overrides)
+    except RecipeError as err:
+        console.print(f"[red]error:[/] {err}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+class _ProgressDisplay:
+    """A rich progress bar per segment with shards done and records/s."""
+
+    def __init__(self):
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("shards · {task.fields[records]:,} records · {task.fields[rate]:,.0f} rec/s"),
+            TimeElapsedColumn(), console=console, disable=not console.is_terminal,
+        )
+        self.tasks: dict[str, tuple[int, float, int]] = {}
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def update(self, phase: str, done: int, total: int, records: int) -> None:
+        if phase not in self.tasks:
+            self.tasks[phase] = (self.progress.add_task(phase, total=total, records=0, rate=0.0), time.perf_counter(), 0)
+        task, started, seen = self.tasks[phase]
+        seen += records
+        self.tasks[phase] = (task, started, seen)
+        rate = seen / max(time.perf_counter() - started, 1e-6)
+        self.progress.update(task, completed=done, records=seen, rate=rate)
+
+
+def _print_summary(stats: dict) -> None:
+    out = stats["output"]
+    q = stats["quarantine"]["total"]
+    read = sum(s["records_read"] for s in stats["sources"])
+    console.print(
+        f"[green]done[/] in {stats['seconds']:.1f}s: {read:,} read → {out['records']:,} kept "
+        f"({out['tokens']:,} tokens) in {out['files']} file(s); {q:,} quarantined"
+    )
+    root = Path(stats["run_dir"])
+    console.print(f"corpus: {root / 'shards'}\nreport: {root / 'report.html'}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: finished shards are kept; re-run to resume")
+        sys.exit(130)

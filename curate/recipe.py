@@ -1,0 +1,256 @@
+"""Load a recipe file and validate it completely before any work starts.
+
+Recipes are YAML read with `yaml.safe_load` (no Python tags), then checked with pydantic: the
+top level by `Recipe`, every source and stage by the `Params` model of its registered type. All
+problems are reported at once, each naming its key path, the bad value and what is allowed, e.g.
+`stages[2].threshold: 1.7 is not in [0, 1]`. A recipe only picks registered types by name; it can
+never import or run code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import annotated_types
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from datamill.curate.registry import source_types, stage_types
+from datamill.curate.sources.base import SourceParams
+from datamill.curate.stage import StageParams
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot run; the message lists every problem, one per line."""
+
+    def __init__(self, where: str, problems: list[str]):
+        self.where = where
+        self.problems = problems
+        super().__init__(f"{where}: invalid recipe\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class OutputSpec(BaseModel):
+    """Where and how the curated corpus is written."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: str = Field(description="Run directory: shards/, quarantine/, removed/, state/, report.")
+    format: Literal["parquet", "jsonl", "jsonl.zst"] = "parquet"
+    shard_rows: int = Field(100_000, ge=1, description="Most rows per output file.")
+    keep_removed: bool = Field(False, description="Also write dropped rows to removed/<stage>/.")
+
+
+class ExecutorSpec(BaseModel):
+    """How the pipeline is run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["local"] = "local"
+    workers: int | None = Field(None, ge=1, description="Worker processes; default: CPU cores.")
+    batch_rows: int = Field(1000, ge=1, description="Records per batch handed to stages.")
+
+
+class Recipe(BaseModel):
+    """A validated recipe: sources and stages are already typed Params objects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = 0
+    sources: list[dict[str, Any]] = Field(min_length=1)
+    stages: list[dict[str, Any]] = Field(default_factory=list)
+    output: OutputSpec
+    executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+
+    def source_params(self) -> list[SourceParams]:
+        types = source_types()
+        return [types[s["type"]].Params.model_validate(s) for s in self.sources]
+
+    def stage_params(self) -> list[tuple[str, StageParams]]:
+        types = stage_types()
+        return [(s["type"], types[s["type"]].Params.model_validate(_without_type(s))) for s in self.stages]
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides the output (not the worker count)."""
+        content = self.model_dump(mode="json")
+        content["executor"].pop("workers", None)
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _without_type(entry: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in entry.items() if k != "type"}
+
+
+BUILTIN_RECIPES = "datamill.recipes"
+
+
+def builtin_recipe_names() -> list[str]:
+    folder = resources.files(BUILTIN_RECIPES)
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_recipe_path(name_or_path: str | Path) -> Path:
+    """A recipe file path, or the name of a recipe that ships with datamill (e.g. `quickstart`)."""
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    stem = path.name.removesuffix(".yaml")
+    if stem in builtin_recipe_names() and len(path.parts) <= 2:
+        return Path(str(resources.files(BUILTIN_RECIPES).joinpath(f"{stem}.yaml")))
+    raise RecipeError(str(name_or_path), [f"no such file; built-in recipes: {', '.join(builtin_recipe_names())}"])
+
+
+def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> Recipe:
+    """Read, parse and fully validate a recipe; `overrides` are applied to the raw mapping first."""
+    path = resolve_recipe_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.constructor.ConstructorError as err:
+        raise RecipeError(str(path), [f"line {_yaml_line(err)}: {err.problem}; recipes cannot contain "
+                                      "Python tags or any other code"]) from None
+    except yaml.YAMLError as err:
+        raise RecipeError(str(path), [f"line {_yaml_line(err)}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
+    except UnicodeDecodeError as err:
+        raise RecipeError(str(path), [f"not UTF-8 text: {err}"]) from None
+    return validate_recipe(raw, where=str(path), overrides=overrides)
+
+
+def _yaml_line(err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    return str(mark.line + 1) if mark is not None else "?"
+
+
+def validate_recipe(raw: Any, *, where: str = "recipe", overrides: dict[str, Any] | None = None) -> Recipe:
+    """Validate a recipe mapping; raise RecipeError listing every problem."""
+    if not isinstance(raw, dict):
+        raise RecipeError(where, [f"the recipe must be a mapping of keys, got {type(raw).__name__}"])
+    raw = _apply_overrides(raw, overrides or {})
+    problems: list[str] = []
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as err:
+        problems.extend(_format_errors(err, Recipe, prefix=""))
+        recipe = None
+    problems.extend(_check_entries(raw.get("sources"), "sources", source_types(), keep_type=True))
+    problems.extend(_check_entries(raw.get("stages"), "stages", stage_types(), keep_type=False))
+    if problems or recipe is None:
+        raise RecipeError(where, problems)
+    return recipe
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Overrides are dotted keys (`executor.workers`), or `sources.*.limit` for every source."""
+    raw = json.loads(json.dumps(raw, default=str))
+    for dotted, value in overrides.items():
+        keys = dotted.split(".")
+        targets = [raw]
+        for key in keys[:-1]:
+            nxt = []
+            for t in targets:
+                if key == "*" and isinstance(t, list):
+                    nxt.extend(x for x in t if isinstance(x, dict))
+                elif isinstance(t, dict):
+                    nxt.append(t.setdefault(key, {}))
+            targets = nxt
+        for t in targets:
+            if isinstance(t, dict):
+                t[keys[-1]] = value
+    return raw
+
+
+def _check_entries(entries: Any, section: str, table: dict[str, type], *, keep_type: bool) -> list[str]:
+    if not isinstance(entries, list):
+        return []
+    problems = []
+    for i, entry in enumerate(entries):
+        here = f"{section}[{i}]"
+        if not isinstance(entry, dict):
+            continue  # Recipe validation already reported it
+        kind = entry.get("type")
+        if kind is None:
+            problems.append(f"{here}.type: required; known types: {', '.join(table)}")
+            continue
+        if kind not in table:
+            hint = difflib.get_close_matches(str(kind), list(table), n=1)
+            suggestion = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.append(f"{here}.type: {kind!r} is not a known type{suggestion}; known types: {', '.join(table)}")
+            continue
+        params_model = table[kind].Params
+        try:
+            params_model.model_validate(entry if keep_type else _without_type(entry))
+        except ValidationError as err:
+            problems.extend(_format_errors(err, params_model, prefix=here))
+    return problems
+
+
+def _format_errors(err: ValidationError, model: type[BaseModel], prefix: str) -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = e["loc"]
+        path = prefix + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
+        path = path.lstrip(".") or "recipe"
+        lines.append(f"{path}: {_describe(e, model, loc)}")
+    return lines
+
+
+def _describe(e: dict[str, Any], model: type[BaseModel], loc: tuple) -> str:
+    kind, value = e["type"], e.get("input")
+    shown = repr(value) if not isinstance(value, dict) else "{...}"
+    if kind == "extra_forbidden":
+        owner = _owner_model(model, loc[:-1])
+        allowed = ", ".join(owner.model_fields) if owner else "?"
+        return f"unknown key; allowed keys: {allowed}"
+    if kind == "missing":
+        return "required key is missing"
+    if kind in {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        info = _field_info(model, loc)
+        return f"{shown} is not in {_interval(info)}" if info is not None else f"{shown}: {e['msg']}"
+    if kind == "literal_error":
+        return f"{shown} is not allowed; allowed: {e['ctx']['expected']}"
+    if kind == "string_pattern_mismatch":
+        return f"{shown} must match {e['ctx']['pattern']}"
+    return f"{shown}: {e['msg']}"
+
+
+def _owner_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        current = fields[part].annotation
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _field_info(model: type[BaseModel], loc: tuple):
+    owner = _owner_model(model, tuple(p for p in loc[:-1]))
+    name = loc[-1] if loc and isinstance(loc[-1], str) else None
+    if owner is None or name not in owner.model_fields:
+        return None
+    return owner.model_fields[name]
+
+
+def _interval(info) -> str:
+    low = high = None
+    low_open = high_open = False
+    for m in info.metadata:
+        if isinstance(m, annotated_types.Ge):
+            low = m.ge
+        elif isinstance(m, annotated_types.Gt):
+            low, low_open = m.gt, True
+        elif isinstance(m, annotated_types.Le):
+            high = m.le
+        elif isinstance(m, annotated_types.Lt):
+            high, high_open = m.lt, True
+    left = ("(" if low_open else "[") + (str(low) if low is not None else "-inf")
+    right = (str(high) if high is not None else "inf") + (")" if high_open or high is None else "]")
+    if low is None:
+        left = "(-inf"
+    return f"{left}, {right}"

@@ -1,0 +1,70 @@
+"""Name→class tables for stage and source types; recipes pick entries by their `type:` name.
+
+Recipes can never name code: only types registered here exist. Modules that define stages or
+sources are listed in `_STAGE_MODULES` / `_SOURCE_MODULES` and imported on first lookup; they
+must import heavy libraries (torch, fasttext…) lazily, inside `setup()`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TypeVar
+
+from datamill.curate.sources.base import Source
+from datamill.curate.stage import Stage
+
+_STAGE_MODULES = (
+    "datamill.curate.stages",
+    "datamill.curate.dedup.exact",
+)
+_SOURCE_MODULES = (
+    "datamill.curate.sources.jsonl",
+    "datamill.curate.sources.tables",
+    "datamill.curate.sources.installed_docs",
+)
+
+_stages: dict[str, type[Stage]] = {}
+_sources: dict[str, type[Source]] = {}
+_loaded = False
+
+StageT = TypeVar("StageT", bound=type[Stage])
+SourceT = TypeVar("SourceT", bound=type[Source])
+
+
+def register_stage(cls: StageT) -> StageT:
+    """Class decorator: make a Stage available to recipes under `cls.type_name`."""
+    _register(_stages, cls)
+    return cls
+
+
+def register_source(cls: SourceT) -> SourceT:
+    """Class decorator: make a Source available to recipes under `cls.type_name`."""
+    _register(_sources, cls)
+    return cls
+
+
+def _register(table: dict, cls: type) -> None:
+    name = cls.type_name
+    if not name:
+        raise ValueError(f"{cls.__name__} has no type_name")
+    if name in table and table[name] is not cls:
+        raise ValueError(f"type name {name!r} is taken by {table[name].__name__}")
+    table[name] = cls
+
+
+def _load() -> None:
+    global _loaded
+    if not _loaded:
+        for module in _STAGE_MODULES + _SOURCE_MODULES:
+            importlib.import_module(module)
+        _loaded = True
+
+
+def stage_types() -> dict[str, type[Stage]]:
+    _load()
+    return dict(sorted(_stages.items()))
+
+
+def source_types() -> dict[str, type[Source]]:
+    _load()
+    return dict(sorted(_sources.items()))
