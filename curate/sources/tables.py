@@ -1,0 +1,253 @@
+"""The `parquet` and `hf` sources: inputs that already come as Arrow tables, checked vectorized.
+
+Both read Arrow record batches, turn them into polars and hand them to
+`records.split_table_rows`, which applies the same checks and id rules as every other source.
+`datasets` is imported only when an `hf` source is planned or read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import polars as pl
+import polars.selectors as cs
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from datamill.curate.records import split_table_rows
+from datamill.curate.registry import register_source
+from datamill.curate.sources.base import ShardSpec, Source, SourceBatch, SourceParams
+from datamill.curate.sources.paths import display_path, expand_paths
+
+
+class ParquetParams(SourceParams):
+    type: Literal["parquet"] = "parquet"
+    path: str | list[str] = Field(
+        description="File path or glob (`**` allowed), or a list of them; relative to the recipe."
+    )
+    shard_rows: int = Field(
+        200_000,
+        ge=1,
+        description="A file with more rows is split into shards of whole row groups, about this many rows each.",
+    )
+
+
+class HfParams(SourceParams):
+    type: Literal["hf"] = "hf"
+    path: str = Field(
+        description="A folder written by `save_to_disk` (read from disk); otherwise streamed with "
+        "`datasets.load_dataset`: a local folder of data files, a builder name (json, parquet, csv…) "
+        "with `data_files`, or a Hub dataset id."
+    )
+    config: str | None = Field(None, description="Dataset configuration name (`load_dataset(name=…)`).")
+    split: str = Field("train", description="Split to read.")
+    data_files: str | list[str] | dict[str, str | list[str]] | None = Field(
+        None, description="Data files for `load_dataset`; relative to the recipe when `path` is a builder name."
+    )
+    shard_rows: int = Field(50_000, ge=1, description="Rows per shard when reading a `save_to_disk` folder.")
+
+
+@register_source
+class ParquetSource(Source):
+    type_name = "parquet"
+    Params = ParquetParams
+    params: ParquetParams
+
+    def plan(self) -> list[ShardSpec]:
+        """One shard per file, or per run of row groups in big files; `limit` from row counts in
+        the file footers: the last shard needed gets a row cap and later ones are left out."""
+        remaining = self.params.limit
+        shards = []
+        for path in expand_paths(self.params.path, self.base_dir):
+            shown = display_path(path, self.base_dir)
+            metadata = pq.read_metadata(path)
+            row_counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+            for first_group, end_group, first_row, rows in row_group_ranges(row_counts, self.params.shard_rows):
+                max_rows = None
+                if remaining is not None:
+                    if remaining == 0:
+                        return shards
+                    if rows > remaining:
+                        max_rows = rows = remaining
+                        end_group = first_group + groups_covering(row_counts[first_group:end_group], rows)
+                    remaining -= rows
+                description = shown if len(row_counts) == end_group - first_group else (
+                    f"{shown} row groups {first_group}-{end_group - 1}"
+                )
+                payload = {
+                    "path": str(path),
+                    "file": shown,
+                    "row_groups": (first_group, end_group),
+                    "first_row": first_row,
+                    "max_rows": max_rows,
+                }
+                shards.append(ShardSpec(source_index=self.index, description=description, payload=payload))
+        return shards
+
+    def read(self, shard: ShardSpec, batch_rows: int) -> Iterator[SourceBatch]:
+        payload = shard.payload
+        parquet = pq.ParquetFile(payload["path"])
+        first_group, end_group = payload["row_groups"]
+        batches = parquet.iter_batches(
+            batch_size=batch_rows,
+            row_groups=list(range(first_group, end_group)),
+            columns=self._columns_to_read(parquet.schema_arrow.names),
+        )
+        yield from table_batches(self, batches, file=payload["file"], first_row=payload["first_row"],
+                                 max_rows=payload["max_rows"])
+
+    def _columns_to_read(self, available: list[str]) -> list[str] | None:
+        """Without `keep_meta` only the fields that become columns are read; None means all."""
+        if self.params.keep_meta:
+            return None
+        used = {self.params.text_field, self.params.id_field, *self.params.columns}
+        wanted = [name for name in available if name in used]
+        return wanted or None
+
+
+@register_source
+class HfSource(Source):
+    type_name = "hf"
+    Params = HfParams
+    params: HfParams
+
+    def plan(self) -> list[ShardSpec]:
+        """`save_to_disk` folders: row ranges of `shard_rows`. Streamed datasets: one shard per
+        stream shard, or with `limit` a single shard holding the first `limit` rows."""
+        params = self.params
+        label = f"{params.path}:{params.split}"
+        if self._saved_folder() is not None:
+            rows = self._load_saved().num_rows
+            if params.limit is not None:
+                rows = min(rows, params.limit)
+            return [
+                ShardSpec(self.index, f"{label}[{start}:{min(start + params.shard_rows, rows)}]",
+                          {"rows": (start, min(start + params.shard_rows, rows)), "file": label})
+                for start in range(0, rows, params.shard_rows)
+            ]
+        if params.limit is not None:
+            return [ShardSpec(self.index, f"{label}[:{params.limit}]",
+                              {"stream_shard": None, "file": label, "max_rows": params.limit})]
+        count = self._load_stream().num_shards
+        shards = []
+        for index in range(count):
+            shard_label = label if count == 1 else f"{label}#{index}"
+            payload = {"stream_shard": (index, count), "file": shard_label, "max_rows": None}
+            shards.append(ShardSpec(self.index, shard_label, payload))
+        return shards
+
+    def read(self, shard: ShardSpec, batch_rows: int) -> Iterator[SourceBatch]:
+        payload = shard.payload
+        if "rows" in payload:
+            start, stop = payload["rows"]
+            dataset = self._load_saved().select(range(start, stop))
+            tables = dataset.with_format("arrow").iter(batch_size=batch_rows)
+            yield from table_batches(self, tables, file=payload["file"], first_row=start, max_rows=None)
+            return
+        dataset = self._load_stream()
+        if payload["stream_shard"] is not None:
+            index, count = payload["stream_shard"]
+            dataset = dataset.shard(num_shards=count, index=index)
+        tables = dataset.with_format("arrow").iter(batch_size=batch_rows)
+        yield from table_batches(self, tables, file=payload["file"], first_row=0, max_rows=payload["max_rows"])
+
+    def _local_path(self) -> Path:
+        return Path(self.base_dir, os.path.expanduser(self.params.path))
+
+    def _saved_folder(self) -> Path | None:
+        folder = self._local_path()
+        if (folder / "state.json").is_file() or (folder / "dataset_dict.json").is_file():
+            return folder
+        return None
+
+    def _load_saved(self) -> Any:
+        import datasets
+
+        loaded = datasets.load_from_disk(str(self._saved_folder()))
+        if isinstance(loaded, datasets.DatasetDict):
+            if self.params.split not in loaded:
+                raise KeyError(f"{self.params.path} has splits {sorted(loaded)}, not {self.params.split!r}")
+            loaded = loaded[self.params.split]
+        return loaded
+
+    def _load_stream(self) -> Any:
+        import datasets
+        from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+        local = self._local_path()
+        path = str(local.resolve()) if local.is_dir() else self.params.path
+        data_files = self.params.data_files
+        if path in _PACKAGED_DATASETS_MODULES and data_files is not None:
+            data_files = _resolve_data_files(data_files, self.base_dir)
+        return datasets.load_dataset(
+            path, name=self.params.config, split=self.params.split, streaming=True, data_files=data_files
+        )
+
+
+def table_batches(
+    source: Source, tables: Iterable[pa.Table | pa.RecordBatch], *, file: str, first_row: int, max_rows: int | None
+) -> Iterator[SourceBatch]:
+    """Check Arrow batches row by row number (ids `<source>:<file>:<row>`), stopping after `max_rows`."""
+    params = source.params
+    row = first_row
+    left = max_rows
+    for arrow_table in tables:
+        table = pl.from_arrow(arrow_table)
+        if left is not None:
+            table = table.head(left)
+            left -= table.height
+        records, quarantine = split_table_rows(
+            _plain_strings(table),
+            source=source.name,
+            file=file,
+            first_line=row,
+            text_field=params.text_field,
+            id_field=params.id_field,
+            columns=params.columns,
+            keep_meta=params.keep_meta,
+        )
+        row += table.height
+        yield SourceBatch(records=records, quarantine=quarantine, lines_read=table.height)
+        if left == 0:
+            return
+
+
+def _plain_strings(table: pl.DataFrame) -> pl.DataFrame:
+    """Dictionary-encoded strings arrive as Categorical and all-null columns as Null: read both
+    as String, so such a text column is checked as text rather than rejected for its type."""
+    return table.with_columns((cs.categorical() | cs.enum() | cs.by_dtype(pl.Null)).cast(pl.String))
+
+
+def row_group_ranges(row_counts: list[int], shard_rows: int) -> list[tuple[int, int, int, int]]:
+    """Consecutive row groups gathered until each run has at least `shard_rows` rows:
+    (first group, end group, first row, rows)."""
+    ranges = []
+    first_group, first_row, rows = 0, 0, 0
+    for group, count in enumerate(row_counts):
+        rows += count
+        if rows >= shard_rows or group == len(row_counts) - 1:
+            ranges.append((first_group, group + 1, first_row, rows))
+            first_group, first_row, rows = group + 1, first_row + rows, 0
+    return ranges
+
+
+def groups_covering(row_counts: list[int], rows: int) -> int:
+    """How many leading row groups hold the first `rows` rows."""
+    total = 0
+    for taken, count in enumerate(row_counts, start=1):
+        total += count
+        if total >= rows:
+            return taken
+    return len(row_counts)
+
+
+def _resolve_data_files(data_files: Any, base_dir: str) -> Any:
+    if isinstance(data_files, dict):
+        return {split: _resolve_data_files(files, base_dir) for split, files in data_files.items()}
+    if isinstance(data_files, list):
+        return [_resolve_data_files(files, base_dir) for files in data_files]
+    return os.path.join(base_dir, os.path.expanduser(data_files))
