@@ -194,7 +194,8 @@ class ShardRun:
             else:
                 counts.dropped.update(reasons)
                 if self.recipe.output.keep_removed and reasons:
-                    self._removed_writer(stage.name).write(result.filter(pl.col(DROP_REASON).is_not_null()))
+                    removed = result.filter(pl.col(DROP_REASON).is_not_null())
+                    self._removed_writer(stage.name).write(removed.rename({DROP_REASON: "drop_reason"}))
                 result = result.filter(pl.col(DROP_REASON).is_null()).drop(DROP_REASON)
         counts.records_out += result.height
         counts.tokens_out += token_sum(result)
