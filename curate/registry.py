@@ -16,6 +16,7 @@ from datamill.curate.stage import Stage
 _STAGE_MODULES = (
     "datamill.curate.stages",
     "datamill.curate.dedup.exact",
+    "datamill.curate.dedup.lines",
 )
 _SOURCE_MODULES = (
     "datamill.curate.sources.jsonl",
