@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -218,15 +219,26 @@ def _describe(e: dict[str, Any], model: type[BaseModel], loc: tuple) -> str:
 
 
 def _owner_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    current: Any = model
+    """The pydantic model that owns the key at `loc` (through lists, dicts and optionals)."""
+    current: type[BaseModel] | None = model
     for part in loc:
         if isinstance(part, int):
             continue
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
+        fields = current.model_fields if current is not None else {}
+        if part not in fields:
             return None
-        current = fields[part].annotation
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        current = _model_in(fields[part].annotation)
+    return current
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _field_info(model: type[BaseModel], loc: tuple):

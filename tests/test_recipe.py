@@ -78,3 +78,24 @@ def test_fingerprint_ignores_workers_only():
     b = validate_recipe(base(executor={"workers": 8}))
     c = validate_recipe(base(seed=3))
     assert a.fingerprint() == b.fingerprint() != c.fingerprint()
+
+
+def test_nested_models_inside_lists_get_intervals_and_allowed_keys():
+    from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+    from datamill.curate.recipe import _format_errors
+
+    class Inner(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        limit: int = Field(1, ge=1, le=9)
+
+    class Outer(BaseModel):
+        items: list[Inner]
+        maybe: Inner | None = None
+
+    with pytest.raises(ValidationError) as info:
+        Outer.model_validate({"items": [{"limit": 1}, {"limit": 0}], "maybe": {"limt": 2}})
+    assert sorted(_format_errors(info.value, Outer, prefix="stages[3]")) == [
+        "stages[3].items[1].limit: 0 is not in [1, 9]",
+        "stages[3].maybe.limt: unknown key; allowed keys: limit",
+    ]
