@@ -17,6 +17,8 @@ _STAGE_MODULES = (
     "datamill.curate.stages",
     "datamill.curate.dedup.exact",
     "datamill.curate.dedup.lines",
+    "datamill.curate.dedup.minhash_stage",
+    "datamill.filters.decontaminate",
 )
 _SOURCE_MODULES = (
     "datamill.curate.sources.jsonl",
