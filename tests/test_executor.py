@@ -121,3 +121,45 @@ def test_a_different_recipe_in_the_same_dir_needs_fresh(corpus_dir, tmp_path):
     recipe = validate_recipe(recipe_dict(str(corpus_dir / "*.jsonl"), str(out), [{"type": "normalize_text"}]))
     stats = run_recipe(recipe, workers=1, resume=False)
     assert stats["output"]["records"] == 124
+
+
+def distinct_long_docstrings(n: int) -> list[str]:
+    """n real, distinct English docstrings of 400+ characters from the standard library."""
+    import argparse, collections, email.message, json.decoder, logging, pathlib, subprocess, threading
+
+    def shingles(text: str) -> set:
+        words = text.lower().split()
+        return {tuple(words[i:i + 5]) for i in range(len(words) - 4)}
+
+    found, seen = [], []
+    for module in (argparse, collections, email.message, json.decoder, logging, pathlib, subprocess, threading):
+        for obj in vars(module).values():
+            for member in [obj, *vars(obj).values()] if isinstance(obj, type) else [obj]:
+                doc = getattr(member, "__doc__", None)
+                if not isinstance(doc, str) or len(doc) < 400:
+                    continue
+                mine = shingles(doc)
+                if all(len(mine & other) / len(mine | other) < 0.3 for other in seen):
+                    found.append(doc)
+                    seen.append(mine)
+    assert len(found) >= n
+    return found[:n]
+
+
+def test_near_duplicates_across_files_removed_identically_for_any_worker_count(tmp_path):
+    docs = distinct_long_docstrings(60)
+    near = [d.replace(" the ", " a ", 1) for d in docs[:5]]  # one word changed
+    assert all(n != d for n, d in zip(near, docs))
+    for k in range(3):
+        rows = [{"text": d} for d in docs[k * 20:(k + 1) * 20]] + ([{"text": n} for n in near] if k == 2 else [])
+        write_jsonl(tmp_path / "raw" / f"p{k}.jsonl", rows)
+    stages = [{"type": "minhash_dedup", "threshold": 0.7}]
+    outputs = []
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        stats = run(tmp_path / "raw", out, stages, workers=workers)
+        outputs.append([p.read_bytes() for p in sorted((out / "shards").iterdir())])
+    corpus = read_corpus(tmp_path / "out2")
+    assert stats["stages"][0]["dropped"] == {"near_duplicate": 5}
+    assert set(corpus["text"]) == set(docs)  # the first occurrence is kept, the edited copies go
+    assert outputs[0] == outputs[1]
