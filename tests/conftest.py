@@ -60,3 +60,9 @@ def recipe_dict(source_path: str, out_dir: str, stages: list | None = None, **ou
         "output": {"dir": out_dir, **output},
         "executor": {"batch_rows": 16},
     }
+
+
+PEAK_RSS_MB = "int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024"
+"""A Python expression for the current process's peak resident memory in MB, for test scripts run
+in a subprocess. Unlike `ru_maxrss`, which Linux carries across fork+exec (a child of a large
+pytest process would report the parent's peak), VmHWM belongs to the new address space."""

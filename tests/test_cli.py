@@ -63,7 +63,9 @@ def test_quickstart_runs_offline_with_the_installed_command(tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     assert corpus.height == stats["output"]["records"] > 1000
     assert corpus["text"].n_unique() == corpus.height  # exact duplicates are gone
-    assert stats["stages"][-1]["dropped"]["exact_duplicate"] > 0
+    dropped = {stage["name"]: stage["dropped"] for stage in stats["stages"]}
+    assert dropped["exact_dedup"]["exact_duplicate"] > 0
+    assert dropped["minhash_dedup"]["near_duplicate"] > 0
     assert (corpus["text"].str.count_matches(r"\S+") >= 20).all()
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 3
