@@ -11,10 +11,9 @@ from datasketch import MinHash
 from datasketch.lsh import _optimal_param
 from pydantic import ValidationError
 
-from datamill.curate.dedup import minhash_stage
 from datamill.curate.dedup.components import connected_components
-from datamill.curate.dedup.minhash import MinHasher, band_hashes, optimal_bands_rows
-from datamill.curate.dedup.minhash_stage import MinHashDedup, MinHashDedupParams, text_signatures
+from datamill.curate.dedup.minhash import MinHasher, band_hashes, optimal_bands_rows, text_signatures
+from datamill.curate.dedup.minhash_stage import MinHashDedup, MinHashDedupParams
 from datamill.curate.dedup.shingles import Shingler
 
 LIBRARY = (
@@ -141,11 +140,12 @@ def test_char_shingles_count_characters_not_bytes():
 
 @pytest.mark.parametrize("kind, ngram", [("word", 5), ("word", 2), ("char", 5), ("char", 9)])
 @pytest.mark.parametrize("num_perm, seed", [(112, 1), (64, 7), (256, 12345)])
-def test_signatures_equal_datasketch(kind, ngram, num_perm, seed, monkeypatch):
-    texts = pl.Series([LIBRARY, BREAD, *DISTINCT[:8], "Good morning, everyone.", "", "  \n "])
-    monkeypatch.setattr(minhash_stage, "_CHUNK_SHINGLES", 150)  # force several chunks
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_signatures_equal_datasketch(kind, ngram, num_perm, seed, engine):
+    texts = pl.Series([LIBRARY, BREAD, *DISTINCT[:8], "Good morning, everyone.", "", "  \n ", "Ünïcödé tèxt — ok ✓"])
     shingler = Shingler(kind, ngram)
-    signatures, has_shingles = text_signatures(texts, shingler, MinHasher(num_perm, seed))
+    # chunk_shingles=150 makes the numpy engine work in several chunks
+    signatures, has_shingles = text_signatures(texts, shingler, MinHasher(num_perm, seed), chunk_shingles=150, engine=engine)
     table = shingler.table(texts)
     for i in range(texts.len()):
         shingles = table.filter(pl.col("doc") == i)["shingle"].to_list()
@@ -153,14 +153,15 @@ def test_signatures_equal_datasketch(kind, ngram, num_perm, seed, monkeypatch):
         assert signatures.dtype == expected.dtype
         np.testing.assert_array_equal(signatures[i], expected)
         assert has_shingles[i] == bool(shingles)
-    assert (signatures[-2:] == np.iinfo(np.uint32).max).all()  # empty texts: untouched datasketch value
+    assert (signatures[-3:-1] == np.iinfo(np.uint32).max).all()  # empty texts: untouched datasketch value
 
 
 @pytest.mark.parametrize("scheme", ["legacy", "affine64"])
-def test_other_datasketch_schemes_are_matched(scheme):
+@pytest.mark.parametrize("engine", ["numba", "numpy"])
+def test_other_datasketch_schemes_are_matched(scheme, engine):
     texts = pl.Series([MOON, DISTINCT[3], ""])
     shingler = Shingler("word", 4)
-    signatures, _ = text_signatures(texts, shingler, MinHasher(96, 3, scheme))
+    signatures, _ = text_signatures(texts, shingler, MinHasher(96, 3, scheme), engine=engine)
     table = shingler.table(texts)
     for i in range(texts.len()):
         shingles = table.filter(pl.col("doc") == i)["shingle"].to_list()

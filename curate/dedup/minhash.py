@@ -2,13 +2,21 @@
 
 `MinHasher(num_perm, seed, scheme)` reproduces `datasketch.MinHash(num_perm, seed, scheme=...)`
 (datasketch 2.x; default scheme "affine32") after `update(shingle.encode("utf-8"))` for every
-shingle of a document:
+shingle of a document. `text_signatures(texts, shingler, hasher)` gives that for a text column.
+
+Two engines compute the same values:
+
+- "numba" (used when numba imports): `minhash_kernels` hashes every shingle as a byte range of
+  the normalized texts' UTF-8 buffer (taken from Arrow without copying per string), SHA-1 in
+  SIMD across messages, and keeps each document's running minima in one `num_perm` row. No
+  shingle string and no (n_shingles × num_perm) array is ever built.
+- "numpy" (the fallback and the tests' reference), described below.
 
 - shingle hash: the first 4 (8 for "affine64") bytes of SHA-1, little-endian — datasketch's
   `sha1_hash32` / `sha1_hash64`. SHA-1 has no vectorized route in numpy/polars/pyarrow, so it is
   one `hashlib.sha1` call per *distinct* shingle in a tight comprehension; the digests are joined
   into one buffer and read back with `np.frombuffer` (no per-item struct unpacking). This is the
-  dominant cost; callers deduplicate shingles first (see `minhash_stage.shingle_hashes`).
+  dominant cost; shingles are deduplicated first (`shingle_hashes`).
 - permutations: drawn from `np.random.RandomState(seed)` exactly as datasketch draws them.
   "affine32"/"affine64": MurmurHash3 finalizer premix, then `a*h + b mod 2^w` (a odd).
   "legacy" (datasketch < 2.0): `((a*h + b) mod 2^64) mod (2^61 - 1)`, truncated to 32 bits.
@@ -27,13 +35,24 @@ negative probability over b×r ≤ num_perm) with exact Gauss–Legendre quadrat
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
+from types import ModuleType
 from typing import Literal
 
 import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from datamill.curate.dedup.shingles import DOC, SHINGLE, Shingler
 
 Scheme = Literal["affine32", "affine64", "legacy"]
+Engine = Literal["auto", "numba", "numpy"]
+
+CHUNK_SHINGLES = 1 << 20
+"""The numpy engine shingles and hashes documents in chunks of at most this many shingles
+(bounds its memory); the numba engine streams shingles and needs no chunks."""
 
 MERSENNE_PRIME = np.uint64((1 << 61) - 1)
 LEGACY_MAX_HASH = np.uint64((1 << 32) - 1)
@@ -132,6 +151,122 @@ class MinHasher:
             ids = block_doc[segment_starts]
             signatures[ids] = np.minimum(signatures[ids], minima)
         return signatures
+
+
+@functools.cache
+def numba_kernels() -> ModuleType | None:
+    """`minhash_kernels`, or None where numba cannot be imported (imported on first use: numba
+    adds about half a second to start-up)."""
+    try:
+        from datamill.curate.dedup import minhash_kernels
+    except ImportError:
+        return None
+    return minhash_kernels
+
+
+def shingle_hashes(shingles: pl.Series, hasher: MinHasher) -> np.ndarray:
+    """`hasher.hash_shingles` of every shingle, computing SHA-1 once per distinct shingle.
+
+    Distinct shingles are found by a 64-bit polars hash; the grouping is then checked against the
+    strings themselves, and on a (practically impossible) collision every row is hashed directly,
+    so the result is always exact.
+    """
+    keys = shingles.hash(seed=0).to_numpy()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    representatives = shingles.gather(first)
+    if not (representatives.gather(inverse) == shingles).all():
+        return hasher.hash_shingles(shingles.cast(pl.Binary).to_list())
+    return hasher.hash_shingles(representatives.cast(pl.Binary).to_list())[inverse]
+
+
+def _chunks(upper_counts: np.ndarray, chunk_shingles: int) -> Iterable[tuple[int, int]]:
+    """[start, stop) document ranges whose summed `upper_counts` stay within `chunk_shingles`
+    (a document over the limit is a chunk of its own)."""
+    ends = np.cumsum(upper_counts)
+    n, start = upper_counts.size, 0
+    while start < n:
+        base = ends[start - 1] if start else 0
+        stop = max(start + 1, int(np.searchsorted(ends, base + chunk_shingles, side="right")))
+        yield start, stop
+        start = stop
+
+
+def _utf8_buffer(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(bytes, offsets): the texts' UTF-8 bytes back to back as uint8 and n + 1 int64 offsets,
+    copied in one piece from the Arrow buffers (writable, so the kernels always see one array
+    type). Nulls are empty."""
+    array = texts.fill_null("").to_arrow()
+    if array.type != pa.large_string():
+        array = array.cast(pa.large_string())
+    _, offsets_buffer, data_buffer = array.buffers()
+    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
+    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
+    return data[offsets[0] : offsets[-1]].copy(), offsets - offsets[0]
+
+
+def _numba_signatures(texts: pl.Series, shingler: Shingler, hasher: MinHasher, kernels: ModuleType) -> tuple[np.ndarray, np.ndarray]:
+    cased = pl.DataFrame({"_text": texts.cast(pl.String)}).select(shingler.cased(pl.col("_text")))["_text"]
+    data, offsets = _utf8_buffer(cased)
+    if shingler.kind == "word" or shingler.whitespace:
+        # words: split on any whitespace run and joined by one space; chars: `normalized`
+        data, offsets = kernels.collapse_whitespace(data, offsets)
+    signatures = np.full((texts.len(), hasher.num_perm), hasher.max_hash, dtype=hasher.dtype)
+    scheme = {"affine32": kernels.AFFINE32, "affine64": kernels.AFFINE64, "legacy": kernels.LEGACY}[hasher.scheme]
+    counts = kernels.signatures(
+        data, kernels.big_endian_words(data), offsets, shingler.kind == "word", shingler.ngram,
+        scheme, np.ascontiguousarray(hasher.a), np.ascontiguousarray(hasher.b), signatures,
+    )
+    return signatures, counts > 0
+
+
+def _numpy_signatures(
+    texts: pl.Series, shingler: Shingler, hasher: MinHasher, chunk_shingles: int
+) -> tuple[np.ndarray, np.ndarray]:
+    n = texts.len()
+    signatures = np.full((n, hasher.num_perm), hasher.max_hash, dtype=hasher.dtype)
+    has_shingles = np.zeros(n, dtype=bool)
+    for start, stop in _chunks(shingler.max_counts(texts).to_numpy(), chunk_shingles):
+        table = shingler.table(texts.slice(start, stop - start))
+        doc = table[DOC].to_numpy()
+        hashes = shingle_hashes(table[SHINGLE], hasher)
+        signatures[start:stop] = hasher.signatures(hashes, doc, stop - start)
+        has_shingles[start + np.unique(doc)] = True
+    return signatures, has_shingles
+
+
+def text_signatures(
+    texts: pl.Series,
+    shingler: Shingler,
+    hasher: MinHasher,
+    chunk_shingles: int = CHUNK_SHINGLES,
+    engine: Engine = "auto",
+) -> tuple[np.ndarray, np.ndarray]:
+    """(signatures, has_shingles) for every text: its datasketch MinHash signature over the
+    shingle set `shingler` cuts, and whether it has any shingle (one without keeps the max hash
+    everywhere). The numpy engine works in chunks of at most `chunk_shingles` shingles; the
+    numba engine's memory is a few times the text whatever the shingle count.
+    `engine`: "auto" is "numba" where numba imports, else "numpy"; both give the same values."""
+    if engine == "numpy":
+        return _numpy_signatures(texts, shingler, hasher, chunk_shingles)
+    kernels = numba_kernels()
+    if kernels is None:
+        if engine == "numba":
+            raise ImportError("engine='numba' needs the numba package")
+        return _numpy_signatures(texts, shingler, hasher, chunk_shingles)
+    return _numba_signatures(texts, shingler, hasher, kernels)
+
+
+@functools.cache
+def warm_up() -> None:
+    """Compile the numba kernels (or load them from numba's on-disk cache) for every argument
+    type `text_signatures` uses, so that no batch pays for it; once per process. A no-op
+    without numba."""
+    if numba_kernels() is None:
+        return
+    texts = pl.Series(["Warm up the kernels.", "", "Hé", None])
+    for kind in ("word", "char"):
+        for scheme in ("affine32", "affine64", "legacy"):
+            text_signatures(texts, Shingler(kind, 2), MinHasher(2, 1, scheme), engine="numba")
 
 
 _P1, _P2, _P3, _P4, _P5 = (

@@ -35,7 +35,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from datamill.curate.dedup.components import connected_components
-from datamill.curate.dedup.minhash import MinHasher, Scheme, band_hashes, optimal_bands_rows
+from datamill.curate.dedup.minhash import MinHasher, Scheme, band_hashes, optimal_bands_rows, text_signatures
 from datamill.curate.dedup.shingles import DOC, SHINGLE, ShingleKind, Shingler
 from datamill.curate.registry import register_stage
 from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
@@ -47,8 +47,6 @@ KEEP_KEY = "_keep_key"
 BAND_PREFIX = "band_"
 TEXT = "text"
 
-_CHUNK_SHINGLES = 1 << 20
-"""Documents are shingled and hashed in chunks of at most this many shingles (bounds memory)."""
 _VERIFY_CHUNK_ROWS = 1 << 22
 """verify_jaccard joins candidate links with shingle sets in chunks of about this many rows."""
 
@@ -98,41 +96,6 @@ class MinHashDedupParams(FilterParams):
         if self.rows is not None:
             return max(1, self.num_perm // self.rows), self.rows
         return optimal_bands_rows(self.threshold, self.num_perm)
-
-
-def shingle_hashes(shingles: pl.Series, hasher: MinHasher) -> np.ndarray:
-    """`hasher.hash_shingles` of every shingle, computing SHA-1 once per distinct shingle.
-
-    Distinct shingles are found by a 64-bit polars hash; the grouping is then checked against the
-    strings themselves, and on a (practically impossible) collision every row is hashed directly,
-    so the result is always exact.
-    """
-    keys = shingles.hash(seed=0).to_numpy()
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    representatives = shingles.gather(first)
-    if not (representatives.gather(inverse) == shingles).all():
-        return hasher.hash_shingles(shingles.cast(pl.Binary).to_list())
-    return hasher.hash_shingles(representatives.cast(pl.Binary).to_list())[inverse]
-
-
-def text_signatures(texts: pl.Series, shingler: Shingler, hasher: MinHasher) -> tuple[np.ndarray, np.ndarray]:
-    """(signatures, has_shingles) for every text; chunked by document so that each chunk holds
-    at most `_CHUNK_SHINGLES` shingles (a longer document is a chunk of its own)."""
-    n = texts.len()
-    signatures = np.full((n, hasher.num_perm), hasher.max_hash, dtype=hasher.dtype)
-    has_shingles = np.zeros(n, dtype=bool)
-    ends = np.cumsum(shingler.max_counts(texts).to_numpy())
-    start = 0
-    while start < n:
-        base = ends[start - 1] if start else 0
-        stop = max(start + 1, int(np.searchsorted(ends, base + _CHUNK_SHINGLES, side="right")))
-        table = shingler.table(texts.slice(start, stop - start))
-        doc = table[DOC].to_numpy()
-        hashes = shingle_hashes(table[SHINGLE], hasher)
-        signatures[start:stop] = hasher.signatures(hashes, doc, stop - start)
-        has_shingles[start + np.unique(doc)] = True
-        start = stop
-    return signatures, has_shingles
 
 
 @register_stage

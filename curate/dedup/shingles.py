@@ -42,12 +42,17 @@ class Shingler:
         if self.ngram < 1:
             raise ValueError(f"ngram must be >= 1, got {self.ngram}")
 
-    def normalized(self, text: pl.Expr) -> pl.Expr:
-        """The text the shingles are cut from."""
+    def cased(self, text: pl.Expr) -> pl.Expr:
+        """The text after lowercasing and punctuation removal, before whitespace handling."""
         if self.lowercase:
             text = text.str.to_lowercase()
         if self.punctuation:
             text = text.str.replace_all(r"[\p{P}\p{S}]+", "")
+        return text
+
+    def normalized(self, text: pl.Expr) -> pl.Expr:
+        """The text the shingles are cut from."""
+        text = self.cased(text)
         if self.whitespace and self.kind == "char":
             text = text.str.replace_all(r"\s+", " ").str.strip_chars()
         return text
