@@ -1,4 +1,4 @@
-"""The `datamill` command line: run, validate, stages, report."""
+"""The `datamill` command line: run, validate, stages, report, train."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from datamill.curate.recipe import RecipeError, builtin_recipe_names, load_recipe
+from datamill.train.cli import train as train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="datamill: curate, synthesize, select and train on LLM data from one recipe.")
@@ -88,6 +89,9 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (holds stat
         raise typer.Exit(1)
     paths = render_report(run_dir)
     console.print(f"report: {paths['html']}\n        {paths['md']}")
+
+
+app.command("train")(train_command)
 
 
 def _load_or_exit(recipe: str, overrides: dict):

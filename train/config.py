@@ -1,0 +1,134 @@
+"""The training configuration: a validated pydantic model, loaded from YAML or a dict.
+
+A config is either its own YAML file (the fields below at the top level) or a recipe with a
+`train:` section, whose `data.path` defaults to the recipe's `output.dir`. Unknown keys are errors,
+and every error names its key path (`optim.lr: Input should be greater than 0`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class TrainConfigError(ValueError):
+    """A training config that does not validate; the message lists `key.path: problem` lines."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(Strict):
+    path: str = Field(description="Corpus: a run dir (reads its shards/), or a folder of parquet/jsonl files.")
+    format: Literal["auto", "text", "messages", "prompt_completion"] = Field(
+        "auto", description="Which columns hold the examples; auto picks text, messages or prompt+completion.")
+    train_on_prompt: bool = Field(False, description="Also learn prompt / user tokens, not only completions.")
+    eval_holdout: float = Field(0.01, ge=0, lt=1, description="Fraction of documents held out for eval loss.")
+    cache_dir: Optional[str] = Field(None, description="Where token shards go (default: <corpus>/tokens).")
+    tokenize_batch: int = Field(1024, ge=1, description="Records per call to the (parallel) tokenizer.")
+
+
+class ModelConfig(Strict):
+    preset: Optional[str] = Field(None, description="Train from scratch: llama-20m, llama-135m, llama-1b.")
+    path: Optional[str] = Field(None, description="Fine-tune: a local HF causal LM folder or a built-in name.")
+    tokenizer: Optional[str] = Field(None, description="Tokenizer folder or name (default: the model's, else SmolLM2's).")
+    overrides: dict[str, Any] = Field(default_factory=dict, description="LlamaConfig fields to change in a preset.")
+    attention: Literal["auto", "sdpa", "flex_attention", "eager"] = Field(
+        "auto", description="auto: flex_attention on CUDA (document masks as block-sparse), sdpa elsewhere.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+    @model_validator(mode="after")
+    def one_source(self) -> "ModelConfig":
+        if (self.preset is None) == (self.path is None):
+            raise ValueError("give exactly one of model.preset (train from scratch) or model.path (fine-tune)")
+        return self
+
+
+class OptimConfig(Strict):
+    lr: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine decays to lr * min_lr_ratio.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup steps.")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay (not on norms and biases).")
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global grad norm to this (0: off).")
+
+
+class TrainConfig(Strict):
+    data: DataConfig
+    model: ModelConfig
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    out_dir: str = Field("out/train", description="Checkpoints, log.jsonl and the final model go here.")
+    seq_len: int = Field(1024, ge=8, description="Tokens per packed row.")
+    micro_batch_size: int = Field(8, ge=1, description="Rows per forward pass per process.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step per process.")
+    max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps (or give `tokens`).")
+    tokens: Optional[int] = Field(None, ge=1, description="Train on this many tokens (sets max_steps).")
+    seed: int = 0
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
+    compile: Optional[bool] = Field(None, description="torch.compile the model (default: on for CUDA).")
+    distributed: Literal["ddp", "fsdp"] = Field("ddp", description="Strategy under torchrun.")
+    eval_every: int = Field(100, ge=0, description="Steps between held-out evals (0: only at the end).")
+    eval_batches: int = Field(8, ge=1, description="Eval covers eval_batches × micro_batch_size held-out rows.")
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="Steps between checkpoints, the last step included (0: only on SIGTERM).")
+    keep_checkpoints: int = Field(1, ge=1, description="How many of the newest checkpoints to keep.")
+    resume: bool = Field(True, description="Continue from the latest checkpoint in out_dir if there is one.")
+    save_final: bool = Field(True, description="save_pretrained the model (and tokenizer) to out_dir/final.")
+    progress: bool = Field(True, description="Show a progress bar (rank 0).")
+    tensorboard: bool = Field(True, description="Also log to out_dir/tb when tensorboard is installed.")
+
+    @model_validator(mode="after")
+    def length_given(self) -> "TrainConfig":
+        if (self.max_steps is None) == (self.tokens is None):
+            raise ValueError("give exactly one of max_steps or tokens")
+        return self
+
+    def steps_for(self, world_size: int) -> int:
+        """Optimizer steps to run: max_steps, or the token budget over the tokens in one step."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, -(-self.tokens // self.tokens_per_step(world_size)))
+
+    def tokens_per_step(self, world_size: int) -> int:
+        return self.seq_len * self.micro_batch_size * self.grad_accum * world_size
+
+
+def format_validation_error(err: ValidationError, prefix: str = "") -> str:
+    lines = []
+    for problem in err.errors():
+        path = ".".join(str(part) for part in (prefix, *problem["loc"]) if part != "")
+        lines.append(f"{path or '(top level)'}: {problem['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(source: str | Path | dict) -> TrainConfig:
+    """A TrainConfig from a YAML file (own config, or a recipe with a `train:` section) or a dict."""
+    prefix = ""
+    if isinstance(source, dict):
+        doc = source
+    else:
+        path = Path(source)
+        try:
+            doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as err:
+            raise TrainConfigError(f"{path}: {err}") from None
+        if not isinstance(doc, dict):
+            raise TrainConfigError(f"{path}: expected a mapping of training settings")
+    if "train" in doc:  # a recipe: its train section, reading the corpus the recipe writes
+        prefix = "train"
+        section = dict(doc["train"] or {})
+        output_dir = (doc.get("output") or {}).get("dir")
+        data = dict(section.get("data") or {})
+        if "path" not in data and output_dir:
+            data["path"] = output_dir
+            section["data"] = data
+        doc = section
+    try:
+        return TrainConfig.model_validate(doc)
+    except ValidationError as err:
+        raise TrainConfigError(format_validation_error(err, prefix)) from None

@@ -1,0 +1,380 @@
+"""Corpus → cached token shards → packed rows that keep documents apart.
+
+1. `tokenize_corpus` reads a corpus dir (parquet/jsonl with `text`, `messages` or
+   `prompt`+`completion`, optional `weight` and `token_keep`), tokenizes it in batches (the fast
+   tokenizer encodes a batch on all cores), holds out a seeded fraction of documents for eval, and
+   writes flat numpy arrays per split: token ids (uint16 when the vocabulary fits, else uint32), a
+   per-token loss mask (uint8: 1 = learn to predict this token), document offsets and per-document
+   weights. The cache folder is keyed by a hash of the corpus files, the tokenizer and the data
+   options, so a second run (or another rank) reuses it.
+2. `PackedRows` cuts a split's token stream into rows of `seq_len` (no padding except the last row).
+   For each row it gives position ids that restart at every document start, a document id per token
+   (the attention mask lets a token see only earlier tokens of its own document), the targets, and a
+   per-token loss weight: 0 where the target lies in another document or is masked out, else the
+   document's `weight`.
+3. `rows_for_step` is the data order: a seeded permutation of rows per epoch, cut into global
+   batches; rank r of w takes its share of each micro-batch. It depends only on (seed, step), so
+   resuming at a step continues the exact order, and 1 process × 2 micro-batches sees the same rows
+   as 2 processes × 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from itertools import chain
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import polars as pl
+
+CACHE_VERSION = 1
+SPLITS = ("train", "eval")
+
+
+# ---------------------------------------------------------------------------------------------
+# reading the corpus
+
+
+def corpus_files(path: str | Path) -> list[Path]:
+    """The parquet/jsonl files of a corpus: `<run dir>/shards/*`, or the folder's own files."""
+    folder = Path(path)
+    if (folder / "shards").is_dir():
+        folder = folder / "shards"
+    if folder.is_file():
+        return [folder]
+    files = sorted(p for p in folder.glob("*") if p.suffix in (".parquet", ".jsonl", ".json"))
+    if not files:
+        raise FileNotFoundError(f"no .parquet or .jsonl files in {folder} (a run dir's shards/, or a folder of them)")
+    return files
+
+
+def scan(file: Path) -> pl.LazyFrame:
+    return pl.scan_parquet(file) if file.suffix == ".parquet" else pl.scan_ndjson(file)
+
+
+def detect_format(columns: list[str], wanted: str) -> str:
+    """text, messages or prompt_completion: `wanted`, or the first whose columns are present."""
+    needs = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"]}
+    if wanted != "auto":
+        missing = [c for c in needs[wanted] if c not in columns]
+        if missing:
+            raise ValueError(f"data.format is {wanted} but the corpus has no column {missing[0]!r} (has {columns})")
+        return wanted
+    for name in ("messages", "prompt_completion", "text"):
+        if all(c in columns for c in needs[name]):
+            return name
+    raise ValueError(f"the corpus has none of the columns text, messages, prompt+completion (has {columns})")
+
+
+# ---------------------------------------------------------------------------------------------
+# tokenizing one batch of records → (token id lists, loss mask lists)
+
+
+def encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+
+
+def tokenize_text(tokenizer, frame: pl.DataFrame, options: dict) -> tuple[list[list[int]], list[list[int]]]:
+    """Plain documents: the text's tokens then EOS, all learned."""
+    eos = tokenizer.eos_token_id
+    ids = [doc + [eos] for doc in encode(tokenizer, frame["text"].fill_null("").to_list())]
+    return ids, [[1] * len(doc) for doc in ids]
+
+
+def tokenize_prompt_completion(tokenizer, frame: pl.DataFrame, options: dict):
+    """prompt + completion + EOS; the prompt is learned only with train_on_prompt."""
+    eos = tokenizer.eos_token_id
+    prompts = encode(tokenizer, frame["prompt"].fill_null("").to_list())
+    completions = encode(tokenizer, frame["completion"].fill_null("").to_list())
+    prompt_flag = int(options["train_on_prompt"])
+    ids = [p + c + [eos] for p, c in zip(prompts, completions)]
+    masks = [[prompt_flag] * len(p) + [1] * (len(c) + 1) for p, c in zip(prompts, completions)]
+    return ids, masks
+
+
+def chat_pieces(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
+    """A conversation rendered by the chat template as (text, is_assistant_reply) pieces.
+
+    Each assistant reply is the text between the template rendered up to its generation prompt
+    and the template rendered through the reply (so the `<|im_start|>assistant` header is not
+    learned, the reply and its end-of-turn marker are)."""
+    def render(turns: list[dict], generation_prompt: bool = False) -> str:
+        return tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=generation_prompt)
+
+    pieces, done = [], ""
+    for i, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        if i == 0:
+            raise ValueError("a conversation starts with an assistant message; it needs a prompt before it")
+        prompt, through = render(messages[:i], True), render(messages[: i + 1])
+        if not (prompt.startswith(done) and through.startswith(prompt)):
+            raise ValueError("the tokenizer's chat template does not render conversations prefix by prefix, "
+                             "so assistant replies cannot be located; use prompt/completion data instead")
+        pieces += [(prompt[len(done):], False), (through[len(prompt):], True)]
+        done = through
+    rest = render(messages)[len(done):]
+    if rest:
+        pieces.append((rest, False))
+    return pieces
+
+
+def tokenize_messages(tokenizer, frame: pl.DataFrame, options: dict):
+    """Chat conversations through the chat template; only assistant replies are learned
+    (with train_on_prompt, every token)."""
+    conversations = [chat_pieces(tokenizer, m or []) for m in frame["messages"].to_list()]
+    flat_ids = iter(encode(tokenizer, [text for pieces in conversations for text, _ in pieces]))
+    ids, masks = [], []
+    for pieces in conversations:
+        doc_ids, doc_mask = [], []
+        for _, learned in pieces:
+            piece = next(flat_ids)
+            doc_ids += piece
+            doc_mask += [int(learned or options["train_on_prompt"])] * len(piece)
+        ids.append(doc_ids)
+        masks.append(doc_mask)
+    return ids, masks
+
+
+TOKENIZERS = {"text": tokenize_text, "prompt_completion": tokenize_prompt_completion, "messages": tokenize_messages}
+
+
+APPENDS_EOS = {"text": True, "prompt_completion": True, "messages": False}
+
+
+def apply_token_keep(frame: pl.DataFrame, ids: list[list[int]], masks: list[list[int]], first_row: int,
+                     appended_eos: bool) -> None:
+    """Multiply the loss mask by the `token_keep` column (one 0/1 per token of the record, not
+    counting the EOS we append); a row without one keeps every token."""
+    for k, keep in enumerate(frame["token_keep"].to_list()):
+        if keep is None:
+            continue
+        body = len(ids[k]) - int(appended_eos)
+        if len(keep) != body:
+            raise ValueError(f"record {first_row + k}: token_keep has {len(keep)} entries but the record has "
+                             f"{body} tokens with this tokenizer (it must come from the same tokenizer)")
+        masks[k] = [m * int(bool(x)) for m, x in zip(masks[k], keep)] + masks[k][len(keep):]
+
+
+# ---------------------------------------------------------------------------------------------
+# the cache
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    template = getattr(tokenizer, "chat_template", None) or ""
+    return hashlib.sha256((body + template + str(tokenizer.eos_token_id)).encode()).hexdigest()
+
+
+def cache_key(files: list[Path], tokenizer, options: dict) -> str:
+    listing = [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    blob = json.dumps({"files": listing, "tokenizer": tokenizer_fingerprint(tokenizer), "options": options,
+                       "version": CACHE_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class TokenSplit:
+    """One split of a tokenized corpus, memory-mapped."""
+
+    tokens: np.ndarray       # [n_tokens] uint16/uint32
+    loss_mask: np.ndarray    # [n_tokens] uint8, 1 = learn to predict this token
+    doc_offsets: np.ndarray  # [n_docs + 1] int64, document d is tokens[doc_offsets[d]:doc_offsets[d+1]]
+    doc_weights: np.ndarray  # [n_docs] float32
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def n_docs(self) -> int:
+        return int(self.doc_weights.shape[0])
+
+    @property
+    def uniform_weights(self) -> bool:
+        return bool(np.all(self.doc_weights == 1.0))
+
+
+def load_split(folder: Path, split: str, dtype: str) -> TokenSplit:
+    offsets = np.load(folder / f"{split}.offsets.npy")
+    n_tokens = int(offsets[-1])
+    if n_tokens == 0:
+        return TokenSplit(np.zeros(0, dtype), np.zeros(0, np.uint8), offsets, np.load(folder / f"{split}.weights.npy"))
+    return TokenSplit(
+        tokens=np.memmap(folder / f"{split}.tokens.bin", dtype=dtype, mode="r", shape=(n_tokens,)),
+        loss_mask=np.memmap(folder / f"{split}.mask.bin", dtype=np.uint8, mode="r", shape=(n_tokens,)),
+        doc_offsets=offsets,
+        doc_weights=np.load(folder / f"{split}.weights.npy"),
+    )
+
+
+class SplitWriter:
+    """Appends tokenized documents of one split to flat files."""
+
+    def __init__(self, folder: Path, split: str, dtype: np.dtype):
+        self.folder, self.split, self.dtype = folder, split, dtype
+        self.tokens = open(folder / f"{split}.tokens.bin", "wb")
+        self.mask = open(folder / f"{split}.mask.bin", "wb")
+        self.lengths: list[np.ndarray] = []
+        self.weights: list[np.ndarray] = []
+
+    def add(self, ids: list[list[int]], masks: list[list[int]], weights: np.ndarray) -> None:
+        if not ids:
+            return
+        self.tokens.write(np.fromiter(chain.from_iterable(ids), dtype=self.dtype).tobytes())
+        self.mask.write(np.fromiter(chain.from_iterable(masks), dtype=np.uint8).tobytes())
+        self.lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+        self.weights.append(weights.astype(np.float32))
+
+    def close(self) -> dict:
+        self.tokens.close()
+        self.mask.close()
+        lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        np.save(self.folder / f"{self.split}.offsets.npy", offsets)
+        np.save(self.folder / f"{self.split}.weights.npy",
+                np.concatenate(self.weights) if self.weights else np.zeros(0, np.float32))
+        return {"docs": int(lengths.size), "tokens": int(offsets[-1])}
+
+
+def record_batches(files: list[Path], columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
+    for file in files:
+        names = scan(file).collect_schema().names()
+        frame = scan(file).select([c for c in columns if c in names]).collect()
+        for extra in (c for c in columns if c not in names):
+            frame = frame.with_columns(pl.lit(None).alias(extra))
+        yield from frame.iter_slices(batch_rows)
+
+
+def tokenize_corpus(path: str | Path, tokenizer, *, format: str = "auto", train_on_prompt: bool = False,
+                    eval_holdout: float = 0.01, seed: int = 0, cache_dir: str | Path | None = None,
+                    batch_rows: int = 1024, log=print) -> dict[str, TokenSplit]:
+    """{"train": TokenSplit, "eval": TokenSplit} for a corpus, tokenizing it on first use."""
+    files = corpus_files(path)
+    columns = scan(files[0]).collect_schema().names()
+    fmt = detect_format(columns, format)
+    options = {"format": fmt, "train_on_prompt": train_on_prompt, "eval_holdout": eval_holdout, "seed": seed}
+    root = Path(cache_dir) if cache_dir else Path(path) / "tokens"
+    folder = root / cache_key(files, tokenizer, options)
+    dtype = "uint16" if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else "uint32"
+    if not (folder / "meta.json").is_file():
+        write_cache(files, tokenizer, fmt, options, folder, dtype, batch_rows, log)
+    meta = json.loads((folder / "meta.json").read_text())
+    return {split: load_split(folder, split, meta["dtype"]) for split in SPLITS}
+
+
+def write_cache(files, tokenizer, fmt, options, folder: Path, dtype: str, batch_rows: int, log) -> None:
+    n_records = sum(scan(f).select(pl.len()).collect().item() for f in files)
+    is_eval = np.zeros(n_records, dtype=bool)
+    if options["eval_holdout"] > 0 and n_records > 1:
+        n_eval = min(n_records - 1, max(1, math.ceil(options["eval_holdout"] * n_records)))
+        is_eval[np.random.default_rng(options["seed"]).choice(n_records, n_eval, replace=False)] = True
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        writers = {split: SplitWriter(staging, split, np.dtype(dtype)) for split in SPLITS}
+        columns = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"]}[fmt]
+        row = 0
+        for frame in record_batches(files, columns + ["weight", "token_keep"], batch_rows):
+            ids, masks = TOKENIZERS[fmt](tokenizer, frame, options)
+            if frame["token_keep"].null_count() < frame.height:
+                apply_token_keep(frame, ids, masks, row, APPENDS_EOS[fmt])
+            weights = frame["weight"].cast(pl.Float32).fill_null(1.0).to_numpy()
+            held = is_eval[row: row + frame.height]
+            for split, take in (("train", ~held), ("eval", held)):
+                picked = np.flatnonzero(take)
+                writers[split].add([ids[i] for i in picked], [masks[i] for i in picked], weights[picked])
+            row += frame.height
+        counts = {split: writer.close() for split, writer in writers.items()}
+        meta = {"dtype": dtype, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
+                "files": [str(f) for f in files], "options": options, "splits": counts}
+        (staging / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            staging.rename(folder)
+        except OSError:  # another process finished the same cache first
+            if not (folder / "meta.json").is_file():
+                raise
+        log(f"tokenized {n_records} records ({fmt}) → {counts['train']['tokens']:,} train / "
+            f"{counts['eval']['tokens']:,} eval tokens in {folder}")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# packing
+
+
+@dataclass
+class Batch:
+    """Packed rows, as numpy arrays of shape [rows, seq_len]."""
+
+    input_ids: np.ndarray     # int64
+    position_ids: np.ndarray  # int64, restart at 0 at each document start
+    doc_ids: np.ndarray       # int32, equal within a document (and within the padding)
+    targets: np.ndarray       # int64, the next token
+    weights: np.ndarray       # float32, the loss weight of each target (0: not learned)
+    learned: np.ndarray       # float32, 1 where the target is learned (the loss denominator)
+
+    def to_torch(self, device) -> dict[str, Any]:
+        import torch
+
+        return {name: torch.from_numpy(getattr(self, name)).to(device, non_blocking=True)
+                for name in ("input_ids", "position_ids", "doc_ids", "targets", "weights", "learned")}
+
+
+class PackedRows:
+    """A split's token stream cut into rows of seq_len input tokens (each with its next-token
+    targets); documents run across rows, a row's first partial document restarts at position 0."""
+
+    def __init__(self, split: TokenSplit, seq_len: int):
+        self.split, self.seq_len = split, seq_len
+        self.n_rows = max(0, math.ceil((split.n_tokens - 1) / seq_len))
+
+    def batch(self, rows: np.ndarray) -> Batch:
+        S, split = self.seq_len, self.split
+        shape = (len(rows), S)
+        input_ids = np.zeros(shape, np.int64)
+        targets = np.zeros(shape, np.int64)
+        position_ids = np.tile(np.arange(S, dtype=np.int64), (len(rows), 1))
+        doc_ids = np.zeros(shape, np.int32)
+        weights = np.zeros(shape, np.float32)
+        learned = np.zeros(shape, np.float32)
+        offsets = split.doc_offsets
+        for i, row in enumerate(rows):
+            start = int(row) * S
+            stop = min(start + S, split.n_tokens - 1)
+            n = stop - start
+            where = np.arange(start, stop)
+            doc = np.searchsorted(offsets, where, side="right") - 1
+            target_doc = np.searchsorted(offsets, where + 1, side="right") - 1
+            learn = (doc == target_doc) & (split.loss_mask[start + 1: stop + 1] > 0)
+            input_ids[i, :n] = split.tokens[start:stop]
+            targets[i, :n] = split.tokens[start + 1: stop + 1]
+            position_ids[i, :n] = where - np.maximum(offsets[doc], start)
+            doc_ids[i, :n] = doc - doc[0]
+            doc_ids[i, n:] = doc[-1] - doc[0] + 1  # padding is a document of its own
+            learned[i, :n] = learn
+            weights[i, :n] = learn * split.doc_weights[target_doc]
+        return Batch(input_ids, position_ids, doc_ids, targets, weights, learned)
+
+
+def rows_for_step(n_rows: int, step: int, micro: int, rank: int, world: int, micro_batch: int,
+                  grad_accum: int, seed: int) -> np.ndarray:
+    """The rows that `rank` trains on in micro-batch `micro` of optimizer step `step`."""
+    global_batch = micro_batch * grad_accum * world
+    first = step * global_batch + (micro * world + rank) * micro_batch
+    positions = np.arange(first, first + micro_batch)
+    epochs, index = np.divmod(positions, n_rows)
+    rows = np.empty(micro_batch, np.int64)
+    for epoch in np.unique(epochs):
+        order = np.random.default_rng([seed, int(epoch)]).permutation(n_rows)
+        rows[epochs == epoch] = order[index[epochs == epoch]]
+    return rows
