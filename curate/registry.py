@@ -18,7 +18,13 @@ _STAGE_MODULES = (
     "datamill.curate.dedup.exact",
     "datamill.curate.dedup.lines",
     "datamill.curate.dedup.minhash_stage",
+    "datamill.curate.dedup.semantic",
     "datamill.filters.decontaminate",
+    "datamill.filters.language",
+    "datamill.filters.gopher",
+    "datamill.filters.c4",
+    "datamill.filters.fineweb",
+    "datamill.filters.perplexity",
 )
 _SOURCE_MODULES = (
     "datamill.curate.sources.jsonl",
