@@ -52,6 +52,15 @@ def corpus_dir(tmp_path: Path) -> Path:
     return folder
 
 
+def write_text_corpus(folder: Path, n_documents: int) -> Path:
+    """A corpus folder as a finished run leaves it: `shards/part-00000.parquet` with a `text` column."""
+    import polars as pl
+
+    (folder / "shards").mkdir(parents=True, exist_ok=True)
+    pl.DataFrame({"text": make_documents(n_documents)}).write_parquet(folder / "shards" / "part-00000.parquet")
+    return folder
+
+
 def recipe_dict(source_path: str, out_dir: str, stages: list | None = None, **output) -> dict:
     return {
         "name": "test",

@@ -11,13 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import polars as pl
 import pytest
 import yaml
 
 from datamill.train import train
 
-from conftest import make_documents
+from conftest import write_text_corpus
 
 TINY = {"preset": "llama-20m", "overrides": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                             "num_attention_heads": 4, "num_key_value_heads": 2}}
@@ -38,10 +37,7 @@ def curve(out_dir: Path) -> tuple[list[float], float]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
-    (folder / "shards").mkdir()
-    pl.DataFrame({"text": make_documents(60)}).write_parquet(folder / "shards" / "part-00000.parquet")
-    return folder
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"), 60)
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 import yaml
@@ -23,9 +22,9 @@ from typer.testing import CliRunner
 from datamill.train import TrainConfigError, load_config, train
 from datamill.train.cli import app
 from datamill.train.data import PackedRows, tokenize_corpus
-from datamill.train.model import LossModel, attention_mask_for, load_tokenizer
+from datamill.train.model import LossModel, attention_mask_for
 
-from conftest import make_documents
+from conftest import write_text_corpus
 
 TINY = {"preset": "llama-20m", "overrides": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                             "num_attention_heads": 4, "num_key_value_heads": 2}}
@@ -48,10 +47,7 @@ def train_losses(out_dir: Path) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("corpus")
-    (folder / "shards").mkdir()
-    pl.DataFrame({"text": make_documents(80)}).write_parquet(folder / "shards" / "part-00000.parquet")
-    return folder
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"), 80)
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import polars as pl
 import yaml
 from typer.testing import CliRunner
 
-from conftest import make_documents
+from conftest import write_text_corpus
 
 from datamill.curate.cli import app
 from datamill.curate.executor import run_recipe
@@ -77,9 +77,7 @@ def test_sft_of_smollm2_on_self_instruct_conversations_learns_them(tmp_path):
 
 
 def test_datamill_train_command_trains_and_saves_a_loadable_model(tmp_path):
-    corpus = tmp_path / "corpus"
-    (corpus / "shards").mkdir(parents=True)
-    pl.DataFrame({"text": make_documents(60)}).write_parquet(corpus / "shards" / "part-00000.parquet")
+    corpus = write_text_corpus(tmp_path / "corpus", 60)
     config = {"data": {"path": str(corpus), "eval_holdout": 0.1},
               "model": {"preset": "llama-20m", "overrides": {"num_hidden_layers": 1, "hidden_size": 64,
                                                                "intermediate_size": 128}},

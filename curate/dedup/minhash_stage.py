@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
