@@ -1,0 +1,1 @@
+"""Generation backends behind the `Generator` interface: transformers (default), vllm and openai."""

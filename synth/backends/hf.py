@@ -1,0 +1,247 @@
+"""The transformers generation backend: batched, seeded chat generation with any local causal LM.
+
+Models: the built-in `smollm2-135m` (via `curate/models.py`), a transformers model folder, or a
+`.gguf` file (dequantized once into `$DATAMILL_CACHE/models/gguf-<hash>/`). Chats are rendered
+with the tokenizer's chat template, sorted by prompt length and generated `batch_size` rows at a
+time with LEFT padding. float32 on CPU; bfloat16 with a static KV cache (which `generate`
+compiles with torch.compile) on CUDA.
+
+Determinism guarantee: sampling is not done by `generate`'s global-RNG multinomial but by a
+Gumbel-max logits processor whose noise is a counter-based hash of (row seed, step, token id),
+where the row seed is derived from (chat, sample index, seed). The random stream of a sample
+therefore depends only on its chat, its sample index and the seed, never on which other chats
+share its batch or on batch size; tokens are identical across batch compositions as long as the
+model's logits are (padding changes them only by floating-point rounding, which can flip a
+near-tie). temperature == 0 is greedy decoding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamill.synth.generation import (
+    Chat, Completion, GeneratorSpec, SamplingParams, cut_at_stop, row_seed, validate_chats,
+)
+
+log = logging.getLogger(__name__)
+
+PROMPT_LENGTH_MULTIPLE_CUDA = 64
+"""On CUDA, prompts are left-padded to a multiple of this so the compiled static-cache step sees few shapes."""
+
+
+class TransformersGenerator:
+    """Generator over a local transformers causal LM."""
+
+    def __init__(self, spec: GeneratorSpec):
+        import torch
+
+        from datamill.curate.models import default_device, load_causal_lm
+
+        self.spec = spec
+        self.device = spec.device or default_device()
+        on_cuda = torch.device(self.device).type == "cuda"
+        dtype_name = spec.dtype if spec.dtype != "auto" else ("bfloat16" if on_cuda else "float32")
+        model_ref = str(cached_gguf_conversion(Path(spec.model))) if spec.model.endswith(".gguf") else spec.model
+        self.model, self.tokenizer = load_causal_lm(model_ref, device=self.device, dtype=getattr(torch, dtype_name))
+        self.tokenizer.padding_side = "left"
+        if not self.tokenizer.chat_template:
+            raise ValueError(f"generator model {spec.model!r} has no chat template; use an instruction-tuned model")
+        self.static_cache = on_cuda
+        self.model_id = f"transformers:{model_name(spec.model)}@{dtype_name}"
+        eos = self.model.generation_config.eos_token_id
+        eos = eos if eos is not None else self.tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos])
+
+    def generate(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+        chats = validate_chats(chats)
+        prompts = [self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats]
+        encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        rows = [(c, s) for c in range(len(chats)) for s in range(params.n)]
+        seeds = [row_seed(chats[c], s, params.seed) for c, s in rows]
+        order = sorted(range(len(rows)), key=lambda r: (-len(encoded[rows[r][0]]), r))
+        results: list[list[Completion | None]] = [[None] * params.n for _ in chats]
+        for start in range(0, len(order), self.spec.batch_size):
+            batch = order[start:start + self.spec.batch_size]
+            outs = self._generate_batch([encoded[rows[r][0]] for r in batch], [seeds[r] for r in batch], params)
+            for r, completion in zip(batch, outs):
+                c, s = rows[r]
+                results[c][s] = completion
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        rows = len(prompts)
+        width = max(len(p) for p in prompts)
+        if self.static_cache:  # fixed shapes for the compiled step: pad the batch and round the prompt width
+            width = -(-width // PROMPT_LENGTH_MULTIPLE_CUDA) * PROMPT_LENGTH_MULTIPLE_CUDA
+            prompts = prompts + [prompts[-1]] * (self.spec.batch_size - rows)
+            seeds = seeds + [seeds[-1]] * (self.spec.batch_size - rows)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=self.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=self.device)
+        config = GenerationConfig(
+            max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=sorted(self.eos_ids), pad_token_id=pad,
+            stop_strings=params.stop or None, return_dict_in_generate=True,
+            output_logits=params.logprobs is not None,
+            cache_implementation="static" if self.static_cache else None,
+        )
+        if self.static_cache:
+            config.max_cache_len = -(-(width + params.max_new_tokens) // 256) * 256
+        processors = LogitsProcessorList()
+        if params.temperature > 0:
+            processors.append(SeededSampler(seeds, width, params.temperature, params.top_p, params.top_k, self.device))
+        with torch.inference_mode():
+            try:
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                          logits_processor=processors, tokenizer=self.tokenizer)
+            except Exception as error:  # noqa: BLE001 - the compiled path is an optimization, not a requirement
+                if config.cache_implementation != "static":
+                    raise
+                log.warning("static-cache compiled generation failed (%r); using the dynamic cache", error)
+                self.static_cache = False
+                config.cache_implementation = None
+                out = self.model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                          logits_processor=processors, tokenizer=self.tokenizer)
+        generated = out.sequences[:, width:].cpu().numpy()
+        topk = None
+        if params.logprobs is not None:
+            steps = torch.stack(out.logits, dim=1).float().log_softmax(-1).topk(params.logprobs, dim=-1)
+            topk = (steps.indices.cpu().numpy(), steps.values.cpu().numpy())
+        return [self._completion(generated[i], topk, i, params) for i in range(rows)]
+
+    def _completion(self, tokens: np.ndarray, topk: Any, row: int, params: SamplingParams) -> Completion:
+        ends = np.flatnonzero(np.isin(tokens, list(self.eos_ids)))
+        ended = ends.size > 0
+        tokens = tokens[: ends[0]] if ended else tokens
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        cut = cut_at_stop(text, params.stop)
+        if cut is not None:
+            text, ended = text[:cut], True
+            tokens = tokens[: tokens_covering(self.tokenizer, tokens, cut)]
+            num_tokens = len(tokens)
+        else:
+            num_tokens = len(tokens) + (1 if ends.size else 0)
+        finish = "stop" if ended else "length"
+        if topk is None:
+            return Completion(text, finish, num_tokens)
+        ids, logprobs = topk
+        return Completion(text, finish, num_tokens, ids[row, :num_tokens].tolist(),
+                          logprobs[row, :num_tokens].astype(float).round(6).tolist())
+
+
+def tokens_covering(tokenizer: Any, tokens: np.ndarray, chars: int) -> int:
+    """How many leading tokens it takes for the decoded text to reach `chars` characters (those
+    that contribute to the text before a stop string)."""
+    for k in range(1, len(tokens) + 1):
+        if len(tokenizer.decode(tokens[:k], skip_special_tokens=True)) >= chars:
+            return k
+    return len(tokens)
+
+
+class SeededSampler:
+    """Logits processor that samples with per-row, counter-based Gumbel noise and returns a one-hot
+    score row, so that `generate`'s greedy argmax picks the sampled token.
+
+    The noise for (row, step, token) is a 32-bit integer hash of (row seed, step, token id): no RNG
+    state is shared between rows, so a row's samples do not depend on its batch neighbours.
+    Temperature, top-k and top-p (nucleus) are applied in that order, as in transformers and vLLM.
+    """
+
+    def __init__(self, seeds: list[int], prompt_width: int, temperature: float, top_p: float,
+                 top_k: int | None, device: Any):
+        import torch
+
+        self.prompt_width = prompt_width
+        self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
+        seeds_arr = np.array(seeds, dtype=np.uint64)
+        self.seed_lo = torch.tensor((seeds_arr & np.uint64(0xFFFFFFFF)).astype(np.int64), device=device)[:, None]
+        self.seed_hi = torch.tensor((seeds_arr >> np.uint64(32)).astype(np.int64), device=device)[:, None]
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        import torch
+
+        step = input_ids.shape[1] - self.prompt_width
+        logits = scores.float() / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = logits.topk(self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_logits, sorted_idx = logits.sort(dim=-1, descending=True)
+            probs = sorted_logits.softmax(-1)
+            drop_sorted = probs.cumsum(-1) - probs > self.top_p  # keep the smallest prefix reaching top_p
+            logits = logits.masked_fill(drop_sorted.scatter(-1, sorted_idx, drop_sorted), float("-inf"))
+        choice = (logits + gumbel_noise(self.seed_lo, self.seed_hi, step, logits.shape[-1])).argmax(-1)
+        onehot = torch.full_like(scores, float("-inf"))
+        return onehot.scatter_(-1, choice[:, None], 0.0)
+
+
+def _mix32(x: Any) -> Any:
+    """A 32-bit integer finalizer (lowbias32) on int64 tensors holding values in [0, 2**32)."""
+    mask = 0xFFFFFFFF
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & mask
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & mask
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(seed_lo: Any, seed_hi: Any, step: int, vocab: int) -> Any:
+    """(rows, vocab) float32 standard Gumbel noise, a pure function of (seed, step, token id)."""
+    import torch
+
+    row_key = _mix32(seed_lo ^ _mix32((seed_hi + step * 0x9E3779B9) & 0xFFFFFFFF))
+    token = torch.arange(vocab, device=seed_lo.device, dtype=torch.int64)[None, :]
+    bits = _mix32(_mix32(row_key ^ ((token * 0x85EBCA6B) & 0xFFFFFFFF)) ^ row_key)
+    uniform = ((bits >> 8).float() + 0.5) / float(1 << 24)  # in (0, 1)
+    return -torch.log(-torch.log(uniform))
+
+
+def model_name(model: str) -> str:
+    """A stable short name: the built-in name, or the resolved path of a folder/.gguf file."""
+    from datamill.curate.models import MODEL_NAMES
+
+    builtin = MODEL_NAMES.get(model.strip().lower())
+    return builtin if builtin is not None else str(Path(model).expanduser().resolve())
+
+
+def cached_gguf_conversion(gguf: Path) -> Path:
+    """A transformers folder converted from a .gguf file, once, under `$DATAMILL_CACHE/models/`.
+
+    The folder is named by a hash of the file's path, size and mtime; the conversion is written to
+    a temporary folder and renamed into place under a file lock, like the built-in model's.
+    """
+    from filelock import FileLock
+
+    from datamill.curate.models import cache_dir, convert_gguf
+
+    gguf = gguf.expanduser().resolve()
+    if not gguf.is_file():
+        raise FileNotFoundError(f"generator model {str(gguf)!r}: no such .gguf file")
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    models = cache_dir() / "models"
+    target = models / f"gguf-{gguf.stem}-{key}"
+    if (target / "config.json").is_file():
+        return target
+    models.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=models))
+        try:
+            convert_gguf(gguf, staging)
+            staging.chmod(0o755)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target

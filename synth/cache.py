@@ -1,0 +1,94 @@
+"""Content-addressed cache of generations: a re-run never regenerates a completion it already has.
+
+Each completion is one small JSON file, `<dir>/<key[:2]>/<key>.json`, where the key is the
+sha256 of (model_id, messages, sampling params without `n`, sample index) — the seed is one of
+the params. Files are written to a temporary name in the same folder and renamed into place
+(atomic on POSIX), so a crash never leaves a half entry and loses only what was not finished.
+`CachedGenerator` asks its backend for the missing chats a chunk at a time and stores each chunk
+as soon as it is done, so a run killed halfway resumes with only the rest left to generate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+from datamill.synth.generation import Chat, Completion, Generator, SamplingParams, validate_chats
+
+
+def entry_key(model_id: str, chat: Chat, params: SamplingParams, sample_index: int) -> str:
+    """sha256 hex of (model_id, messages, params minus n, sample index)."""
+    payload = {
+        "model_id": model_id,
+        "messages": chat,
+        "params": params.model_dump(exclude={"n"}),
+        "sample_index": sample_index,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class GenerationCache:
+    """Completions stored one file per key under a folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Completion | None:
+        path = self.path(key)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"generation cache entry {path} is corrupt ({error}); delete it to regenerate") from None
+        return Completion(**data)
+
+    def put(self, key: str, completion: Completion) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(asdict(completion), f, ensure_ascii=False)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class CachedGenerator:
+    """A Generator that answers from the cache and sends only missing chats to its backend.
+
+    A chat with any missing sample is regenerated with all `n` samples (backends are deterministic
+    per chat, sample index and seed) and only the missing entries are written.
+    """
+
+    def __init__(self, backend: Generator, folder: Path, chunk_chats: int = 64):
+        self.backend = backend
+        self.cache = GenerationCache(folder)
+        self.chunk_chats = chunk_chats
+        self.model_id = backend.model_id
+
+    def generate(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+        chats = validate_chats(chats)
+        keys = [[entry_key(self.model_id, chat, params, s) for s in range(params.n)] for chat in chats]
+        results = [[self.cache.get(k) for k in row] for row in keys]
+        missing = [i for i, row in enumerate(results) if any(c is None for c in row)]
+        for start in range(0, len(missing), self.chunk_chats):
+            chunk = missing[start:start + self.chunk_chats]
+            generated = self.backend.generate([chats[i] for i in chunk], params)
+            if len(generated) != len(chunk) or any(len(row) != params.n for row in generated):
+                raise RuntimeError(f"backend {self.model_id} returned a wrong number of completions")
+            for i, row in zip(chunk, generated):
+                for s, completion in enumerate(row):
+                    if results[i][s] is None:
+                        self.cache.put(keys[i][s], completion)
+                        results[i][s] = completion
+        return results  # type: ignore[return-value]

@@ -1,0 +1,142 @@
+"""The openai backend against a local OpenAI-compatible server answering with the real SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import torch
+
+from datamill.synth.backends.hf import TransformersGenerator
+from datamill.synth.backends.openai import OpenAIGenerator, RateLimiter
+from datamill.synth.generation import GeneratorSpec, SamplingParams
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Name a colour of the sky."}],
+    [{"role": "user", "content": "Why do bakers start work early in the morning?"}],
+]
+
+
+class ChatServer(ThreadingHTTPServer):
+    """/v1/chat/completions backed by a TransformersGenerator; the first request gets a 503."""
+
+    def __init__(self, backend: TransformersGenerator):
+        super().__init__(("127.0.0.1", 0), ChatHandler)
+        self.backend = backend
+        self.lock = threading.Lock()
+        self.statuses: list[int] = []
+        self.bodies: list[dict] = []
+
+
+class ChatHandler(BaseHTTPRequestHandler):
+    server: ChatServer
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with self.server.lock:
+            first = not self.server.statuses
+            self.server.bodies.append(body)
+            if first or self.path != "/v1/chat/completions" or body.get("model") != "smollm2":
+                status = 503 if first else 404
+                self.server.statuses.append(status)
+                return self._send(status, {"error": {"message": "warming up" if first else "no such model"}})
+            params = SamplingParams(
+                max_new_tokens=body["max_tokens"], temperature=body["temperature"], top_p=body["top_p"],
+                n=body["n"], seed=body["seed"], stop=body.get("stop") or [],
+                logprobs=body.get("top_logprobs") if body.get("logprobs") else None)
+            [completions] = self.server.backend.generate([body["messages"]], params)
+            self.server.statuses.append(200)
+        choices = []
+        for i, c in enumerate(completions):
+            choice = {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
+            if c.topk_ids is not None:
+                choice["logprobs"] = {"content": [
+                    {"token": f"token_id:{ids[0]}", "logprob": lps[0],
+                     "top_logprobs": [{"token": f"token_id:{t}", "logprob": lp} for t, lp in zip(ids, lps)]}
+                    for ids, lps in zip(c.topk_ids, c.topk_logprobs)]}
+            choices.append(choice)
+        usage = {"completion_tokens": sum(c.num_tokens for c in completions)}
+        self._send(200, {"object": "chat.completion", "choices": choices, "usage": usage})
+
+    def _send(self, status: int, payload: dict):
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.fixture(scope="module")
+def backend():
+    torch.set_num_threads(1)
+    return TransformersGenerator(GeneratorSpec(batch_size=4, device="cpu"))
+
+
+@pytest.fixture
+def server(backend):
+    httpd = ChatServer(backend)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def client(server, **options) -> OpenAIGenerator:
+    spec = {"backend": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{server.server_port}/v1",
+            "max_concurrency": 3, **options}
+    return OpenAIGenerator(GeneratorSpec(**spec))
+
+
+def test_completions_match_the_local_model_after_a_retried_503(server, backend, monkeypatch):
+    monkeypatch.setattr("datamill.synth.backends.openai.BACKOFF_BASE_S", 0.05)
+    params = SamplingParams(max_new_tokens=6, temperature=0, stop=["\n"])
+    remote = client(server).generate(CHATS, params)
+    assert remote == backend.generate(CHATS, params)  # in input order although requests ran concurrently
+    assert server.statuses.count(503) == 1 and server.statuses.count(200) == len(CHATS)
+    assert "Paris" in remote[0][0].text
+    sent = server.bodies[-1]
+    assert sent["max_tokens"] == 6 and sent["stop"] == ["\n"] and sent["seed"] == 0 and "logprobs" not in sent
+
+
+def test_n_samples_seed_and_top_logprobs_as_token_ids(server, backend):
+    params = SamplingParams(max_new_tokens=4, temperature=1.0, n=2, seed=11, logprobs=2)
+    [[a, b]] = client(server, max_retries=2).generate(CHATS[:1], params)
+    [[local_a, local_b]] = backend.generate(CHATS[:1], params)
+    assert (a.text, b.text) == (local_a.text, local_b.text)
+    assert a.topk_ids == local_a.topk_ids and len(a.topk_ids) == a.num_tokens
+    assert all(len(row) == 2 for row in a.topk_logprobs)
+    assert server.bodies[-1]["top_logprobs"] == 2 and server.bodies[-1]["return_tokens_as_token_ids"] is True
+
+
+def test_client_errors_fail_at_once_naming_the_chat(server):
+    server.statuses.append(200)  # skip the warm-up 503
+    with pytest.raises(RuntimeError, match=r"chat 0: .* refused the request \(HTTP 404"):
+        client(server, model="gpt-unknown").generate(CHATS[:1], SamplingParams(max_new_tokens=2))
+    assert len(server.bodies) == 1  # no retries for a 404
+
+
+def test_connection_errors_are_retried_then_reported(monkeypatch):
+    monkeypatch.setattr("datamill.synth.backends.openai.BACKOFF_BASE_S", 0.01)
+    spec = GeneratorSpec(backend="openai", model="m", base_url="http://127.0.0.1:9/v1", max_retries=2)
+    with pytest.raises(RuntimeError, match=r"chat 0: .* failed after 3 attempts \(connection error"):
+        OpenAIGenerator(spec).generate(CHATS[:1], SamplingParams(max_new_tokens=2))
+
+
+def test_rate_limiter_spaces_requests():
+    limiter = RateLimiter(per_second=50)
+    start = time.monotonic()
+    threads = [threading.Thread(target=limiter.acquire) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert time.monotonic() - start >= 5 / 50 - 0.005
