@@ -1,0 +1,133 @@
+"""Load bilingual lexicons and entity tables into one lexicon table (polars), from any supported format.
+
+The lexicon table has one row per (source term → target term) pair:
+`source_lang` (null: any), `source_term`, `target_lang`, `target_term`, `pos` (nullable) and
+`type` ("word" or "entity"). Multiword terms are ordinary rows ("ice cream" → "helado").
+
+Formats, chosen by file name:
+- `.tsv` / `.jsonl`: columns `source_term`, `target_lang`, `target_term`, optional `source_lang`,
+  `pos`, `type`.
+- `.index` (with its `.dict` / `.dict.dz`): a FreeDict dictd dictionary (needs the language pair).
+- `.tei` / `.xml`: a FreeDict TEI dictionary (needs the language pair).
+- entity tables (`entity_id`, `lang`, `label`, e.g. a Wikidata export) as `.tsv` / `.jsonl` with
+  those columns: every pair of labels of one entity in two languages becomes an `entity` row.
+
+A name that is not an existing path is looked up in the lexicons that ship with datamill
+(`synth/codeswitch/data/`), e.g. `en-es.tsv`.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import polars as pl
+
+from datamill.synth.codeswitch.dictd import read_dictd
+from datamill.synth.codeswitch.tei import read_tei
+
+LEXICON_SCHEMA: dict[str, pl.DataType] = {
+    "source_lang": pl.String(),
+    "source_term": pl.String(),
+    "target_lang": pl.String(),
+    "target_term": pl.String(),
+    "pos": pl.String(),
+    "type": pl.String(),
+}
+REQUIRED = ("source_term", "target_lang", "target_term")
+ENTITY_COLUMNS = ("entity_id", "lang", "label")
+TERM_TYPES = ("word", "entity")
+DATA_PACKAGE = "datamill.synth.codeswitch"
+
+
+def data_path(name: str) -> Path:
+    """A file shipped under `synth/codeswitch/data/`."""
+    return Path(str(resources.files(DATA_PACKAGE).joinpath("data", name)))
+
+
+def resolve(path: str | Path) -> Path:
+    """An existing path, else the shipped data file of that name; raises naming both places."""
+    given = Path(path).expanduser()
+    if given.exists():
+        return given
+    shipped = data_path(str(path))
+    if shipped.exists():
+        return shipped
+    raise FileNotFoundError(f"lexicon {str(path)!r} not found (neither a path nor a file in {data_path('')})")
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    """A TSV (header row, no quoting) or JSON-lines file as strings; errors name the file."""
+    try:
+        if path.suffix == ".tsv":
+            return pl.read_csv(path, separator="\t", quote_char=None, infer_schema=False, comment_prefix="#")
+        if path.suffix == ".jsonl":
+            return pl.read_ndjson(path, infer_schema_length=None).cast(pl.String)
+    except (pl.exceptions.ComputeError, pl.exceptions.PolarsError) as err:
+        raise ValueError(f"{path}: cannot read as {path.suffix[1:]}: {err}") from None
+    raise ValueError(f"{path}: unknown lexicon format {path.suffix!r}; use .tsv, .jsonl, .index (dictd) or .tei/.xml")
+
+
+def conform(table: pl.DataFrame, where: str) -> pl.DataFrame:
+    """Check required columns and values, add missing optional ones, keep the lexicon columns."""
+    missing = [c for c in REQUIRED if c not in table.columns]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}; a lexicon needs {list(REQUIRED)}")
+    table = table.with_columns(
+        pl.lit(None, pl.String).alias(c) for c in LEXICON_SCHEMA if c not in table.columns
+    ).select(pl.col(c).cast(t) for c, t in LEXICON_SCHEMA.items())
+    table = table.with_columns(pl.col("type").fill_null("word"),
+                               pl.col("source_term", "target_term").str.strip_chars())
+    empty = table.with_row_index("row").filter(
+        pl.any_horizontal(pl.col(c).is_null() | (pl.col(c) == "") for c in REQUIRED))
+    if empty.height:
+        row = empty.row(0, named=True)
+        field = next(c for c in REQUIRED if not row[c])
+        raise ValueError(f"{where}: record {row['row'] + 1}: field {field!r} is empty")
+    bad_type = table.filter(~pl.col("type").is_in(TERM_TYPES))
+    if bad_type.height:
+        raise ValueError(f"{where}: field 'type' must be one of {list(TERM_TYPES)}, got {bad_type['type'][0]!r}")
+    return table
+
+
+def entities_to_lexicon(entities: pl.DataFrame, where: str = "entity table") -> pl.DataFrame:
+    """Every ordered pair of labels of one entity in two languages, as `entity` lexicon rows."""
+    missing = [c for c in ENTITY_COLUMNS if c not in entities.columns]
+    if missing:
+        raise ValueError(f"{where}: missing column(s) {missing}; an entity table needs {list(ENTITY_COLUMNS)}")
+    labels = entities.select(pl.col(c).cast(pl.String).str.strip_chars() for c in ENTITY_COLUMNS).drop_nulls()
+    pairs = labels.join(labels, on="entity_id", suffix="_target").filter(pl.col("lang") != pl.col("lang_target"))
+    return pairs.select(
+        pl.col("lang").alias("source_lang"), pl.col("label").alias("source_term"),
+        pl.col("lang_target").alias("target_lang"), pl.col("label_target").alias("target_term"),
+        pl.lit(None, pl.String).alias("pos"), pl.lit("entity").alias("type"),
+    ).unique(maintain_order=True)
+
+
+def load_lexicon(path: str | Path, source_lang: str | None = None, target_lang: str | None = None) -> pl.DataFrame:
+    """One lexicon file (any supported format) as a lexicon table.
+
+    dictd and TEI files carry no language codes: pass `source_lang` and `target_lang` (FreeDict's
+    file names say them, e.g. eng-spa → en, es). For tables they fill a missing `source_lang`.
+    """
+    resolved = resolve(path)
+    suffix = resolved.suffix.lower()
+    if suffix in (".index", ".tei", ".xml"):
+        if not (source_lang and target_lang):
+            raise ValueError(f"{resolved}: dictd/TEI dictionaries need source_lang and target_lang")
+        reader = read_dictd if suffix == ".index" else read_tei
+        return conform(reader(resolved, source_lang, target_lang), str(resolved))
+    table = read_table(resolved)
+    if set(ENTITY_COLUMNS) <= set(table.columns):
+        return entities_to_lexicon(table, str(resolved))
+    table = conform(table, str(resolved))
+    if source_lang:
+        table = table.with_columns(pl.col("source_lang").fill_null(source_lang))
+    return table
+
+
+def combine(tables: list[pl.DataFrame]) -> pl.DataFrame:
+    """Several lexicon tables as one, duplicates removed, first occurrence first."""
+    if not tables:
+        return pl.DataFrame(schema=LEXICON_SCHEMA)
+    return pl.concat([t.select(list(LEXICON_SCHEMA)) for t in tables]).unique(maintain_order=True)

@@ -1,0 +1,96 @@
+"""Lexicon loading: dictd (built here the way dictd does it), TEI, TSV/JSONL and entity tables."""
+
+import gzip
+
+import polars as pl
+import pytest
+
+from datamill.synth.codeswitch.dictd import b64_decode, b64_encode
+from datamill.synth.codeswitch.lexicon import load_lexicon
+
+ENTRIES = {
+    "house": "house /haʊs/\n1. casa <n>\n2. hogar\n",
+    "ice cream": "ice cream\nhelado\n",
+    "red": "red /rɛd/\nrojo, roja; colorado\n",
+}
+
+
+def write_dictd(folder, compress):
+    """A FreeDict-style pair: entries concatenated in .dict, offsets/lengths in dictd base64."""
+    body, index_lines, offset = b"", [], 0
+    for head in ["00-database-short", *ENTRIES]:
+        data = (ENTRIES.get(head) or "English-Spanish test dictionary\n").encode()
+        index_lines.append(f"{head}\t{b64_encode(offset)}\t{b64_encode(len(data))}")
+        body += data
+        offset += len(data)
+    (folder / "eng-spa.index").write_text("\n".join(index_lines) + "\n", encoding="utf-8")
+    if compress:
+        (folder / "eng-spa.dict.dz").write_bytes(gzip.compress(body))
+    else:
+        (folder / "eng-spa.dict").write_bytes(body)
+    return folder / "eng-spa.index"
+
+
+def test_dictd_base64_matches_dictd_numbers():
+    assert b64_encode(0) == "A" and b64_encode(63) == "/" and b64_encode(64) == "BA"
+    assert b64_decode("B5") == 121 and b64_decode(b64_encode(123456789)) == 123456789
+    with pytest.raises(ValueError, match="bad character"):
+        b64_decode("A=")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_dictd_pair_reads_translations(tmp_path, compress):
+    table = load_lexicon(write_dictd(tmp_path, compress), "en", "es")
+    pairs = set(table.select("source_term", "target_term").iter_rows())
+    assert pairs == {("house", "casa"), ("house", "hogar"), ("ice cream", "helado"),
+                     ("red", "rojo"), ("red", "roja"), ("red", "colorado")}
+    assert set(table["target_lang"]) == {"es"} and set(table["source_lang"]) == {"en"}
+    assert table.filter(pl.col("target_term") == "casa")["pos"].item() == "n"
+
+
+def test_dictd_offsets_past_the_end_name_the_entry(tmp_path):
+    index = write_dictd(tmp_path, False)
+    (tmp_path / "eng-spa.dict").write_bytes(b"house\n")
+    with pytest.raises(ValueError, match="'house' points past the end"):
+        load_lexicon(index, "en", "es")
+
+
+def test_tei_entries(tmp_path):
+    tei = tmp_path / "eng-deu.tei"
+    tei.write_text("""<?xml version="1.0" encoding="UTF-8"?>
+<TEI xmlns="http://www.tei-c.org/ns/1.0"><text><body>
+<entry><form><orth>dog</orth></form><gramGrp><pos>n</pos></gramGrp>
+  <sense><cit type="trans"><quote>Hund</quote></cit><cit type="example"><quote>not this</quote></cit></sense></entry>
+<entry><form><orth>train station</orth></form>
+  <sense><cit type="trans"><quote>Bahnhof</quote></cit></sense><sense><cit type="trans"><quote>Station</quote></cit></sense></entry>
+</body></text></TEI>""", encoding="utf-8")
+    table = load_lexicon(tei, "en", "de")
+    assert table.select("source_term", "target_term", "pos").rows() == [
+        ("dog", "Hund", "n"), ("train station", "Bahnhof", None), ("train station", "Station", None)]
+
+
+def test_tables_and_entities(tmp_path):
+    (tmp_path / "lex.jsonl").write_text('{"source_term": "cat", "target_lang": "es", "target_term": "gato"}\n')
+    table = load_lexicon(tmp_path / "lex.jsonl", source_lang="en")
+    assert table.row(0, named=True) == {"source_lang": "en", "source_term": "cat", "target_lang": "es",
+                                        "target_term": "gato", "pos": None, "type": "word"}
+    (tmp_path / "ent.tsv").write_text("entity_id\tlang\tlabel\nQ64\ten\tBerlin\nQ64\tes\tBerlín\n")
+    entities = load_lexicon(tmp_path / "ent.tsv")
+    assert set(entities.select("source_lang", "target_term", "type").iter_rows()) == {
+        ("en", "Berlín", "entity"), ("es", "Berlin", "entity")}
+    shipped = load_lexicon("en-es.tsv")
+    assert ("ice cream", "helado") in set(shipped.select("source_term", "target_term").iter_rows())
+
+
+def test_bad_lexicons_name_file_record_and_field(tmp_path):
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("source_term\ttarget_lang\ttarget_term\ncat\tes\tgato\ndog\tes\t\n")
+    with pytest.raises(ValueError, match=r"bad.tsv: record 2: field 'target_term' is empty"):
+        load_lexicon(bad)
+    (tmp_path / "cols.tsv").write_text("word\ttranslation\ncat\tgato\n")
+    with pytest.raises(ValueError, match=r"cols.tsv: missing column"):
+        load_lexicon(tmp_path / "cols.tsv")
+    with pytest.raises(FileNotFoundError, match="nope.tsv"):
+        load_lexicon("nope.tsv")
+    with pytest.raises(ValueError, match="need source_lang and target_lang"):
+        load_lexicon(write_dictd(tmp_path, False))

@@ -1,0 +1,88 @@
+"""Lexicon / entity switching and selective transliteration on small hand-written sentences."""
+
+import polars as pl
+import pytest
+from pydantic import ValidationError
+
+from datamill.synth.codeswitch.switch import LexiconSwitch, SwitchParams
+from datamill.synth.codeswitch.transliterate import SelectiveTransliterate, TransliterateParams
+
+SENTENCES = pl.DataFrame({
+    "id": ["a", "b", "c", "d"],
+    "text": ["The Ice cream shop near the river sells coffee.",
+             "We visited the Prado Museum in Madrid and then Berlin.",
+             "My DOG and the cat sleep in the kitchen. The house is quiet.",
+             "Nothing here matches anything."],
+})
+
+
+def run(**params):
+    stage = LexiconSwitch(SwitchParams(**params), seed=3)
+    stage.setup()
+    return stage.process(SENTENCES)
+
+
+def test_spans_point_at_the_switched_text_and_case_is_kept():
+    out = run(target_langs=["es"], p=1.0)
+    for row in out.iter_rows(named=True):
+        for span in row["cs_spans"]:
+            assert span["lang"] == "es"
+            assert span["source_term"] in row["source_text"]
+            assert row["text"][span["start"]:span["end"]] != span["source_term"]
+    first = out.row(0, named=True)
+    assert first["text"] == "The Helado tienda near the río sells café."
+    assert [s["source_term"] for s in first["cs_spans"]] == ["Ice cream", "shop", "river", "coffee"]
+    assert "PERRO" in out["text"][2]  # UPPER stays upper
+    assert out["text"][3] == SENTENCES["text"][3] and out["cs_switches"][3] == 0
+    assert "the" in out["text"][0].split()  # stop words are never switched, though en-es.tsv has the→el
+
+
+def test_seeded_and_batch_independent():
+    a = run(p=0.5)
+    stage = LexiconSwitch(SwitchParams(p=0.5), seed=3)
+    stage.setup()
+    pieces = pl.concat([stage.process(SENTENCES[i:i + 1]) for i in range(SENTENCES.height)])
+    assert a["text"].to_list() == pieces["text"].to_list()
+    assert run(p=0.0)["cs_switches"].sum() == 0
+
+
+def test_ratio_switches_at_most_that_share_of_tokens():
+    out = run(ratio=0.25, target_langs=["es"])
+    words = SENTENCES["text"].str.count_matches(r"\w+")
+    switched = out["cs_spans"].list.eval(pl.element().struct.field("source_term").str.count_matches(r"\w+")).list.sum()
+    assert (switched <= (words * 0.25).floor()).all() and switched.sum() > 0
+
+
+def test_one_target_language_per_sentence():
+    text = "The dog sleeps in the kitchen. The cat drinks coffee by the river."
+    batch = pl.DataFrame({"id": [f"r{i}" for i in range(12)], "text": [text] * 12})
+    stage = LexiconSwitch(SwitchParams(p=1.0, target_per="sentence", target_langs=["es", "de"]))
+    stage.setup()
+    seen = set()
+    for row in stage.process(batch).iter_rows(named=True):
+        cut = row["text"].index(". ") + 1
+        first = [s["lang"] for s in row["cs_spans"] if s["end"] <= cut]
+        second = [s["lang"] for s in row["cs_spans"] if s["start"] > cut]
+        assert len(first) == 2 and len(second) == 3 and len(set(first)) == 1 and len(set(second)) == 1
+        seen.update(first + second)
+    assert seen == {"es", "de"}
+
+
+def test_entities_mode_switches_only_entities():
+    out = run(units="entities", target_langs=["es"], p=1.0)
+    assert out["text"][1] == "We visited the Museo del Prado in Madrid and then Berlín."
+    assert out["text"][0] == SENTENCES["text"][0]  # words are not entities
+    with pytest.raises(ValidationError, match="never switches function words"):
+        SwitchParams(units="entities", skip_stopwords=False)
+
+
+def test_selective_transliteration_by_script_and_origin():
+    stage = SelectiveTransliterate(TransliterateParams(scripts=["Cyrillic"], word_list="mt-origin.tsv", origins=["english"]))
+    stage.setup()
+    batch = pl.DataFrame({"text": ["Il-friġġ ħdejn il-ħobż.", "Он said привет.", None]})
+    out = stage.process(batch)
+    assert out["text"].to_list() == ["Il-frigg ħdejn il-ħobż.", "On said privet.", ""]
+    spans = out["translit_spans"][1].to_list()
+    assert [(s["tag"], out["text"][1][s["start"]:s["end"]]) for s in spans] == [("Cyrillic", "On"), ("Cyrillic", "privet")]
+    with pytest.raises(ValidationError, match="at least one rule"):
+        TransliterateParams()
