@@ -1,0 +1,229 @@
+"""The Ray executor: run a recipe's shards with Ray Data on a Ray cluster, same output as local.
+
+Every segment of the pipeline becomes one Ray Dataset: the shards the local executor plans
+(`Source.plan()`, saved in state/plan.pkl) are its rows, and one `map_batches` call runs the
+segment's Stage objects over each shard with the local executor's `ShardRun` (so error bisection
+→ quarantine, drop counting, removed/, the atomic commit and the done markers are the same code).
+A segment whose stages load models in `setup()` or want GPUs runs in an actor pool (models load
+once per actor, `num_cpus`/`num_gpus` from the stages' `Resources`); other segments run as tasks.
+Barrier stages summarize in the segment before them, reduce on the driver, then apply.
+
+A worker that dies (killed, out of memory) is restarted by Ray and its shard re-run from scratch:
+a shard's files only appear by rename with its done marker, so a retry never duplicates output.
+The run directory must be on a filesystem every node and the driver see (NFS, a shared disk).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from datamill.curate.executor import (
+    finish_run,
+    ProgressCallback,
+    RunError,
+    _check_same_recipe,
+    _load_or_make_plan,
+    _phase_name,
+    _reduce_barrier,
+)
+from datamill.curate.layout import RunLayout
+from datamill.curate.pipeline import Pipeline, Segment, ShardRun
+from datamill.curate.recipe import Recipe
+from datamill.curate.sources.base import ShardSpec
+from datamill.curate.stage import Resources, Stage
+
+MAX_RESTARTS = 3
+"""How often Ray restarts a dead actor / retries a shard whose worker died, before the run fails."""
+
+
+class ShardFailed(RuntimeError):
+    """A shard that raised outside any stage's batch (source read, stage setup, writing)."""
+
+
+def run_recipe_ray(
+    recipe: Recipe,
+    *,
+    workers: int | None = None,
+    resume: bool = True,
+    base_dir: str | Path | None = None,
+    address: str | None = None,
+    progress: ProgressCallback | None = None,
+) -> dict[str, Any]:
+    """Run `recipe` on Ray (the running one, `address`, or a new local cluster); return its stats."""
+    import ray
+
+    started_wall, started = datetime.now(timezone.utc), time.perf_counter()
+    layout = RunLayout(recipe.output.dir)
+    if not resume:
+        layout.clear()
+    _check_same_recipe(layout, recipe)
+    pipeline = Pipeline(recipe, str(Path(recipe.base_dir if base_dir is None else base_dir).resolve()))
+    specs = _load_or_make_plan(layout, pipeline)
+    notify = progress or (lambda *args: None)
+    run_dir = str(layout.root.resolve())
+
+    started_ray = _connect(address or recipe.executor.address)
+    try:
+        _quiet_ray_data()
+        used = 1
+        for segment in pipeline.segments:
+            if segment.barrier is not None:
+                _reduce_barrier(layout, segment.index, segment.barrier)
+            todo = [i for i in range(len(specs)) if not layout.is_done(segment.index, i)]
+            phase = _phase_name(pipeline, segment.index)
+            notify(phase, len(specs) - len(todo), len(specs), 0)
+            if todo:
+                used = max(used, _run_segment(segment, todo, specs, pipeline, run_dir,
+                                              workers or recipe.executor.workers, phase, notify))
+    finally:
+        if started_ray:
+            ray.shutdown()
+
+    return finish_run(layout, pipeline, recipe, executor="ray", workers=used,
+                      started_wall=started_wall, started=started)
+
+
+def _connect(address: str | None) -> bool:
+    """Join the running Ray cluster or the one at `address`, else start a local one. True if started here."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING")
+    except ConnectionError as err:
+        raise RunError(f"cannot reach the Ray cluster at {address!r}: {err}; start one with "
+                       "`ray start --head` or leave --address out for a local cluster") from None
+    return True
+
+
+def _quiet_ray_data() -> None:
+    """The CLI draws its own progress bars; Ray Data's own would interleave with them."""
+    from ray.data import DataContext
+
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+# --- one segment as one Ray Dataset --------------------------------------------------------
+
+def segment_resources(segment: Segment) -> tuple[Resources, bool]:
+    """What one worker of this segment needs (the most any of its stages asks for), and whether
+    it should be a long-lived actor (some stage loads models in `setup()` or wants a GPU)."""
+    stages = [s for s in (segment.barrier, *segment.stages, segment.next_barrier) if s is not None]
+    cpus = max([s.resources.cpus for s in stages], default=1.0)
+    gpus = max([s.resources.gpus for s in stages], default=0.0)
+    stateful = any(type(s).setup is not Stage.setup or s.resources.gpus > 0 for s in stages)
+    return Resources(cpus=cpus, gpus=gpus), stateful
+
+
+def _run_segment(segment: Segment, todo: list[int], specs: list[ShardSpec], pipeline: Pipeline, run_dir: str,
+                 workers: int | None, phase: str, notify: ProgressCallback) -> int:
+    import ray
+    from ray.util.annotations import RayDeprecationWarning
+
+    needs, stateful = segment_resources(segment)
+    size = min(len(todo), workers or _cluster_slots(needs))
+    shards = ray.data.from_items([{"segment": segment.index, "shard": i} for i in todo],
+                                 override_num_blocks=len(todo))
+    with warnings.catch_warnings():  # retry limits have no named parameter yet (Ray 2.60)
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", RayDeprecationWarning)
+        done = _map_shards(shards, stateful, size, needs, pipeline, specs, run_dir)
+    finished = len(specs) - len(todo)
+    try:
+        for row in done.iter_rows():
+            finished += 1
+            notify(phase, finished, len(specs), int(row["records"]))
+    except Exception as err:
+        raise RunError(_root_message(err)) from err
+    return size
+
+
+def _map_shards(shards, stateful: bool, size: int, needs: Resources, pipeline: Pipeline,
+                specs: list[ShardSpec], run_dir: str):
+    """The segment's shards → `map_batches` over an actor pool (stateful) or a task pool."""
+    import ray
+
+    common = dict(batch_size=1, batch_format="numpy", num_cpus=needs.cpus, num_gpus=needs.gpus or None)
+    if stateful:
+        return shards.map_batches(
+            _ShardActor, fn_constructor_args=(pipeline, specs, run_dir),
+            compute=ray.data.ActorPoolStrategy(size=size),
+            max_restarts=MAX_RESTARTS, max_task_retries=MAX_RESTARTS, **common)
+    return shards.map_batches(
+        _run_shards, fn_args=(pipeline, specs, run_dir),
+        compute=ray.data.TaskPoolStrategy(size=size), max_retries=MAX_RESTARTS, **common)
+
+
+def _cluster_slots(needs: Resources) -> int:
+    import ray
+
+    available = ray.cluster_resources()
+    slots = int(available.get("CPU", 1) // max(needs.cpus, 1e-3))
+    if needs.gpus:
+        slots = min(slots, int(available.get("GPU", 0) // needs.gpus))
+        if slots == 0:
+            raise RunError(f"the recipe's stages need {needs.gpus} GPU(s) per worker; the Ray cluster has "
+                           f"{available.get('GPU', 0)}")
+    return max(slots, 1)
+
+
+def _root_message(err: BaseException) -> str:
+    """The ShardFailed message inside Ray's wrapping exceptions, or Ray's own message."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, ShardFailed):
+            return str(seen)
+        cause = getattr(seen, "cause", None)
+        seen = seen.__cause__ or (cause if isinstance(cause, BaseException) else None)
+    text = str(err)
+    if "ShardFailed: " in text:
+        return text.rsplit("ShardFailed: ", 1)[1].strip().splitlines()[0]
+    return f"the Ray run failed: {text}"
+
+
+# --- on the workers ------------------------------------------------------------------------
+
+def _run_shard_batch(pipeline: Pipeline, layout: RunLayout, specs: list[ShardSpec],
+                     batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    records = []
+    for segment, shard in zip(batch["segment"].tolist(), batch["shard"].tolist()):
+        if layout.is_done(segment, shard):  # a retry after the commit: nothing left to do
+            records.append(_records_seen(layout.read_marker(segment, shard)))
+            continue
+        try:
+            marker = ShardRun(pipeline, layout, segment, shard, specs[shard]).run()
+        except Exception as err:
+            raise ShardFailed(f"shard {shard} ({specs[shard].description}) failed: "
+                              f"{type(err).__name__}: {err}") from err
+        records.append(_records_seen(marker))
+    return {"shard": batch["shard"], "records": np.asarray(records, dtype=np.int64)}
+
+
+def _run_shards(batch: dict[str, np.ndarray], pipeline: Pipeline, specs: list[ShardSpec],
+                run_dir: str) -> dict[str, np.ndarray]:
+    """Task body for segments without models: build nothing, run the shards, return counts."""
+    return _run_shard_batch(pipeline, RunLayout(run_dir), specs, batch)
+
+
+class _ShardActor:
+    """Actor body for segments with models: `Pipeline.setup` loads each model once per actor."""
+
+    def __init__(self, pipeline: Pipeline, specs: list[ShardSpec], run_dir: str):
+        self.pipeline, self.specs, self.layout = pipeline, specs, RunLayout(run_dir)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return _run_shard_batch(self.pipeline, self.layout, self.specs, batch)
+
+
+
+def _records_seen(marker: dict[str, Any]) -> int:
+    """Records a shard took in: read from the source (segment 0) or from the previous segment."""
+    return marker["records_read"] or max((s["records_in"] for s in marker["stages"].values()), default=0)

@@ -1,0 +1,198 @@
+"""The Ray executor writes what the local executor writes, quarantines stage errors, survives killed workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from conftest import make_documents, recipe_dict, write_jsonl
+from datamill.curate.executor import RunError, run_recipe
+from datamill.curate.pipeline import Pipeline
+from datamill.curate.ray_executor import run_recipe_ray, segment_resources
+from datamill.curate.recipe import load_recipe, validate_recipe
+from datamill.curate.registry import register_stage
+from datamill.curate.stage import Stage, StageParams
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local 2-CPU Ray cluster for the whole file; its workers can import this test module."""
+    tests_dir = str(Path(__file__).parent)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, old) if p)
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+    if old is None:
+        os.environ.pop("PYTHONPATH")
+    else:
+        os.environ["PYTHONPATH"] = old
+
+
+@register_stage
+class RaisesOnWord(Stage):
+    """Test stage: raises on any batch holding a text with 'chestnuts'."""
+
+    type_name = "test_ray_raises_on_word"
+
+    def process(self, batch):
+        if batch["text"].str.contains("chestnuts").any():
+            raise ValueError("cannot digest chestnuts")
+        return batch
+
+
+class KillParams(StageParams):
+    marker: str
+
+
+@register_stage
+class KillsItsWorkerOnce(Stage):
+    """Test stage: the first call anywhere SIGKILLs its own process (a marker file says it happened)."""
+
+    type_name = "test_ray_kill_once"
+    Params = KillParams
+
+    def setup(self) -> None:  # a stage with a setup() (a model) runs in a Ray actor
+        self.pid = os.getpid()
+
+    def process(self, batch):
+        marker = Path(self.params.marker)
+        if not marker.exists():
+            marker.write_text(str(self.pid))
+            os.kill(self.pid, signal.SIGKILL)
+        return batch
+
+
+@register_stage
+class FailsSetup(Stage):
+    """Test stage: cannot load its (missing) model."""
+
+    type_name = "test_ray_fails_setup"
+
+    def setup(self) -> None:
+        raise FileNotFoundError("model file weights.bin is missing")
+
+    def process(self, batch):
+        return batch
+
+
+def corpus_files(folder: Path) -> Path:
+    """Four jsonl files: distinct documents, exact copies and one-word near copies across files."""
+    docs = make_documents(160, sentences_per_doc=6)
+    for k in range(4):
+        rows = [{"text": d} for d in docs[k * 40:(k + 1) * 40]]
+        rows += [{"text": docs[k]}, {"text": docs[k + 10].replace("Note", "Remark", 1)}]
+        write_jsonl(folder / f"part{k}.jsonl", rows)
+    return folder
+
+
+def run_both(raw: Path, tmp: Path, stages: list, **output) -> tuple[dict, dict]:
+    stats = []
+    for name, runner in (("local", run_recipe), ("ray", run_recipe_ray)):
+        recipe = validate_recipe(recipe_dict(str(raw / "*.jsonl"), str(tmp / name), stages, **output))
+        stats.append(runner(recipe, workers=1 if name == "local" else None))
+    return stats[0], stats[1]
+
+
+def table(folder: Path, pattern: str) -> pl.DataFrame:
+    files = sorted(folder.glob(pattern))
+    read = pl.read_parquet if pattern.endswith("parquet") else pl.read_ndjson
+    return pl.concat([read(f) for f in files], how="diagonal_relaxed").sort("id" if "shards" in pattern else pl.all())
+
+
+def counts(stats: dict) -> list:
+    return [{k: v for k, v in s.items() if k != "seconds"} for s in stats["stages"]]
+
+
+def test_quickstart_gives_the_same_records_on_local_and_ray(ray_cluster, tmp_path):
+    outputs = {}
+    for executor in ("local", "ray"):
+        recipe = load_recipe("quickstart", {"sources.*.limit": 1500, "output.dir": str(tmp_path / executor),
+                                            "executor.type": executor})
+        stats = (run_recipe_ray if executor == "ray" else run_recipe)(recipe, workers=1)
+        outputs[executor] = pl.read_parquet(sorted((tmp_path / executor / "shards").glob("*.parquet"))).sort("id")
+        assert stats["executor"] == executor
+    assert outputs["ray"].height > 500
+    assert outputs["ray"].equals(outputs["local"])
+    assert (tmp_path / "ray" / "report.html").exists() and (tmp_path / "ray" / "stats.json").exists()
+
+
+def test_dedup_selection_filters_and_stage_errors_match_local_across_shards(ray_cluster, tmp_path):
+    raw = corpus_files(tmp_path / "raw")
+    target = write_jsonl(tmp_path / "target.jsonl", [{"text": "The farmers moved the cattle before the storm."},
+                                                     {"text": "Bees, honey and bread at the village market."}])
+    stages = [{"type": "normalize_text"}, {"type": "length_filter", "min_words": 40},
+              {"type": "exact_dedup"}, {"type": "minhash_dedup", "threshold": 0.8},
+              {"type": "dsir", "target": {"type": "jsonl", "path": str(target)}, "budget": 0.5, "min_words": 5},
+              {"type": "test_ray_raises_on_word"}]
+    local, ray_stats = run_both(raw, tmp_path, stages, keep_removed=True)
+    for where in ("shards/*.parquet", "quarantine/*.jsonl", "removed/*/*.parquet"):
+        assert table(tmp_path / "ray", where).equals(table(tmp_path / "local", where)), where
+    assert [p.name for p in sorted((tmp_path / "ray" / "shards").iterdir())] == \
+        [p.name for p in sorted((tmp_path / "local" / "shards").iterdir())]
+    assert counts(ray_stats) == counts(local)
+    by_stage = {s["name"]: s for s in ray_stats["stages"]}
+    assert by_stage["exact_dedup"]["dropped"] == {"exact_duplicate": 4}
+    assert by_stage["minhash_dedup"]["dropped"].get("near_duplicate", 0) >= 4
+    assert sum(by_stage["dsir"]["dropped"].values()) > 0
+    bad = table(tmp_path / "ray", "quarantine/*.jsonl")
+    assert bad.height == by_stage["test_ray_raises_on_word"]["errors"] > 0
+    assert set(bad["reason"]) == {"stage_error:test_ray_raises_on_word"}
+    assert not table(tmp_path / "ray", "shards/*.parquet")["text"].str.contains("chestnuts").any()
+
+
+def test_a_killed_worker_is_retried_without_duplicating_output(ray_cluster, tmp_path):
+    raw = corpus_files(tmp_path / "raw")
+    marker = tmp_path / "killed.pid"
+    stages = [{"type": "test_ray_kill_once", "marker": str(marker)}, {"type": "exact_dedup"}]
+    recipe = validate_recipe(recipe_dict(str(raw / "*.jsonl"), str(tmp_path / "out"), stages))
+    assert segment_resources(Pipeline(recipe).segments[0])[1]  # runs in an actor pool
+    stats = run_recipe_ray(recipe, workers=1)  # one actor: killed, restarted, goes on
+    assert marker.exists() and int(marker.read_text()) != os.getpid()
+    corpus = table(tmp_path / "out", "shards/*.parquet")
+    assert corpus.height == stats["output"]["records"] == 164
+    assert corpus["id"].n_unique() == corpus.height
+    assert stats["stages"][0]["records_in"] == 168
+
+
+def test_a_shard_that_cannot_run_fails_the_run_with_its_name(ray_cluster, tmp_path):
+    raw = corpus_files(tmp_path / "raw")
+    recipe = validate_recipe(recipe_dict(str(raw / "*.jsonl"), str(tmp_path / "out"),
+                                         [{"type": "test_ray_fails_setup"}]))
+    with pytest.raises(RunError, match=r"shard \d \(.*part\d\.jsonl.*\) failed: FileNotFoundError: model file"):
+        run_recipe_ray(recipe, workers=1)
+
+
+def test_cli_runs_on_ray_and_resumes_a_local_run(ray_cluster, tmp_path):
+    from datamill.curate.cli import app
+
+    raw = corpus_files(tmp_path / "raw")
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(recipe_dict(str(raw / "*.jsonl"), str(tmp_path / "out"), [{"type": "exact_dedup"}])))
+    runner = CliRunner()
+    first = runner.invoke(app, ["run", str(path), "--executor", "local", "-w", "1"])
+    assert first.exit_code == 0, first.output
+    (tmp_path / "out" / "state" / "done" / "segment-1-shard-00002.json").unlink()  # as if killed
+    again = runner.invoke(app, ["run", str(path), "--executor", "ray"])
+    assert again.exit_code == 0, again.output
+    stats = json.loads((tmp_path / "out" / "stats.json").read_text())
+    assert stats["executor"] == "ray" and stats["output"]["records"] == 164
+    assert table(tmp_path / "out", "shards/*.parquet")["id"].n_unique() == 164
+    bad = runner.invoke(app, ["run", str(path), "--executor", "local", "--address", "auto"])
+    assert bad.exit_code == 2 and "--address" in bad.output
+
+
+def test_executor_choice_does_not_change_the_fingerprint():
+    local = load_recipe("quickstart")
+    ray_recipe = load_recipe("quickstart", {"executor.type": "ray", "executor.address": "auto", "executor.workers": 3})
+    assert ray_recipe.executor.type == "ray" and local.fingerprint() == ray_recipe.fingerprint()
+    dumped = local.model_dump(mode="json")
+    assert "address" in dumped["executor"]  # present, but left out of the hash like `workers`
