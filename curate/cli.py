@@ -1,14 +1,16 @@
-"""The `datamill` command line: run, validate, stages, report, train."""
+"""The `datamill` command line: run, validate, stages, report, loop, ablate, train."""
 
 from __future__ import annotations
 
 import sys
 import time
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -18,6 +20,14 @@ from datamill.train.cli import train as train_command
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="datamill: curate, synthesize, select and train on LLM data from one recipe.")
 console = Console(stderr=True)
+
+
+class ExecutorType(str, Enum):
+    """The `--executor` choices (recipe key `executor.type`)."""
+
+    local = "local"
+    ray = "ray"
+
 
 RECIPE_HELP = "Recipe file, or the name of a built-in recipe: " + ", ".join(builtin_recipe_names())
 
@@ -29,6 +39,10 @@ def run(
     resume: bool = typer.Option(True, "--resume/--fresh", help="Skip finished shards, or start over."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Read at most N records per source."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Override output.dir."),
+    executor: Optional[ExecutorType] = typer.Option(
+        None, "--executor", "-e", help="Override executor.type (default: the recipe's, else local)."),
+    address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (`auto`, "
+                                          "`ray://head:10001`); implies --executor ray."),
 ) -> None:
     """Run a recipe: read sources, apply stages, write the corpus and its report."""
     from datamill.curate.executor import RunError, run_recipe
@@ -38,11 +52,18 @@ def run(
         overrides["sources.*.limit"] = limit
     if output is not None:
         overrides["output.dir"] = output
+    if address is not None and executor is ExecutorType.local:
+        console.print("[red]error:[/] --address is for the ray executor; drop it or use --executor ray")
+        raise typer.Exit(2)
+    if executor is not None or address is not None:
+        overrides["executor.type"] = executor.value if executor else "ray"
+    if address is not None:
+        overrides["executor.address"] = address
     parsed = _load_or_exit(recipe, overrides)
     console.print(f"[bold]datamill[/] running [cyan]{parsed.name}[/] → {parsed.output.dir}")
     try:
         with _ProgressDisplay() as display:
-            stats = run_recipe(parsed, workers=workers, resume=resume, progress=display.update)
+            stats = run_recipe(parsed, workers=workers, resume=resume, progress=display.update)  # local or ray
     except RunError as err:
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
@@ -89,6 +110,45 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (holds stat
         raise typer.Exit(1)
     paths = render_report(run_dir)
     console.print(f"report: {paths['html']}\n        {paths['md']}")
+
+
+@app.command()
+def loop(
+    recipe: str = typer.Argument(..., help=RECIPE_HELP),
+    resume: bool = typer.Option(True, "--resume/--fresh", help="Skip finished phases, or start over."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Read at most N records per source."),
+) -> None:
+    """Run every phase of a recipe: curate → synth → select → train → eval; finished phases are skipped."""
+    from datamill.curate.loop import run_loop
+
+    done = _run_phases(run_loop, recipe, resume, limit)
+    if "eval" in done:
+        console.print(f"[green]done[/]: target perplexity {done['eval']['final']['ppl']:.2f}")
+
+
+@app.command()
+def ablate(
+    recipe: str = typer.Argument(..., help=RECIPE_HELP),
+    resume: bool = typer.Option(True, "--resume/--fresh", help="Skip finished corpora and runs, or start over."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Read at most N records per source."),
+) -> None:
+    """Does curation help? Train on raw, curated and selected data (same budget, ≥2 seeds); compare on target text."""
+    from datamill.curate.ablate import run_ablation
+
+    result = _run_phases(run_ablation, recipe, resume, limit)
+    console.print(f"[green]done[/]: {result['verdict']['text']}\nreport: {result['report']['html']}")
+
+
+def _run_phases(runner, recipe: str, resume: bool, limit: Optional[int]) -> dict:
+    from datamill.curate.executor import RunError
+    from datamill.curate.loop import LoopError
+
+    parsed = _load_or_exit(recipe, {"sources.*.limit": limit} if limit is not None else {})
+    try:
+        return runner(parsed, resume=resume, log=console.print)
+    except (LoopError, RunError) as err:
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
+        raise typer.Exit(1) from None
 
 
 app.command("train")(train_command)

@@ -42,10 +42,17 @@ def run_recipe(
     *,
     workers: int | None = None,
     resume: bool = True,
-    base_dir: str | Path = ".",
+    base_dir: str | Path | None = None,
     progress: ProgressCallback | None = None,
 ) -> dict[str, Any]:
-    """Run `recipe` to completion and return its stats (also written to `<output.dir>/stats.json`)."""
+    """Run `recipe` to completion and return its stats (also written to `<output.dir>/stats.json`).
+    Relative source paths are read from `base_dir`, by default `recipe.base_dir` (the recipe
+    file's folder). A recipe with `executor.type: ray` runs on Ray (`ray_executor`)."""
+    if recipe.executor.type == "ray":
+        from datamill.curate.ray_executor import run_recipe_ray
+
+        return run_recipe_ray(recipe, workers=workers, resume=resume, base_dir=base_dir, progress=progress)
+    base_dir = recipe.base_dir if base_dir is None else base_dir
     started_wall, started = datetime.now(timezone.utc), time.perf_counter()
     layout = RunLayout(recipe.output.dir)
     workers = workers or recipe.executor.workers or os.cpu_count() or 1
@@ -64,6 +71,14 @@ def run_recipe(
             phase = _phase_name(pipeline, segment.index)
             pool.run(segment.index, todo, specs, phase, len(specs), notify)
 
+    return finish_run(layout, pipeline, recipe, executor="local", workers=workers,
+                      started_wall=started_wall, started=started)
+
+
+def finish_run(layout: RunLayout, pipeline: Pipeline, recipe: Recipe, *, executor: str, workers: int,
+               started_wall: datetime, started: float) -> dict[str, Any]:
+    """Aggregate the done markers into `stats.json`, render the report, return the stats
+    (the common ending of every executor)."""
     stats = aggregate(
         layout.done_markers(),
         stage_order=[(s.name, s.type_name) for s in pipeline.stages],
@@ -72,7 +87,7 @@ def run_recipe(
         header={
             "recipe": recipe.name,
             "run_dir": str(layout.root),
-            "executor": recipe.executor.type,
+            "executor": executor,
             "workers": workers,
             "started_at": started_wall.isoformat(timespec="seconds"),
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

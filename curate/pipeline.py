@@ -58,6 +58,7 @@ class Pipeline:
         types = stage_types()
         for i, (type_name, params) in enumerate(recipe.stage_params()):
             stage = types[type_name](params, seed=recipe.seed * 7919 + i)
+            stage.base_dir = base_dir
             seen[stage.name] += 1
             if seen[stage.name] > 1:
                 stage.name = f"{stage.name}_{seen[stage.name]}"

@@ -19,8 +19,9 @@ from typing import Any, Literal
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
+from datamill.curate.loop import LOOP_SECTIONS, AblateSpec, EvalSpec, PhaseSpec, section_problems
 from datamill.curate.registry import source_types, stage_types
 from datamill.curate.sources.base import SourceParams
 from datamill.curate.stage import StageParams
@@ -51,8 +52,12 @@ class ExecutorSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    type: Literal["local"] = "local"
-    workers: int | None = Field(None, ge=1, description="Worker processes; default: CPU cores.")
+    type: Literal["local", "ray"] = Field(
+        "local", description="local: worker processes on this machine; ray: Ray Data on a Ray cluster.")
+    workers: int | None = Field(None, ge=1, description="Worker processes (ray: actors/tasks at once); "
+                                "default: CPU cores.")
+    address: str | None = Field(None, description="ray: cluster address (`auto`, `ray://host:10001`); "
+                                "default: start a local Ray cluster.")
     batch_rows: int = Field(1000, ge=1, description="Records per batch handed to stages.")
 
 
@@ -67,6 +72,19 @@ class Recipe(BaseModel):
     stages: list[dict[str, Any]] = Field(default_factory=list)
     output: OutputSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
+    # phases after curation (datamill.curate.loop); none of them changes the fingerprint
+    synth: PhaseSpec | None = None
+    select: PhaseSpec | None = None
+    train: dict[str, Any] | None = Field(None, description="datamill.train's config; data comes from the loop.")
+    eval: EvalSpec | None = None
+    ablate: AblateSpec | None = None
+    _base_dir: str | None = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> str:
+        """The folder that relative source paths are read from: the recipe file's folder when
+        the recipe was loaded from a file, else the current directory."""
+        return self._base_dir or "."
 
     def source_params(self) -> list[SourceParams]:
         types = source_types()
@@ -77,9 +95,14 @@ class Recipe(BaseModel):
         return [(s["type"], types[s["type"]].Params.model_validate(_without_type(s))) for s in self.stages]
 
     def fingerprint(self) -> str:
-        """Hash of everything that decides the output (not the worker count)."""
+        """Hash of everything that decides the output (not the worker count, nor the executor:
+        local and ray write the same output, so either can resume the other's run)."""
         content = self.model_dump(mode="json")
-        content["executor"].pop("workers", None)
+        for key in ("workers", "address"):
+            content["executor"].pop(key, None)
+        content["executor"]["type"] = "local"  # the value every fingerprint was made with
+        for section in LOOP_SECTIONS:
+            content.pop(section)
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -118,7 +141,9 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         raise RecipeError(str(path), [f"line {_yaml_line(err)}: not valid YAML: {getattr(err, 'problem', err)}"]) from None
     except UnicodeDecodeError as err:
         raise RecipeError(str(path), [f"not UTF-8 text: {err}"]) from None
-    return validate_recipe(raw, where=str(path), overrides=overrides)
+    recipe = validate_recipe(raw, where=str(path), overrides=overrides)
+    recipe._base_dir = str(path.resolve().parent)
+    return recipe
 
 
 def _yaml_line(err: yaml.YAMLError) -> str:
@@ -139,6 +164,10 @@ def validate_recipe(raw: Any, *, where: str = "recipe", overrides: dict[str, Any
         recipe = None
     problems.extend(_check_entries(raw.get("sources"), "sources", source_types(), keep_type=True))
     problems.extend(_check_entries(raw.get("stages"), "stages", stage_types(), keep_type=False))
+    for phase in ("synth", "select"):
+        if isinstance(raw.get(phase), dict):
+            problems.extend(_check_entries(raw[phase].get("stages"), f"{phase}.stages", stage_types(), keep_type=False))
+    problems.extend(section_problems(raw))
     if problems or recipe is None:
         raise RecipeError(where, problems)
     return recipe

@@ -72,6 +72,9 @@ class Stage:
         self.params = params if params is not None else self.Params()
         self.name = self.params.name or self.type_name
         self.seed = seed
+        self.base_dir = "."
+        """Folder that relative paths in the params (eval sets, indexes, targets) are read from;
+        the pipeline sets it to the recipe file's folder."""
 
     @property
     def modifies_text(self) -> bool:

@@ -135,7 +135,6 @@ class Decontaminate(Filter):
 
     def __init__(self, params: DecontaminateParams | None = None, *, seed: int = 0):
         super().__init__(params, seed=seed)
-        self.base_dir = "."
         """Folder relative benchmark paths are resolved against (the recipe's folder)."""
         self.index: pl.DataFrame | None = None
         self.lengths: list[int] = []

@@ -355,6 +355,9 @@ def render_report(run_dir: Path) -> dict[str, Path]:
     stats = json.loads((run_dir / "stats.json").read_text(encoding="utf-8"))
     plots = draw_all(stats, run_dir / "plots")
     blocks = report_blocks(stats, plots)
+    from datamill.curate.report.codeswitch import codeswitch_blocks  # optional section
+
+    blocks += codeswitch_blocks(run_dir, run_dir / "plots")
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     md_path.write_text(to_markdown(blocks), encoding="utf-8")
     html_path.write_text(to_html(blocks, f"datamill report: {stats['recipe']}"), encoding="utf-8")
