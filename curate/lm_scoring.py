@@ -11,6 +11,8 @@ With `prompts`, each text is a completion of its prompt: the model reads prompt 
 and only the completion's tokens are scored (the loss of `text` given `prompt`, as IFD needs).
 Sequences longer than `max_tokens` are cut on the right (a prompt that fills `max_tokens`
 leaves no completion token: that document's loss is NaN with 0 tokens).
+`masked_token_losses` is the same engine for sequences tokenized by the caller, with any per-token
+loss mask (chat replies given the conversation, see `curate/selection/scoring.py`).
 """
 
 from __future__ import annotations
@@ -58,25 +60,53 @@ def token_losses(
     chunk_tokens: int | None = None,
 ) -> DocumentLosses:
     """Mean token loss of each text under `model` (of each text given its prompt, with `prompts`)."""
-    import torch
-
     if prompts is not None and len(prompts) != len(texts):
         raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts")
     if max_tokens < 2:
         raise ValueError("max_tokens must be at least 2: a loss needs a token and its successor")
+    sequences, first_scored = _encode(tokenizer, texts, prompts, max_tokens)
+    masks = [np.arange(len(ids)) >= first for ids, first in zip(sequences, first_scored)]
+    return masked_token_losses(
+        model, tokenizer, sequences, masks, batch_tokens=batch_tokens, per_token=per_token, chunk_tokens=chunk_tokens
+    )
+
+
+def masked_token_losses(
+    model: Any,
+    tokenizer: Any,
+    sequences: Sequence[Sequence[int]],
+    loss_masks: Sequence[np.ndarray],
+    *,
+    batch_tokens: int = 16384,
+    per_token: bool = False,
+    chunk_tokens: int | None = None,
+) -> DocumentLosses:
+    """Mean loss of the tokens of each pre-tokenized sequence whose `loss_masks` entry is true.
+
+    `loss_masks[i][t]` true means "the loss of predicting token t counts"; position 0 never counts
+    (nothing predicts it). Sequences are scored whole: cut them to the length you want first.
+    `per_token` returns the losses of the counted positions, in position order.
+    """
+    import torch
+
+    if len(loss_masks) != len(sequences):
+        raise ValueError(f"{len(loss_masks)} loss masks for {len(sequences)} sequences")
     head = _output_layer(model)
     if chunk_tokens is None:
         chunk_tokens = max(1, LOGITS_BUDGET // head.out_features)
-    sequences, first_scored = _encode(tokenizer, texts, prompts, max_tokens)
     lengths = np.array([len(ids) for ids in sequences], dtype=np.int64)
-    loss_sum = np.zeros(len(texts), dtype=np.float64)
-    counts = np.zeros(len(texts), dtype=np.int64)
-    token_lists: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(texts)
+    for i, (ids, mask) in enumerate(zip(sequences, loss_masks)):
+        if len(mask) != len(ids):
+            raise ValueError(f"sequence {i}: loss mask has {len(mask)} entries for {len(ids)} tokens")
+    n = len(sequences)
+    loss_sum = np.zeros(n, dtype=np.float64)
+    counts = np.zeros(n, dtype=np.int64)
+    token_lists: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * n
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     with torch.inference_mode():
         for rows in length_sorted_batches(lengths, batch_tokens):
-            ids, scored = _pad(sequences, first_scored, lengths, rows, pad_id)
+            ids, scored = _pad(sequences, loss_masks, lengths, rows, pad_id)
             ids_t = torch.from_numpy(ids).to(device)
             mask_t = torch.from_numpy(lengths[rows][:, None] > np.arange(ids.shape[1])).to(device)
             hidden = model.base_model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
@@ -141,15 +171,16 @@ def _encode(
 
 
 def _pad(
-    sequences: list[list[int]], first_scored: np.ndarray, lengths: np.ndarray, rows: np.ndarray, pad_id: int
+    sequences: Sequence[Sequence[int]], loss_masks: Sequence[np.ndarray], lengths: np.ndarray, rows: np.ndarray,
+    pad_id: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Right-padded int64 ids of `rows`, and the mask of token positions whose loss counts."""
     width = max(int(lengths[rows].max()), 1)
     ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+    scored = np.zeros((len(rows), width), dtype=bool)
     for i, row in enumerate(rows):
         ids[i, : lengths[row]] = sequences[row]
-    columns = np.arange(width)
-    scored = (columns >= first_scored[rows][:, None]) & (columns < lengths[rows][:, None])
+        scored[i, : lengths[row]] = loss_masks[row]
     return ids, scored
 
 

@@ -1,0 +1,146 @@
+"""Global ranking under a budget: keep the best rows by a score, by count, fraction or tokens.
+
+Shared by every selection stage (DSIR, budget, learnability scores). A selection stage is a
+barrier: `summarize` keeps `_pos`, the score and the token count of each row, `reduce` calls
+`select_by_rank` once over all shards, and `apply` calls `apply_selection` per shard.
+
+    from datamill.curate.selection.ranking import Budget, select_by_rank, apply_selection
+
+    decision = select_by_rank(table, "ifd", Budget(fraction=0.3), descending=True)
+    # -> table + `_rank` (0 = best in its group) + `_selected` (bool)
+    batch = apply_selection(batch, decision.select(POSITION, "_selected"), reason="below_budget")
+
+Rules, the same for every stage:
+- Ties are broken by the `tie_break` column (default `_pos`, the dataset order), smaller first, so a
+  selection never depends on the worker count or the order shards finish in.
+- Rows whose score is null (or NaN) rank after every scored row and are never selected.
+- `fraction` keeps round-half-up(fraction × rows of the group) rows, nulls counted in the rows;
+  `count` keeps that many per group; `tokens` keeps the longest prefix of the ranking whose token
+  sum is at most the budget (a row that would overflow it stops the selection, later, shorter
+  rows are not squeezed in: the order is the ranking, not a knapsack).
+- With `group_by` (e.g. `source`), the budget applies to every group on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from datamill.curate.records import TOKENS
+from datamill.curate.stage import DROP_REASON, POSITION
+
+RANK = "_rank"
+"""Column `select_by_rank` adds: 0-based position in the ranking of the row's group."""
+SELECTED = "_selected"
+"""Column `select_by_rank` adds: true for rows inside the budget."""
+
+
+class Budget(BaseModel):
+    """How much to keep: exactly one of a row count, a fraction of the rows, or a token count.
+
+    In a recipe: `budget: {fraction: 0.3}`, `{count: 10000}`, `{tokens: 5_000_000}`, or a bare
+    number: a float in (0, 1] is a fraction (`budget: 0.3`), an integer a count (`budget: 10000`).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    count: int | None = Field(None, ge=0, description="Keep this many rows (per group).")
+    fraction: float | None = Field(None, gt=0, le=1, description="Keep this fraction of the rows (per group).")
+    tokens: int | None = Field(
+        None, ge=0, description="Keep rows down the ranking while their `_tokens` sum stays within this many."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("a budget is a number or {count|fraction|tokens: n}, not true/false")
+        if isinstance(value, int):
+            return {"count": value}
+        if isinstance(value, float):
+            return {"fraction": value}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Budget:
+        given = [k for k in ("count", "fraction", "tokens") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of count, fraction, tokens (got {', '.join(given) or 'none'})")
+        return self
+
+    def describe(self) -> str:
+        if self.count is not None:
+            return f"{self.count} rows"
+        if self.fraction is not None:
+            return f"{self.fraction:g} of the rows"
+        return f"{self.tokens} tokens"
+
+
+def select_by_rank(
+    table: pl.DataFrame,
+    score: str,
+    budget: Budget,
+    *,
+    descending: bool = True,
+    group_by: str | None = None,
+    tokens: str = TOKENS,
+    tie_break: str = POSITION,
+) -> pl.DataFrame:
+    """`table` sorted by (group, rank) with `_rank` and `_selected` added.
+
+    `table` needs the `score` and `tie_break` columns, the `group_by` column when given, and the
+    `tokens` column for a token budget. `descending=True` ranks the highest score first.
+    """
+    needed = [score, tie_break] + ([group_by] if group_by else []) + ([tokens] if budget.tokens is not None else [])
+    missing = [c for c in needed if c not in table.columns]
+    if missing:
+        raise ValueError(f"cannot rank: column(s) {', '.join(missing)} missing (have {', '.join(table.columns)})")
+    value = pl.col(score)
+    if table.schema[score].is_float():
+        value = pl.when(value.is_nan()).then(None).otherwise(value)
+    keys = ([group_by] if group_by else []) + ["_score", tie_break]
+    order = ([False] if group_by else []) + [descending, False]
+    ranked = table.with_columns(value.alias("_score")).sort(keys, descending=order, nulls_last=True)
+    window = [group_by] if group_by else None
+
+    def per_group(expr: pl.Expr) -> pl.Expr:
+        return expr.over(window) if window else expr
+
+    rank = per_group(pl.int_range(pl.len(), dtype=pl.Int64))
+    if budget.count is not None:
+        inside = rank < budget.count
+    elif budget.fraction is not None:
+        inside = rank < (per_group(pl.len()) * budget.fraction + 0.5).floor()
+    else:
+        inside = per_group(pl.col(tokens).fill_null(0).cast(pl.Int64).cum_sum()) <= budget.tokens
+    return ranked.with_columns(
+        rank.alias(RANK), (inside & pl.col("_score").is_not_null()).alias(SELECTED)
+    ).drop("_score")
+
+
+def apply_selection(batch: pl.DataFrame, decision: pl.DataFrame, reason: str) -> pl.DataFrame:
+    """Join `decision` (`_pos`, `_selected`, any score columns) onto `batch`; unselected rows get `reason`.
+
+    The stage's `action` (drop / flag) is honoured by the executor through `_drop_reason`.
+    """
+    joined = batch.join(decision, on=POSITION, how="left", maintain_order="left")
+    drop = pl.when(pl.col(SELECTED).fill_null(False)).then(pl.lit(None, dtype=pl.String)).otherwise(pl.lit(reason))
+    return joined.with_columns(drop.alias(DROP_REASON)).drop(SELECTED)
+
+
+def uniform_from_hash(column: str | pl.Expr, seed: int) -> pl.Expr:
+    """A reproducible uniform number in (0, 1) per row, from a seeded hash of a column (e.g. `id`).
+
+    Depends only on the value and the seed, so it is the same however the rows are sharded.
+    """
+    expr = pl.col(column) if isinstance(column, str) else column
+    bits = expr.hash(seed=seed % (1 << 64)) // (1 << 11)  # top 53 bits: exact in a float64
+    return (bits.cast(pl.Float64) + 0.5) * (2.0**-53)
+
+
+def gumbel_noise(column: str | pl.Expr, seed: int) -> pl.Expr:
+    """Standard Gumbel noise per row from a seeded hash: adding it to log-weights and taking the
+    top k samples k rows without replacement with probability proportional to the weights."""
+    return -(-uniform_from_hash(column, seed).log()).log()
