@@ -69,6 +69,8 @@ class TrainConfig(Strict):
     max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps (or give `tokens`).")
     tokens: Optional[int] = Field(None, ge=1, description="Train on this many tokens (sets max_steps).")
     seed: int = 0
+    kd_weight: float = Field(0.0, ge=0, le=1, description="Knowledge distillation: loss = (1-w)·CE + w·KL to the "
+                             "teacher's stored top-k log-probs (columns teacher_topk_ids/_logprobs, from `distill`).")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     compile: Optional[bool] = Field(None, description="torch.compile the model (default: on for CUDA).")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="Strategy under torchrun.")

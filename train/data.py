@@ -7,6 +7,9 @@
    per-token loss mask (uint8: 1 = learn to predict this token), document offsets and per-document
    weights. The cache folder is keyed by a hash of the corpus files, the tokenizer and the data
    options, so a second run (or another rank) reuses it.
+   With knowledge distillation (`kd=True`), the teacher's stored top-k ids and log-probabilities
+   of each completion token (`teacher_topk_ids`/`teacher_topk_logprobs`, see `synth/distill.py`)
+   are laid out per token too ([n_tokens, k], -inf where no teacher distribution exists).
 2. `PackedRows` cuts a split's token stream into rows of `seq_len` (no padding except the last row).
    For each row it gives position ids that restart at every document start, a document id per token
    (the attention mask lets a token see only earlier tokens of its own document), the targets, and a
@@ -189,6 +192,8 @@ class TokenSplit:
     loss_mask: np.ndarray    # [n_tokens] uint8, 1 = learn to predict this token
     doc_offsets: np.ndarray  # [n_docs + 1] int64, document d is tokens[doc_offsets[d]:doc_offsets[d+1]]
     doc_weights: np.ndarray  # [n_docs] float32
+    teacher_ids: np.ndarray | None = None       # [n_tokens, k] int32: the teacher's top-k ids for this token
+    teacher_logprobs: np.ndarray | None = None  # [n_tokens, k] float32, -inf where there is no teacher
 
     @property
     def n_tokens(self) -> int:
@@ -203,32 +208,49 @@ class TokenSplit:
         return bool(np.all(self.doc_weights == 1.0))
 
 
-def load_split(folder: Path, split: str, dtype: str) -> TokenSplit:
+def load_split(folder: Path, split: str, dtype: str, kd_topk: int = 0) -> TokenSplit:
     offsets = np.load(folder / f"{split}.offsets.npy")
     n_tokens = int(offsets[-1])
+    teacher = {}
     if n_tokens == 0:
-        return TokenSplit(np.zeros(0, dtype), np.zeros(0, np.uint8), offsets, np.load(folder / f"{split}.weights.npy"))
+        if kd_topk:
+            teacher = {"teacher_ids": np.zeros((0, kd_topk), np.int32), "teacher_logprobs": np.zeros((0, kd_topk), np.float32)}
+        return TokenSplit(np.zeros(0, dtype), np.zeros(0, np.uint8), offsets, np.load(folder / f"{split}.weights.npy"),
+                          **teacher)
+    if kd_topk:
+        teacher = {"teacher_ids": np.memmap(folder / f"{split}.teacher_ids.bin", dtype=np.int32, mode="r",
+                                            shape=(n_tokens, kd_topk)),
+                   "teacher_logprobs": np.memmap(folder / f"{split}.teacher_logprobs.bin", dtype=np.float32, mode="r",
+                                                 shape=(n_tokens, kd_topk))}
     return TokenSplit(
         tokens=np.memmap(folder / f"{split}.tokens.bin", dtype=dtype, mode="r", shape=(n_tokens,)),
         loss_mask=np.memmap(folder / f"{split}.mask.bin", dtype=np.uint8, mode="r", shape=(n_tokens,)),
         doc_offsets=offsets,
         doc_weights=np.load(folder / f"{split}.weights.npy"),
+        **teacher,
     )
 
 
 class SplitWriter:
     """Appends tokenized documents of one split to flat files."""
 
-    def __init__(self, folder: Path, split: str, dtype: np.dtype):
+    def __init__(self, folder: Path, split: str, dtype: np.dtype, kd: bool = False):
         self.folder, self.split, self.dtype = folder, split, dtype
         self.tokens = open(folder / f"{split}.tokens.bin", "wb")
         self.mask = open(folder / f"{split}.mask.bin", "wb")
+        self.teacher = (open(folder / f"{split}.teacher_ids.bin", "wb"),
+                        open(folder / f"{split}.teacher_logprobs.bin", "wb")) if kd else None
         self.lengths: list[np.ndarray] = []
         self.weights: list[np.ndarray] = []
 
-    def add(self, ids: list[list[int]], masks: list[list[int]], weights: np.ndarray) -> None:
+    def add(self, ids: list[list[int]], masks: list[list[int]], weights: np.ndarray,
+            teacher: list[tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         if not ids:
             return
+        if self.teacher is not None:
+            for topk_ids, topk_logprobs in teacher:
+                self.teacher[0].write(topk_ids.astype(np.int32).tobytes())
+                self.teacher[1].write(topk_logprobs.astype(np.float32).tobytes())
         self.tokens.write(np.fromiter(chain.from_iterable(ids), dtype=self.dtype).tobytes())
         self.mask.write(np.fromiter(chain.from_iterable(masks), dtype=np.uint8).tobytes())
         self.lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
@@ -237,6 +259,8 @@ class SplitWriter:
     def close(self) -> dict:
         self.tokens.close()
         self.mask.close()
+        for file in self.teacher or ():
+            file.close()
         lengths = np.concatenate(self.lengths) if self.lengths else np.zeros(0, np.int64)
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
         np.save(self.folder / f"{self.split}.offsets.npy", offsets)
@@ -256,19 +280,25 @@ def record_batches(files: list[Path], columns: list[str], batch_rows: int) -> It
 
 def tokenize_corpus(path: str | Path, tokenizer, *, format: str = "auto", train_on_prompt: bool = False,
                     eval_holdout: float = 0.01, seed: int = 0, cache_dir: str | Path | None = None,
-                    batch_rows: int = 1024, log=print) -> dict[str, TokenSplit]:
+                    batch_rows: int = 1024, kd: bool = False, log=print) -> dict[str, TokenSplit]:
     """{"train": TokenSplit, "eval": TokenSplit} for a corpus, tokenizing it on first use."""
     files = corpus_files(path)
     columns = scan(files[0]).collect_schema().names()
     fmt = detect_format(columns, format)
     options = {"format": fmt, "train_on_prompt": train_on_prompt, "eval_holdout": eval_holdout, "seed": seed}
+    if kd:
+        options["kd"] = True
+        if fmt != "prompt_completion":
+            raise ValueError(f"{path}: knowledge distillation (kd_weight > 0) needs prompt/completion records "
+                             f"with teacher_topk_ids/teacher_topk_logprobs (distill with format: prompt_completion); "
+                             f"this corpus is {fmt}")
     root = Path(cache_dir) if cache_dir else Path(path) / "tokens"
     folder = root / cache_key(files, tokenizer, options)
     dtype = "uint16" if len(tokenizer) <= np.iinfo(np.uint16).max + 1 else "uint32"
     if not (folder / "meta.json").is_file():
         write_cache(files, tokenizer, fmt, options, folder, dtype, batch_rows, log)
     meta = json.loads((folder / "meta.json").read_text())
-    return {split: load_split(folder, split, meta["dtype"]) for split in SPLITS}
+    return {split: load_split(folder, split, meta["dtype"], meta.get("kd_topk", 0)) for split in SPLITS}
 
 
 def write_cache(files, tokenizer, fmt, options, folder: Path, dtype: str, batch_rows: int, log) -> None:
@@ -280,22 +310,31 @@ def write_cache(files, tokenizer, fmt, options, folder: Path, dtype: str, batch_
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        writers = {split: SplitWriter(staging, split, np.dtype(dtype)) for split in SPLITS}
+        kd = options.get("kd", False)
+        kd_topk = teacher_topk(files) if kd else 0
+        kd_stats = {"records": 0, "aligned": 0, "positions": 0, "hits": 0}
+        writers = {split: SplitWriter(staging, split, np.dtype(dtype), kd) for split in SPLITS}
         columns = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"]}[fmt]
+        extra = ["teacher_topk_ids", "teacher_topk_logprobs"] if kd else []
         row = 0
-        for frame in record_batches(files, columns + ["weight", "token_keep"], batch_rows):
+        for frame in record_batches(files, columns + ["weight", "token_keep"] + extra, batch_rows):
             ids, masks = TOKENIZERS[fmt](tokenizer, frame, options)
             if frame["token_keep"].null_count() < frame.height:
                 apply_token_keep(frame, ids, masks, row, APPENDS_EOS[fmt])
+            teacher = teacher_rows(tokenizer, frame, ids, kd_topk, row, kd_stats) if kd else None
             weights = frame["weight"].cast(pl.Float32).fill_null(1.0).to_numpy()
             held = is_eval[row: row + frame.height]
             for split, take in (("train", ~held), ("eval", held)):
                 picked = np.flatnonzero(take)
-                writers[split].add([ids[i] for i in picked], [masks[i] for i in picked], weights[picked])
+                writers[split].add([ids[i] for i in picked], [masks[i] for i in picked], weights[picked],
+                                   [teacher[i] for i in picked] if kd else None)
             row += frame.height
+        if kd:
+            check_teacher_alignment(kd_stats)
         counts = {split: writer.close() for split, writer in writers.items()}
         meta = {"dtype": dtype, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
-                "files": [str(f) for f in files], "options": options, "splits": counts}
+                "files": [str(f) for f in files], "options": options, "splits": counts, "kd_topk": kd_topk,
+                "kd": kd_stats if kd else None}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             staging.rename(folder)
@@ -306,6 +345,77 @@ def write_cache(files, tokenizer, fmt, options, folder: Path, dtype: str, batch_
             f"{counts['eval']['tokens']:,} eval tokens in {folder}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher distributions for knowledge distillation
+
+
+def teacher_topk(files: list[Path]) -> int:
+    """k of the stored teacher top-k (the length of the first non-empty teacher_topk_ids entry)."""
+    for file in files:
+        names = scan(file).collect_schema().names()
+        missing = [c for c in ("teacher_topk_ids", "teacher_topk_logprobs") if c not in names]
+        if missing:
+            raise ValueError(f"{file}: kd_weight > 0 needs column {missing[0]!r} (run `distill` with sampling.logprobs)")
+        first = (scan(file).select(pl.col("teacher_topk_ids").list.first().list.len().alias("k"))
+                 .drop_nulls().head(1).collect())
+        if first.height and first["k"][0] > 0:
+            return int(first["k"][0])
+    raise ValueError(f"no record in {files[0].parent} has teacher top-k log-probabilities")
+
+
+def teacher_rows(tokenizer, frame: pl.DataFrame, ids: list[list[int]], k: int, first_row: int,
+                 stats: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per record, [len(ids), k] teacher ids and log-probs: the teacher's i-th generated position
+    lands on the i-th completion token (and its end-of-sequence position on the appended EOS)."""
+    vocab = len(tokenizer)
+    completions = encode(tokenizer, frame["completion"].fill_null("").to_list())
+    out = []
+    for j, (doc, comp, tid, tlp) in enumerate(zip(ids, completions, frame["teacher_topk_ids"].to_list(),
+                                                  frame["teacher_topk_logprobs"].to_list())):
+        topk_ids = np.zeros((len(doc), k), np.int32)
+        topk_logprobs = np.full((len(doc), k), -np.inf, np.float32)
+        out.append((topk_ids, topk_logprobs))
+        if not tid:
+            continue
+        stats["records"] += 1
+        record = first_row + j
+        try:
+            t_ids = np.array(tid, dtype=np.int64)
+            t_lp = np.array(tlp, dtype=np.float32)
+        except ValueError:
+            raise ValueError(f"record {record}: teacher_topk_ids must hold {k} ids per generated token") from None
+        if t_ids.ndim != 2 or t_ids.shape[1] != k or t_lp.shape != t_ids.shape:
+            raise ValueError(f"record {record}: teacher_topk_ids/teacher_topk_logprobs must both be "
+                             f"[tokens, {k}], got {t_ids.shape} and {t_lp.shape}")
+        if t_ids.max(initial=0) >= vocab or t_ids.min(initial=0) < 0:
+            raise ValueError(f"record {record}: teacher token id {int(t_ids.max())} is outside the student's "
+                             f"vocabulary of {vocab}; student and teacher must share one tokenizer")
+        n = len(comp)
+        if len(t_ids) not in (n, n + 1):
+            continue  # the text re-tokenizes differently from what the teacher generated: no KD here
+        first = len(doc) - 1 - n  # completion tokens sit just before the appended EOS
+        topk_ids[first:first + len(t_ids)] = t_ids
+        topk_logprobs[first:first + len(t_ids)] = t_lp
+        stats["aligned"] += 1
+        stats["positions"] += n
+        stats["hits"] += int((t_ids[:n] == np.array(comp, dtype=np.int64)[:, None]).any(axis=1).sum())
+    return out
+
+
+def check_teacher_alignment(stats: dict) -> None:
+    """Refuse teacher data that does not fit the student's tokenizer (checked on the tokens themselves:
+    the generated completion's own tokens must be among the teacher's top-k at almost every position)."""
+    if stats["records"] == 0:
+        raise ValueError("kd_weight > 0 but no record has teacher top-k log-probabilities")
+    aligned = stats["aligned"] / stats["records"]
+    hit_rate = stats["hits"] / max(stats["positions"], 1)
+    if aligned < 0.5 or hit_rate < 0.5:
+        raise ValueError(
+            f"the teacher's top-k tokens do not match the student's tokenizer: {stats['aligned']} of "
+            f"{stats['records']} completions re-tokenize to the teacher's length and {hit_rate:.0%} of their tokens "
+            "are in the teacher's top-k; student and teacher must share one tokenizer")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,12 +432,17 @@ class Batch:
     targets: np.ndarray       # int64, the next token
     weights: np.ndarray       # float32, the loss weight of each target (0: not learned)
     learned: np.ndarray       # float32, 1 where the target is learned (the loss denominator)
+    teacher_ids: np.ndarray | None = None       # int64 [rows, seq_len, k], the target's teacher top-k ids
+    teacher_logprobs: np.ndarray | None = None  # float32 [rows, seq_len, k]
+    kd_weights: np.ndarray | None = None        # float32, the target's weight where it has a teacher, else 0
 
     def to_torch(self, device) -> dict[str, Any]:
         import torch
 
-        return {name: torch.from_numpy(getattr(self, name)).to(device, non_blocking=True)
-                for name in ("input_ids", "position_ids", "doc_ids", "targets", "weights", "learned")}
+        names = ["input_ids", "position_ids", "doc_ids", "targets", "weights", "learned"]
+        if self.teacher_ids is not None:
+            names += ["teacher_ids", "teacher_logprobs", "kd_weights"]
+        return {name: torch.from_numpy(getattr(self, name)).to(device, non_blocking=True) for name in names}
 
 
 class PackedRows:
@@ -347,6 +462,11 @@ class PackedRows:
         doc_ids = np.zeros(shape, np.int32)
         weights = np.zeros(shape, np.float32)
         learned = np.zeros(shape, np.float32)
+        kd = split.teacher_ids is not None
+        if kd:
+            k = split.teacher_ids.shape[1]
+            teacher_ids = np.zeros((*shape, k), np.int64)
+            teacher_logprobs = np.full((*shape, k), -np.inf, np.float32)
         offsets = split.doc_offsets
         for i, row in enumerate(rows):
             start = int(row) * S
@@ -363,7 +483,14 @@ class PackedRows:
             doc_ids[i, n:] = doc[-1] - doc[0] + 1  # padding is a document of its own
             learned[i, :n] = learn
             weights[i, :n] = learn * split.doc_weights[target_doc]
-        return Batch(input_ids, position_ids, doc_ids, targets, weights, learned)
+            if kd:
+                teacher_ids[i, :n] = split.teacher_ids[start + 1: stop + 1]
+                teacher_logprobs[i, :n] = split.teacher_logprobs[start + 1: stop + 1]
+        if not kd:
+            return Batch(input_ids, position_ids, doc_ids, targets, weights, learned)
+        kd_weights = weights * np.isfinite(teacher_logprobs).any(axis=-1)
+        return Batch(input_ids, position_ids, doc_ids, targets, weights, learned, teacher_ids, teacher_logprobs,
+                     kd_weights)
 
 
 def rows_for_step(n_rows: int, step: int, micro: int, rank: int, world: int, micro_batch: int,

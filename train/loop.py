@@ -1,6 +1,9 @@
 """The training loop, one file, top to bottom: tokenize → build the model → optimizer → resume →
 steps (accumulate, clip, step, log, eval, checkpoint) → final eval → save_pretrained.
 
+Knowledge distillation (`kd_weight` w > 0): each learned target with a stored teacher top-k adds
+w·KL(teacher ‖ student) over the teacher's top-k ids and the CE is scaled by 1 - w (loss.py).
+
 Loss normalization: a step's loss is Σ weight·CE over every learned target of the global batch
 (all micro-batches on all processes) divided by the number of learned targets in it. Each
 micro-batch's backward uses that global denominator (times the world size, which DDP's gradient
@@ -102,7 +105,7 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path or DEFAULT_TOKENIZER)
     data_options = dict(format=cfg.data.format, train_on_prompt=cfg.data.train_on_prompt,
                         eval_holdout=cfg.data.eval_holdout, seed=cfg.seed, cache_dir=cfg.data.cache_dir,
-                        batch_rows=cfg.data.tokenize_batch, log=console.print)
+                        batch_rows=cfg.data.tokenize_batch, kd=cfg.kd_weight > 0, log=console.print)
     if env.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         splits = tokenize_corpus(cfg.data.path, tokenizer, **data_options)
@@ -219,13 +222,21 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
             learned = float(all_sum(learned_here.to(device), env))
             scale = env.world_size / max(learned, 1.0)
             loss_sum = torch.zeros((), device=device)
+            ce_sum, kd_sum = torch.zeros((), device=device), torch.zeros((), device=device)
             for micro, batch in enumerate(batches):
                 t = batch.to_torch(device)
                 mask = attention_mask_for(t["doc_ids"], attention)
                 with gradient_sync(parallel_model, micro == cfg.grad_accum - 1):
                     with autocast:
-                        part = runner(t["input_ids"], t["position_ids"], mask, t["targets"], t["weights"],
-                                      binary_weights)
+                        if cfg.kd_weight > 0:
+                            ce, kd = runner(t["input_ids"], t["position_ids"], mask, t["targets"], t["weights"],
+                                            binary_weights, t["teacher_ids"], t["teacher_logprobs"], t["kd_weights"])
+                            part = (1 - cfg.kd_weight) * ce + cfg.kd_weight * kd
+                            ce_sum += ce.detach()
+                            kd_sum += kd.detach()
+                        else:
+                            part = runner(t["input_ids"], t["position_ids"], mask, t["targets"], t["weights"],
+                                          binary_weights)
                     (part * scale).backward()
                 loss_sum += part.detach()
             grad_norm = None
@@ -252,9 +263,11 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
                 mfu = speed * flops_token / peak if speed and peak else None
                 if grad_norm is not None and hasattr(grad_norm, "full_tensor"):
                     grad_norm = grad_norm.full_tensor()
+                kd_parts = {"ce_loss": float(all_sum(ce_sum, env)) / max(learned, 1.0),
+                            "kd_loss": float(all_sum(kd_sum, env)) / max(learned, 1.0)} if cfg.kd_weight > 0 else {}
                 write({"kind": "train", "step": done, "loss": train_loss, "lr": lr,
                        "grad_norm": None if grad_norm is None else float(grad_norm),
-                       "tokens": done * tokens_per_step, "tokens_per_s": speed, "mfu": mfu})
+                       "tokens": done * tokens_per_step, "tokens_per_s": speed, "mfu": mfu, **kd_parts})
                 progress.update(task, loss=f"{train_loss:.4f}", speed=f"{speed:,.0f}" if speed else "-")
                 interval_tokens = 0
             progress.update(task, completed=done)

@@ -85,3 +85,32 @@ def linear_cross_entropy(hidden, head_weight, targets, weights, *, binary_weight
         if use_liger:
             return liger_loss(hidden, head_weight, targets, weights, compute_dtype, binary_weights)
         return ChunkedLinearCrossEntropy.apply(hidden, head_weight, targets, weights, compute_dtype)
+
+
+KD_CHUNK_TOKENS = 1024
+NO_TEACHER = -1e4
+"""Stand-in log-probability for padded top-k slots: exp(-1e4) is 0 in float32, and it stays finite."""
+
+
+def topk_kd_loss(hidden, head_weight, teacher_ids, teacher_logprobs, weights):
+    """Σ over tokens of weight × KL(teacher ‖ student), both renormalized over the teacher's top-k ids.
+
+    hidden [N, d], head_weight [V, d], teacher_ids [N, K] (int), teacher_logprobs [N, K] (-inf or
+    NaN in unused slots), weights [N] (0 where a token has no teacher distribution). The student's
+    logits are computed only for the K teacher ids of each token (a [chunk, K, d] gather), so the
+    loss is zero exactly when the student's distribution restricted to those ids equals the teacher's."""
+    compute_dtype = torch.get_autocast_dtype(hidden.device.type) if torch.is_autocast_enabled(
+        hidden.device.type) else hidden.dtype
+    total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, hidden.shape[0], KD_CHUNK_TOKENS):
+            end = min(start + KD_CHUNK_TOKENS, hidden.shape[0])
+            lp = teacher_logprobs[start:end].float()
+            valid = torch.isfinite(lp)
+            teacher = torch.log_softmax(torch.where(valid, lp, NO_TEACHER), dim=-1)
+            rows = head_weight.to(compute_dtype)[teacher_ids[start:end]]          # [n, K, d]
+            logits = torch.einsum("nd,nkd->nk", hidden[start:end].to(compute_dtype), rows).float()
+            student = torch.log_softmax(torch.where(valid, logits, NO_TEACHER), dim=-1)
+            kl = (teacher.exp() * (teacher - student)).sum(-1)
+            total = total + (kl * weights[start:end].float()).sum()
+    return total

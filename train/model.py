@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from datamill.train.loss import linear_cross_entropy
+from datamill.train.loss import linear_cross_entropy, topk_kd_loss
 from datamill.train.presets import llama_config
 
 DEFAULT_TOKENIZER = "smollm2-135m"
@@ -90,9 +90,16 @@ class LossModel(nn.Module):
         self.lm = lm
         self.use_liger = use_liger
 
-    def forward(self, input_ids, position_ids, attention_mask, targets, weights, binary_weights: bool = False):
+    def forward(self, input_ids, position_ids, attention_mask, targets, weights, binary_weights: bool = False,
+                teacher_ids=None, teacher_logprobs=None, kd_weights=None):
+        """Σ weight·CE; with teacher top-k tensors, the pair (Σ weight·CE, Σ weight·KL to the teacher)."""
         hidden = self.lm.base_model(input_ids=input_ids, position_ids=position_ids,
                                     attention_mask=attention_mask, use_cache=False).last_hidden_state
         head = self.lm.get_output_embeddings()
-        return linear_cross_entropy(hidden.flatten(0, 1), head.weight, targets.flatten(), weights.flatten(),
-                                    binary_weights=binary_weights, use_liger=self.use_liger)
+        ce = linear_cross_entropy(hidden.flatten(0, 1), head.weight, targets.flatten(), weights.flatten(),
+                                  binary_weights=binary_weights, use_liger=self.use_liger)
+        if teacher_ids is None:
+            return ce
+        kd = topk_kd_loss(hidden.flatten(0, 1), head.weight, teacher_ids.flatten(0, 1),
+                          teacher_logprobs.flatten(0, 1), kd_weights.flatten())
+        return ce, kd

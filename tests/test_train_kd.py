@@ -1,0 +1,127 @@
+"""Knowledge distillation in the trainer: the top-k KL is zero when the student is the teacher,
+it falls while training on stored teacher top-k log-probs, and teacher data from another
+tokenizer is refused with a clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from datamill.train import train
+from datamill.train.loss import topk_kd_loss
+from datamill.train.model import load_tokenizer
+from datamill.train.presets import llama_config
+
+TINY = {"preset": "llama-20m", "overrides": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                            "num_attention_heads": 4, "num_key_value_heads": 2}}
+PROMPTS = [f"Question {i}: what do farmers do before a storm near the river?" if i % 2 else
+           f"Task {i}: describe the old mill by the river in one sentence." for i in range(16)]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer("smollm2-135m")
+
+
+def tiny_lm(tokenizer, seed: int):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = llama_config("llama-20m", len(tokenizer), TINY["overrides"],
+                          {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id})
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def test_kd_loss_is_zero_for_the_teacher_itself_and_positive_otherwise(tokenizer):
+    model = tiny_lm(tokenizer, 0)
+    ids = torch.tensor([tokenizer("The baker starts work at four so that the bread is warm.")["input_ids"]])
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=ids).last_hidden_state[0]
+        logprobs = torch.log_softmax(model.lm_head(hidden), -1)
+    top = logprobs.topk(8, dim=-1)
+    head = model.get_output_embeddings().weight
+    weights = torch.ones(ids.shape[1])
+    same = topk_kd_loss(hidden, head, top.indices, top.values, weights)
+    assert abs(same.item()) < 1e-5
+    flipped = topk_kd_loss(hidden, head, top.indices, top.values.flip(-1) * 50, weights)
+    assert float(flipped) > 0.1
+    unused = top.values.clone()
+    unused[:, 4:] = float("-inf")  # padded slots: renormalized over the 4 real ones, still zero
+    assert abs(float(topk_kd_loss(hidden, head, top.indices, unused, weights))) < 1e-5
+
+
+def teacher_corpus(tokenizer, folder: Path, k: int = 5) -> Path:
+    """Prompt/completion records whose completions a teacher wrote greedily, with its top-k log-probs
+    of every completion token and of its end-of-sequence token (what `distill` stores)."""
+    teacher = tiny_lm(tokenizer, 7)
+    rows = []
+    for prompt in PROMPTS:
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        with torch.no_grad():
+            out = teacher.generate(torch.tensor([prompt_ids]), max_new_tokens=10, do_sample=False,
+                                   pad_token_id=tokenizer.eos_token_id)
+        generated = out[0, len(prompt_ids):].tolist()
+        completion = tokenizer.decode(generated, skip_special_tokens=True)
+        completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        full = torch.tensor([prompt_ids + completion_ids + [tokenizer.eos_token_id]])
+        with torch.no_grad():
+            # a confident teacher: its logits sharpened (temperature 0.2), as a larger model's would be
+            logprobs = torch.log_softmax(teacher(full).logits[0, len(prompt_ids) - 1:-1] / 0.2, -1)
+        top = logprobs.topk(k, dim=-1)
+        rows.append({"prompt": prompt, "completion": completion, "teacher_model": "tiny-teacher",
+                     "teacher_topk_ids": top.indices.tolist(), "teacher_topk_logprobs": top.values.tolist()})
+    (folder / "shards").mkdir(parents=True)
+    pl.DataFrame(rows).write_parquet(folder / "shards" / "part-00000.parquet")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shared_corpus(tokenizer, tmp_path_factory) -> Path:
+    """The teacher corpus, built once for the module (tests that change it work on a copy)."""
+    return teacher_corpus(tokenizer, tmp_path_factory.mktemp("kd") / "corpus")
+
+
+def test_kd_loss_falls_while_training(shared_corpus, tmp_path):
+    corpus = shared_corpus
+    out = tmp_path / "run"
+    result = train({"data": {"path": str(corpus), "eval_holdout": 0.1}, "model": TINY, "out_dir": str(out),
+                    "seq_len": 32, "micro_batch_size": 4, "max_steps": 10, "log_every": 1, "eval_every": 0,
+                    "progress": False, "save_final": False, "tensorboard": False, "kd_weight": 0.8,
+                    "optim": {"lr": 5e-3, "warmup_steps": 1}})
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    kd = [r["kd_loss"] for r in log if r["kind"] == "train"]
+    assert len(kd) == 10 and kd[0] > 0.05
+    assert np.mean(kd[-3:]) < 0.7 * np.mean(kd[:3])
+    assert result.steps == 10
+
+
+def test_teacher_from_another_tokenizer_is_refused(shared_corpus, tmp_path):
+    corpus = tmp_path / "corpus"
+    shutil.copytree(shared_corpus / "shards", corpus / "shards")
+    frame = pl.read_parquet(corpus / "shards" / "part-00000.parquet")
+    rng = np.random.default_rng(0)  # ids from another vocabulary: right shape, wrong tokens
+    frame = frame.with_columns(pl.Series("teacher_topk_ids", [
+        rng.integers(0, 30000, size=(len(r), len(r[0]))).tolist() for r in frame["teacher_topk_ids"].to_list()]))
+    frame.write_parquet(corpus / "shards" / "part-00000.parquet")
+    config = {"data": {"path": str(corpus)}, "model": TINY, "out_dir": str(tmp_path / "run"), "seq_len": 64,
+              "micro_batch_size": 2, "max_steps": 1, "progress": False, "kd_weight": 0.5}
+    with pytest.raises(ValueError, match="share one tokenizer"):
+        train(config)
+    bad = frame.with_columns(pl.col("teacher_topk_ids").list.eval(pl.element().list.eval(pl.element() + 60000)))
+    bad.write_parquet(corpus / "shards" / "part-00000.parquet")
+    with pytest.raises(ValueError, match="outside the student's vocabulary"):
+        train(config)
+
+
+def test_kd_needs_teacher_columns(tmp_path):
+    (tmp_path / "shards").mkdir()
+    pl.DataFrame({"prompt": ["Say hello."], "completion": ["Hello!"]}).write_parquet(tmp_path / "shards" / "p.parquet")
+    with pytest.raises(ValueError, match="teacher_topk_ids"):
+        train({"data": {"path": str(tmp_path)}, "model": TINY, "out_dir": str(tmp_path / "run"), "seq_len": 16,
+               "micro_batch_size": 1, "max_steps": 1, "progress": False, "kd_weight": 0.5})
