@@ -18,6 +18,7 @@ _STAGE_MODULES = (
     "datamill.curate.dedup.exact",
     "datamill.curate.dedup.lines",
     "datamill.curate.dedup.minhash_stage",
+    "datamill.curate.dedup.lsh_index",
     "datamill.curate.dedup.semantic",
     "datamill.filters.decontaminate",
     "datamill.filters.language",
@@ -25,11 +26,25 @@ _STAGE_MODULES = (
     "datamill.filters.c4",
     "datamill.filters.fineweb",
     "datamill.filters.perplexity",
+    "datamill.curate.selection.dsir",
+    "datamill.curate.selection.budget",
+    "datamill.curate.selection.mix",
+    "datamill.curate.selection.rho",
+    "datamill.curate.selection.ifd",
+    "datamill.curate.selection.lobass",
+    "datamill.curate.selection.ds_weight",
+    "datamill.synth.distill",
+    "datamill.synth.reflect",
+    "datamill.synth.codeswitch.switch",
+    "datamill.synth.codeswitch.transliterate",
+    "datamill.synth.codeswitch.verify",
+    "datamill.synth.codeswitch.llm",
 )
 _SOURCE_MODULES = (
     "datamill.curate.sources.jsonl",
     "datamill.curate.sources.tables",
     "datamill.curate.sources.installed_docs",
+    "datamill.synth.self_instruct",
 )
 
 _stages: dict[str, type[Stage]] = {}
