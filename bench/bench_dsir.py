@@ -33,7 +33,7 @@ import polars as pl
 from data_selection import HashedNgramDSIR as PackageDSIR
 
 from datamill.curate.selection.dsir import HashedNgramDSIR
-from datamill.curate.selection.hashed_ngrams import word_tokens
+from datamill.curate.selection.hashed_ngrams import bucket_counts, word_tokens
 from datamill.curate.sources.installed_docs import docstrings, parse_python, stdlib_files
 
 
@@ -101,8 +101,11 @@ def main() -> None:
     raw_series, target_series = pl.Series(raw), pl.Series(target)
 
     def ours_run():
-        model = HashedNgramDSIR(num_buckets=args.buckets).fit_texts(raw_series, target_series)
-        return model.compute_weights(raw_series)
+        # as the `dsir` stage does: hash every raw text once, fit from those buckets, weight them
+        model = HashedNgramDSIR(num_buckets=args.buckets)
+        raw_features = model.features(raw_series)
+        model.fit(bucket_counts(raw_features, args.buckets), model.counts(target_series))
+        return model.compute_weights(raw_features)
 
     HashedNgramDSIR().counts(["warm up the numba kernel"])  # compile (or load from cache) before timing
     t_ours, ours_logw = best_of(args.repeat, ours_run)
