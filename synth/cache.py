@@ -1,7 +1,7 @@
 """Content-addressed cache of generations: a re-run never regenerates a completion it already has.
 
 Each completion is one small JSON file, `<dir>/<key[:2]>/<key>.json`, where the key is the
-sha256 of (model_id, messages, sampling params without `n`, sample index) — the seed is one of
+sha256 of (key version, model_id, messages, sampling params without `n`, sample index) — the seed is one of
 the params. Files are written to a temporary name in the same folder and renamed into place
 (atomic on POSIX), so a crash never leaves a half entry and loses only what was not finished.
 `CachedGenerator` asks its backend for the missing chats a chunk at a time and stores each chunk
@@ -20,9 +20,15 @@ from pathlib import Path
 from datamill.synth.generation import Chat, Completion, Generator, SamplingParams, validate_chats
 
 
+KEY_VERSION = 2
+"""Bumped when what a backend returns for the same key changes (2: per-row torch.Generator sampling
+in the transformers backend, and `Completion.token_ids`), so old entries are never served."""
+
+
 def entry_key(model_id: str, chat: Chat, params: SamplingParams, sample_index: int) -> str:
-    """sha256 hex of (model_id, messages, params minus n, sample index)."""
+    """sha256 hex of (key version, model_id, messages, params minus n, sample index)."""
     payload = {
+        "version": KEY_VERSION,
         "model_id": model_id,
         "messages": chat,
         "params": params.model_dump(exclude={"n"}),

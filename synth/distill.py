@@ -8,7 +8,10 @@ Options, all from the literature the recipes cite:
   samples that agree, and `min_agreement` drops records below it (reason `low_agreement`).
 - `sampling.logprobs: k`: store the teacher's top-k log-probabilities of every generated token
   (`teacher_topk_ids`, `teacher_topk_logprobs`, aligned with the teacher's tokens of the completion
-  plus its end-of-sequence token) for knowledge distillation with `train.kd_weight`.
+  plus its end-of-sequence token) for knowledge distillation with `train.kd_weight`, and the
+  generated token ids themselves (`teacher_token_ids`, null where the backend does not report
+  them): the trainer learns exactly those tokens, so the top-k rows line up with them even where
+  the stored (stripped) `completion` text would re-tokenize differently.
 Every record gets `teacher_model`; the output columns are `messages` or `prompt`/`completion`.
 """
 
@@ -104,7 +107,8 @@ class DistillStage(Filter):
         if p.sampling.logprobs:
             columns += [pl.Series("teacher_topk_ids", [c.topk_ids for c in picked], dtype=pl.List(pl.List(pl.Int32))),
                         pl.Series("teacher_topk_logprobs", [c.topk_logprobs for c in picked],
-                                  dtype=pl.List(pl.List(pl.Float32)))]
+                                  dtype=pl.List(pl.List(pl.Float32))),
+                        pl.Series("teacher_token_ids", [c.token_ids for c in picked], dtype=pl.List(pl.Int32))]
         out = batch.with_columns(columns)
         out = out.with_columns(extract_answer(pl.col("_reply"), p.number_fallback).alias("answer"))
         if p.rationale:

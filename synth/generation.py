@@ -55,6 +55,10 @@ class Completion:
     when the model emitted one. With `logprobs`, `topk_ids[i]`/`topk_logprobs[i]` are the model's
     top-k next-token ids (its own vocabulary) and log-probabilities (of the untempered
     distribution) at generated position i, for i < num_tokens.
+    `token_ids` are the generated token ids that make up `text` (without the end-of-sequence
+    token; so `num_tokens` is `len(token_ids)`, plus 1 when the model emitted end-of-sequence),
+    given with `logprobs` (like the top-k, for KD, which aligns on these instead of on a
+    re-tokenization of the text) where the backend knows them, else None.
     """
 
     text: str
@@ -62,6 +66,7 @@ class Completion:
     num_tokens: int
     topk_ids: list[list[int]] | None = None
     topk_logprobs: list[list[float]] | None = None
+    token_ids: list[int] | None = None
 
 
 Chat = list[dict[str, str]]

@@ -125,3 +125,30 @@ def test_kd_needs_teacher_columns(tmp_path):
     with pytest.raises(ValueError, match="teacher_topk_ids"):
         train({"data": {"path": str(tmp_path)}, "model": TINY, "out_dir": str(tmp_path / "run"), "seq_len": 16,
                "micro_batch_size": 1, "max_steps": 1, "progress": False, "kd_weight": 0.5})
+
+
+def test_kd_aligns_on_the_teachers_own_token_ids(tokenizer, tmp_path):
+    """A completion whose text re-tokenizes differently from what the teacher generated (" river"
+    generated as " riv" + "er") is learned as the teacher's ids, with each top-k row on its token."""
+    prompt = "Name a place where water flows."
+    generated = tokenizer(" riv", add_special_tokens=False)["input_ids"] + tokenizer("er", add_special_tokens=False)["input_ids"]
+    text = tokenizer.decode(generated)
+    assert tokenizer(text, add_special_tokens=False)["input_ids"] != generated  # the re-tokenization differs
+    k = 3
+    topk_ids = [[t, t + 1, t + 2] for t in generated] + [[tokenizer.eos_token_id, 5, 6]]
+    topk_lp = [[-0.1, -2.5, -3.0]] * len(topk_ids)
+    (tmp_path / "shards").mkdir()
+    frame = pl.DataFrame({"prompt": [prompt], "completion": [text], "teacher_topk_ids": [topk_ids],
+                          "teacher_topk_logprobs": [topk_lp], "teacher_token_ids": [generated]})
+    frame.write_parquet(tmp_path / "shards" / "part-00000.parquet")
+    from datamill.train.data import tokenize_corpus
+
+    split = tokenize_corpus(tmp_path, tokenizer, eval_holdout=0, kd=True, log=lambda *_: None)["train"]
+    tail = len(generated) + 1
+    assert split.tokens[-tail:].tolist() == generated + [tokenizer.eos_token_id]
+    np.testing.assert_array_equal(split.teacher_ids[-tail:], np.array(topk_ids))
+    assert np.isfinite(split.teacher_logprobs[-tail:]).all() and np.isinf(split.teacher_logprobs[:-tail]).all()
+    # without the stored ids the text re-tokenizes to another length: that record gets no KD
+    frame.drop("teacher_token_ids").write_parquet(tmp_path / "shards" / "part-00000.parquet")
+    with pytest.raises(ValueError, match="share one tokenizer"):
+        tokenize_corpus(tmp_path, tokenizer, eval_holdout=0, kd=True, log=lambda *_: None)

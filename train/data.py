@@ -9,7 +9,9 @@
    options, so a second run (or another rank) reuses it.
    With knowledge distillation (`kd=True`), the teacher's stored top-k ids and log-probabilities
    of each completion token (`teacher_topk_ids`/`teacher_topk_logprobs`, see `synth/distill.py`)
-   are laid out per token too ([n_tokens, k], -inf where no teacher distribution exists).
+   are laid out per token too ([n_tokens, k], -inf where no teacher distribution exists). Where
+   the record stores `teacher_token_ids`, those ids are the completion's tokens (plus EOS), so
+   the top-k rows line up with them exactly instead of with a re-tokenization of the text.
 2. `PackedRows` cuts a split's token stream into rows of `seq_len` (no padding except the last row).
    For each row it gives position ids that restart at every document start, a document id per token
    (the attention mask lets a token see only earlier tokens of its own document), the targets, and a
@@ -37,7 +39,7 @@ from typing import Any, Iterator
 import numpy as np
 import polars as pl
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: KD completions are the teacher's own token ids
 SPLITS = ("train", "eval")
 
 
@@ -91,11 +93,20 @@ def tokenize_text(tokenizer, frame: pl.DataFrame, options: dict) -> tuple[list[l
     return ids, [[1] * len(doc) for doc in ids]
 
 
+def completion_tokens(tokenizer, frame: pl.DataFrame, options: dict) -> list[list[int]]:
+    """Each record's completion tokens: with KD, the teacher's own generated ids
+    (`teacher_token_ids`) where stored, else the tokenized `completion` text."""
+    completions = encode(tokenizer, frame["completion"].fill_null("").to_list())
+    if options.get("kd") and "teacher_token_ids" in frame.columns:
+        completions = [c if t is None else list(t) for c, t in zip(completions, frame["teacher_token_ids"].to_list())]
+    return completions
+
+
 def tokenize_prompt_completion(tokenizer, frame: pl.DataFrame, options: dict):
     """prompt + completion + EOS; the prompt is learned only with train_on_prompt."""
     eos = tokenizer.eos_token_id
     prompts = encode(tokenizer, frame["prompt"].fill_null("").to_list())
-    completions = encode(tokenizer, frame["completion"].fill_null("").to_list())
+    completions = completion_tokens(tokenizer, frame, options)
     prompt_flag = int(options["train_on_prompt"])
     ids = [p + c + [eos] for p, c in zip(prompts, completions)]
     masks = [[prompt_flag] * len(p) + [1] * (len(c) + 1) for p, c in zip(prompts, completions)]
@@ -315,13 +326,13 @@ def write_cache(files, tokenizer, fmt, options, folder: Path, dtype: str, batch_
         kd_stats = {"records": 0, "aligned": 0, "positions": 0, "hits": 0}
         writers = {split: SplitWriter(staging, split, np.dtype(dtype), kd) for split in SPLITS}
         columns = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"]}[fmt]
-        extra = ["teacher_topk_ids", "teacher_topk_logprobs"] if kd else []
+        extra = ["teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_ids"] if kd else []
         row = 0
         for frame in record_batches(files, columns + ["weight", "token_keep"] + extra, batch_rows):
             ids, masks = TOKENIZERS[fmt](tokenizer, frame, options)
             if frame["token_keep"].null_count() < frame.height:
                 apply_token_keep(frame, ids, masks, row, APPENDS_EOS[fmt])
-            teacher = teacher_rows(tokenizer, frame, ids, kd_topk, row, kd_stats) if kd else None
+            teacher = teacher_rows(tokenizer, frame, ids, kd_topk, row, kd_stats, options) if kd else None
             weights = frame["weight"].cast(pl.Float32).fill_null(1.0).to_numpy()
             held = is_eval[row: row + frame.height]
             for split, take in (("train", ~held), ("eval", held)):
@@ -366,11 +377,15 @@ def teacher_topk(files: list[Path]) -> int:
 
 
 def teacher_rows(tokenizer, frame: pl.DataFrame, ids: list[list[int]], k: int, first_row: int,
-                 stats: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+                 stats: dict, options: dict) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per record, [len(ids), k] teacher ids and log-probs: the teacher's i-th generated position
-    lands on the i-th completion token (and its end-of-sequence position on the appended EOS)."""
+    lands on the i-th completion token (and its end-of-sequence position on the appended EOS).
+
+    The completion tokens are the teacher's own `teacher_token_ids` when stored (exact alignment);
+    only records without them fall back to re-tokenizing the completion text, which can split
+    differently from what the teacher generated (such records get no KD)."""
     vocab = len(tokenizer)
-    completions = encode(tokenizer, frame["completion"].fill_null("").to_list())
+    completions = completion_tokens(tokenizer, frame, options)
     out = []
     for j, (doc, comp, tid, tlp) in enumerate(zip(ids, completions, frame["teacher_topk_ids"].to_list(),
                                                   frame["teacher_topk_logprobs"].to_list())):

@@ -7,8 +7,8 @@ time with LEFT padding. float32 on CPU; bfloat16 with a static KV cache (which `
 compiles with torch.compile) on CUDA.
 
 Determinism guarantee: sampling is not done by `generate`'s global-RNG multinomial but by a
-Gumbel-max logits processor whose noise is a counter-based hash of (row seed, step, token id),
-where the row seed is derived from (chat, sample index, seed). The random stream of a sample
+Gumbel-max logits processor whose noise comes from a per-row `torch.Generator` seeded with a hash
+of (row seed, step), where the row seed is derived from (chat, sample index, seed). The random stream of a sample
 therefore depends only on its chat, its sample index and the seed, never on which other chats
 share its batch or on batch size; tokens are identical across batch compositions as long as the
 model's logits are (padding changes them only by floating-point rounding, which can flip a
@@ -134,9 +134,10 @@ class TransformersGenerator:
         finish = "stop" if ended else "length"
         if topk is None:
             return Completion(text, finish, num_tokens)
+        token_ids = tokens.astype(int).tolist()
         ids, logprobs = topk
         return Completion(text, finish, num_tokens, ids[row, :num_tokens].tolist(),
-                          logprobs[row, :num_tokens].astype(float).round(6).tolist())
+                          logprobs[row, :num_tokens].astype(float).round(6).tolist(), token_ids)
 
 
 def tokens_covering(tokenizer: Any, tokens: np.ndarray, chars: int) -> int:
@@ -149,12 +150,13 @@ def tokens_covering(tokenizer: Any, tokens: np.ndarray, chars: int) -> int:
 
 
 class SeededSampler:
-    """Logits processor that samples with per-row, counter-based Gumbel noise and returns a one-hot
-    score row, so that `generate`'s greedy argmax picks the sampled token.
+    """Logits processor that samples with per-row seeded Gumbel noise and returns a one-hot score
+    row, so that `generate`'s greedy argmax picks the sampled token.
 
-    The noise for (row, step, token) is a 32-bit integer hash of (row seed, step, token id): no RNG
-    state is shared between rows, so a row's samples do not depend on its batch neighbours.
-    Temperature, top-k and top-p (nucleus) are applied in that order, as in transformers and vLLM.
+    Each row owns a `torch.Generator`, re-seeded every step from (row seed, step); its noise for the
+    whole vocabulary is one `torch.rand` call. No RNG state is shared between rows, so a row's
+    samples do not depend on its batch neighbours. Temperature, top-k and top-p (nucleus) are
+    applied in that order, as in transformers and vLLM.
     """
 
     def __init__(self, seeds: list[int], prompt_width: int, temperature: float, top_p: float,
@@ -163,9 +165,8 @@ class SeededSampler:
 
         self.prompt_width = prompt_width
         self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
-        seeds_arr = np.array(seeds, dtype=np.uint64)
-        self.seed_lo = torch.tensor((seeds_arr & np.uint64(0xFFFFFFFF)).astype(np.int64), device=device)[:, None]
-        self.seed_hi = torch.tensor((seeds_arr >> np.uint64(32)).astype(np.int64), device=device)[:, None]
+        self.seeds = [int(s) & MASK64 for s in seeds]
+        self.generators = [torch.Generator(device=device) for _ in seeds]
 
     def __call__(self, input_ids: Any, scores: Any) -> Any:
         import torch
@@ -180,30 +181,25 @@ class SeededSampler:
             probs = sorted_logits.softmax(-1)
             drop_sorted = probs.cumsum(-1) - probs > self.top_p  # keep the smallest prefix reaching top_p
             logits = logits.masked_fill(drop_sorted.scatter(-1, sorted_idx, drop_sorted), float("-inf"))
-        choice = (logits + gumbel_noise(self.seed_lo, self.seed_hi, step, logits.shape[-1])).argmax(-1)
+        uniform = torch.empty_like(logits)
+        for row, (seed, generator) in enumerate(zip(self.seeds, self.generators)):
+            generator.manual_seed(step_seed(seed, step))
+            torch.rand(logits.shape[-1], generator=generator, device=logits.device, out=uniform[row])
+        gumbel = -torch.log(-torch.log(uniform.clamp_(min=1e-12)))
+        choice = (logits + gumbel).argmax(-1)
         onehot = torch.full_like(scores, float("-inf"))
         return onehot.scatter_(-1, choice[:, None], 0.0)
 
 
-def _mix32(x: Any) -> Any:
-    """A 32-bit integer finalizer (lowbias32) on int64 tensors holding values in [0, 2**32)."""
-    mask = 0xFFFFFFFF
-    x = x ^ (x >> 16)
-    x = (x * 0x7FEB352D) & mask
-    x = x ^ (x >> 15)
-    x = (x * 0x846CA68B) & mask
-    return x ^ (x >> 16)
+MASK64 = (1 << 64) - 1
 
 
-def gumbel_noise(seed_lo: Any, seed_hi: Any, step: int, vocab: int) -> Any:
-    """(rows, vocab) float32 standard Gumbel noise, a pure function of (seed, step, token id)."""
-    import torch
-
-    row_key = _mix32(seed_lo ^ _mix32((seed_hi + step * 0x9E3779B9) & 0xFFFFFFFF))
-    token = torch.arange(vocab, device=seed_lo.device, dtype=torch.int64)[None, :]
-    bits = _mix32(_mix32(row_key ^ ((token * 0x85EBCA6B) & 0xFFFFFFFF)) ^ row_key)
-    uniform = ((bits >> 8).float() + 0.5) / float(1 << 24)  # in (0, 1)
-    return -torch.log(-torch.log(uniform))
+def step_seed(seed: int, step: int) -> int:
+    """A 63-bit seed for one (row seed, decoding step): the splitmix64 finalizer of their mix."""
+    x = (seed + (step + 1) * 0x9E3779B97F4A7C15) & MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & MASK64
+    return (x ^ (x >> 31)) >> 1
 
 
 def model_name(model: str) -> str:

@@ -121,7 +121,9 @@ class OpenAIGenerator:
             return Completion(text, finish, num_tokens)
         ids = [[_token_id(index, alt["token"]) for alt in step["top_logprobs"]] for step in content]
         logprobs = [[float(alt["logprob"]) for alt in step["top_logprobs"]] for step in content]
-        return Completion(text, finish, len(content), ids, logprobs)
+        sampled = [step.get("token") for step in content]
+        token_ids = [_token_id(index, t) for t in sampled] if all(isinstance(t, str) for t in sampled) else None
+        return Completion(text, finish, len(content), ids, logprobs, token_ids)
 
 
 def _token_id(index: int, token: str) -> int:

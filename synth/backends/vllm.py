@@ -59,6 +59,9 @@ class VLLMGenerator:
     def _completion(out: Any, params: SamplingParams) -> Completion:
         finish = "length" if out.finish_reason == "length" else "stop"
         num_tokens = len(out.token_ids)
+        token_ids = list(out.token_ids)
+        if out.finish_reason == "stop" and out.stop_reason is None and token_ids:
+            token_ids = token_ids[:-1]  # ended by end-of-sequence: that token is not part of the text
         if params.logprobs is None or out.logprobs is None:
             return Completion(out.text, finish, num_tokens)
         ids, logprobs = [], []
@@ -66,4 +69,4 @@ class VLLMGenerator:
             best = sorted(step.items(), key=lambda item: item[1].rank)[: params.logprobs]
             ids.append([token for token, _ in best])
             logprobs.append([float(lp.logprob) for _, lp in best])
-        return Completion(out.text, finish, num_tokens, ids, logprobs)
+        return Completion(out.text, finish, num_tokens, ids, logprobs, token_ids)

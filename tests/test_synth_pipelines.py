@@ -1,0 +1,240 @@
+"""The synthesis pipelines end to end with the embedded SmolLM2-135M-Instruct: the self_instruct
+recipe runs on generations written into its cache beforehand (a 135M model cannot invent tasks),
+so each instruction filter's drop reason lands in quarantine, plus one short real-model smoke run;
+distill votes and stores top-k log-probs with the teacher's own token ids; reflect keeps a rewrite
+only when IFD prefers it and reversed IFD says it is aligned; the trainer learns from both
+outputs. Real generations share one cache folder for the module; they are short to keep it fast
+on a CPU."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import yaml
+
+from datamill.curate.executor import run_recipe
+from datamill.curate.recipe import validate_recipe
+from datamill.synth.cache import GenerationCache, entry_key
+from datamill.synth.distill import DistillParams, DistillStage, extract_answer
+from datamill.synth.generation import Completion, GeneratorSpec, SamplingParams, make_generator
+from datamill.synth.reflect import ReflectParams, ReflectStage
+from datamill.synth.rouge import rouge_l_matrix, rouge_tokens
+from datamill.synth.self_instruct import SelfInstructParams, read_seed_tasks, shipped_seed_file
+from datamill.synth.templates import render, user_turn
+from datamill.train import train
+
+TINY = {"preset": "llama-20m", "overrides": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                            "num_attention_heads": 4, "num_key_value_heads": 2}}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("generations")
+
+
+def shipped_recipe(name: str, run_dir: Path, cache: Path, edit) -> object:
+    """A built-in recipe with the test's output dir, generation cache and edits applied."""
+    raw = yaml.safe_load(resources.files("datamill.recipes").joinpath(f"{name}.yaml").read_text())
+    raw["output"]["dir"] = str(run_dir)
+    edit(raw)
+    return validate_recipe(raw, where=name)
+
+
+def read_frames(folder: Path) -> pl.DataFrame:
+    """All parquet and jsonl files under a folder as one frame (empty when there are none)."""
+    files = sorted(folder.rglob("*.parquet")) + sorted(folder.rglob("*.jsonl"))
+    frames = [pl.read_parquet(f) if f.suffix == ".parquet" else pl.read_ndjson(f) for f in files]
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
+
+
+def read_run(run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(records, quarantined rows) of a finished run."""
+    return read_frames(run_dir / "shards"), read_frames(run_dir / "quarantine")
+
+
+SCRIPTED_TASKS = [  # (one sampled reply to the task prompt, its finish reason, the reason it is dropped)
+    ("Describe how a river slowly changes the land around it.", "stop", None),
+    ("Explain why bread dough rises when it is left somewhere warm.", "stop", None),  # its output is empty
+    ("Give three reasons why people keep a diary every day.", "stop", "count_reached"),
+    ("Name one.", "stop", "too_short"),
+    ("Draw a simple map of the village near the river.", "stop", "blacklisted_keyword"),
+    ("Write a program that sorts the numbers in a list.", "stop", "program_request"),
+    ("\"Quoted\" tasks are not allowed to start this way.", "stop", "starts_with_punctuation"),
+    ("Écris une courte lettre à un ami qui habite loin.", "stop", "starts_non_ascii"),
+    ("Suggest three ways to reduce food waste at home.", "stop", "similar_to_pool"),
+    ("Describe the long journey of a salmon from the sea back", "length", "truncated"),
+]
+SCRIPTED_OUTPUTS = ["Water wears away soft rock and carries soil downstream, so the valley deepens and the banks move.", ""]
+
+
+@pytest.fixture(scope="module")
+def self_instruct_run(tmp_path_factory) -> Path:
+    """The shipped recipe, one round, with the generator's replies written into its cache first:
+    the pipeline mechanics (parsing, every instruction filter, ROUGE-L, count, output filters,
+    records and quarantine) on known generations, as a 135M model cannot invent usable tasks."""
+    from datamill.synth.cache import GenerationCache
+    from datamill.synth.self_instruct import SelfInstructSource
+    from datamill.synth.templates import instruction_prompt
+
+    run_dir, cache = tmp_path_factory.mktemp("self_instruct"), tmp_path_factory.mktemp("scripted_generations")
+
+    def edit(raw):
+        raw["sources"][0].update(count=2, prompts_per_round=1, new_per_prompt=len(SCRIPTED_TASKS), max_rounds=1,
+                                 input_mode="without_input", generator={"cache_dir": str(cache)},
+                                 instruction_sampling={"temperature": 1.0, "max_new_tokens": 32},
+                                 output_sampling={"temperature": 0, "max_new_tokens": 24})
+
+    recipe = shipped_recipe("self_instruct", run_dir, cache, edit)
+    p = SelfInstructParams.model_validate(recipe.sources[0])
+    model_id = make_generator(p.generator).model_id
+    store = GenerationCache(cache)
+    # the round-0 task prompt, built exactly as the source builds it (same seed, same seed tasks)
+    source = SelfInstructSource(p, index=0)
+    seeds = read_seed_tasks(shipped_seed_file())
+    plain = seeds.filter(seeds["input"].str.strip_chars() == "")["instruction"].to_list()
+    chat = user_turn(source._task_prompt("without_input", plain, [], np.random.default_rng(p.seed)))
+    asked = p.instruction_sampling.model_copy(update={"n": len(SCRIPTED_TASKS), "seed": p.seed * 1_000_003})
+    for k, (text, finish, _) in enumerate(SCRIPTED_TASKS):
+        store.put(entry_key(model_id, chat, asked, k), Completion(text, finish, 12))
+    answered = p.output_sampling.model_copy(update={"n": 1, "seed": p.seed * 1_000_003})
+    kept = pl.DataFrame({"i": [t for t, _, r in SCRIPTED_TASKS if r is None], "n": ["", ""]})
+    for prompt, output in zip(kept.select(instruction_prompt(pl.col("i"), pl.col("n"))).to_series(), SCRIPTED_OUTPUTS):
+        store.put(entry_key(model_id, user_turn(prompt), answered, 0), Completion(output, "stop", 20))
+    run_recipe(recipe, workers=1, resume=False)
+    return run_dir
+
+
+def test_self_instruct_recipe_writes_filtered_sft_records(self_instruct_run):
+    records, dropped = read_run(self_instruct_run)
+    assert records["instruction"].to_list() == [SCRIPTED_TASKS[0][0]]
+    for messages in records["messages"].to_list():
+        assert [m["role"] for m in messages] == ["user", "assistant"]
+        assert [m["content"] for m in messages] == [SCRIPTED_TASKS[0][0], SCRIPTED_OUTPUTS[0]]
+    pool = [rouge_tokens(t) for t in read_seed_tasks(shipped_seed_file())["instruction"].to_list()]
+    assert rouge_l_matrix([rouge_tokens(SCRIPTED_TASKS[0][0])], pool, workers=1).max() < 0.7
+    # every dropped candidate is in quarantine with its reason and the candidate itself
+    expected = {text: reason for text, _, reason in SCRIPTED_TASKS if reason} | {SCRIPTED_TASKS[1][0]: "empty_output"}
+    got = dict(zip([json.loads(raw)["instruction"] for raw in dropped["raw"].to_list()],
+                   dropped["reason"].str.strip_prefix("self_instruct:").to_list()))
+    assert got == expected and dropped["reason"].str.starts_with("self_instruct:").all()
+
+
+def test_self_instruct_smoke_run_with_the_real_model(tmp_path, cache):
+    """SmolLM2-135M end to end: the run completes and every candidate is a record or a quarantine row."""
+    def edit(raw):
+        raw["sources"][0].update(count=1, prompts_per_round=1, new_per_prompt=2, max_rounds=1,
+                                 generator={"cache_dir": str(cache)},
+                                 instruction_sampling={"temperature": 1.0, "max_new_tokens": 16},
+                                 output_sampling={"temperature": 0, "max_new_tokens": 8})
+
+    run_recipe(shipped_recipe("self_instruct", tmp_path / "run", cache, edit), workers=1, resume=False)
+    records, dropped = read_run(tmp_path / "run")
+    assert records.height + dropped.height >= 2  # two samples, each at least one candidate
+    assert records.height <= 1
+    if dropped.height:
+        assert dropped["reason"].str.starts_with("self_instruct:").all() and dropped["detail"].str.len_chars().min() > 0
+        assert all(json.loads(raw)["instruction"].strip() for raw in dropped["raw"].to_list())
+
+
+def test_train_two_steps_on_self_instruct_output(self_instruct_run, tmp_path):
+    result = train({"data": {"path": str(self_instruct_run), "eval_holdout": 0}, "model": TINY,
+                    "out_dir": str(tmp_path / "run"), "seq_len": 64, "micro_batch_size": 2, "max_steps": 2,
+                    "progress": False, "save_final": False, "tensorboard": False})
+    assert result.steps == 2 and result.train_loss is not None and result.train_loss > 0
+
+
+ARITHMETIC = "Tom has 3 apples and buys 4 more. How many apples does he have now?"
+
+
+@pytest.fixture(scope="module")
+def distilled(cache) -> tuple[DistillStage, pl.DataFrame]:
+    stage = DistillStage(DistillParams(generator=GeneratorSpec(cache_dir=str(cache)), rationale=True, vote=True,
+                                       sampling=SamplingParams(n=3, temperature=0.7, max_new_tokens=40, logprobs=5),
+                                       format="prompt_completion"))
+    stage.setup()
+    batch = pl.DataFrame({"id": ["math", "story"], "source": ["t", "t"],
+                          "text": [ARITHMETIC, "Give one tip for sleeping better."]})
+    return stage, stage.score(batch)
+
+
+def test_distill_votes_and_stores_teacher_topk(distilled):
+    stage, out = distilled
+    assert out["teacher_model"].to_list() == [stage.generator.model_id] * 2
+    assert out["prompt"][0].startswith(ARITHMETIC) and out["completion"].str.len_chars().min() > 0
+    # the majority vote, checked against the three cached samples themselves
+    asked = [user_turn(render("distill_rationale", prompt=ARITHMETIC))]
+    samples = stage.generator.generate(asked, stage.params.sampling)[0]
+    answers = pl.DataFrame({"t": [c.text.strip() for c in samples]}).select(extract_answer(pl.col("t"))).to_series()
+    chosen = out["answer"][0]
+    assert chosen is not None and out["agreement"][0] == pytest.approx((answers == chosen).sum() / 3)
+    assert out["agreement"][0] == pytest.approx(answers.value_counts()["count"].max() / 3)
+    assert out["completion"][0] in [c.text.strip() for c in samples]
+    # top-k: k ids per generated token, log-probs sorted and ≤ 0, the sampled token among them
+    from datamill.train.model import load_tokenizer
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    for completion, ids, logprobs in out.select("completion", "teacher_topk_ids", "teacher_topk_logprobs").iter_rows():
+        tokens = tokenizer(completion, add_special_tokens=False)["input_ids"]
+        assert len(ids) in (len(tokens), len(tokens) + 1) and all(len(row) == 5 for row in ids)
+        assert all(lp[0] <= 0 and lp == sorted(lp, reverse=True) for lp in logprobs)
+        assert sum(t in row for t, row in zip(tokens, ids)) >= 0.8 * len(tokens)
+    # the teacher's own generated ids: one per top-k row (plus the EOS row), almost all among its
+    # row's top-5 (a temperature-0.7 sample may fall outside them)
+    for ids, generated in out.select("teacher_topk_ids", "teacher_token_ids").iter_rows():
+        assert len(generated) > 0 and len(ids) in (len(generated), len(generated) + 1)
+        assert sum(t in row for t, row in zip(generated, ids)) >= 0.8 * len(generated)
+
+
+def test_train_two_steps_with_kd_on_distill_output(distilled, tmp_path):
+    _, out = distilled
+    (tmp_path / "corpus" / "shards").mkdir(parents=True)
+    out.write_parquet(tmp_path / "corpus" / "shards" / "part-00000.parquet")
+    result = train({"data": {"path": str(tmp_path / "corpus"), "eval_holdout": 0}, "model": TINY,
+                    "out_dir": str(tmp_path / "run"), "seq_len": 64, "micro_batch_size": 2, "max_steps": 2,
+                    "log_every": 1, "progress": False, "save_final": False, "tensorboard": False, "kd_weight": 0.5})
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    kd = [r["kd_loss"] for r in log if r["kind"] == "train"]
+    assert result.steps == 2 and len(kd) == 2 and all(k > 0 for k in kd)
+
+
+PAIRS = [  # (instruction, response, the teacher's reply)
+    # the original's instruction already contains its response (IFD near 0); the rewrite is a real task
+    ("Repeat this sentence: The river floods every spring.", "The river floods every spring.",
+     "[New Instruction]\nExplain why rivers often flood in spring.\n[New Response]\nIn spring, snow melts in the "
+     "mountains and rain falls on wet ground, so more water reaches the river than its banks can hold."),
+    # the rewrite's response has nothing to do with its instruction: its IFD is higher than the
+    # original's but still < 1 for a 135M scorer; its reversed IFD is ≥ 1 (misaligned): reverted
+    ("Explain why rivers often flood in spring.", "Melting snow and spring rain bring more water than the banks hold.",
+     "[New Instruction]\nName the capital of France.\n[New Response]\nMy grandmother keeps three goats and a "
+     "bicycle in the old barn behind the church."),
+    # an unparseable reply: reverted, no IFD for the rewrite
+    ("Give one tip for sleeping better.", "Go to bed at the same time every night.", "I like this answer."),
+]
+
+
+def test_reflect_keeps_a_rewrite_only_when_ifd_prefers_it(tmp_path):
+    spec = GeneratorSpec(cache_dir=str(tmp_path / "teacher"))
+    stage = ReflectStage(ReflectParams(generator=spec, sampling=SamplingParams(max_new_tokens=64),
+                                       format="prompt_completion"))
+    # precompute the teacher's replies in its cache: the stage reads them as generations
+    model_id = make_generator(spec).model_id
+    teacher = GenerationCache(tmp_path / "teacher")
+    for q, a, reply in PAIRS:
+        chat = user_turn(render("reflect", instruction=q, response=a))
+        teacher.put(entry_key(model_id, chat, stage.params.sampling, 0), Completion(reply, "stop", 20))
+    stage.setup()
+    batch = pl.DataFrame({"id": ["a", "b", "c"], "source": ["t"] * 3,
+                          "prompt": [q for q, _, _ in PAIRS], "completion": [a for _, a, _ in PAIRS]})
+    out = stage.process(batch)
+    assert out["reflected"].to_list() == [True, False, False]
+    assert out["ifd_rewrite"][0] > out["ifd_original"][0] and out["rifd_rewrite"][0] < 1.0
+    assert out["ifd_rewrite"][1] > out["ifd_original"][1] and out["rifd_rewrite"][1] >= 1.0
+    assert out["ifd_rewrite"][2] is None and out["rifd_rewrite"][2] is None
+    assert out["prompt"].to_list() == ["Explain why rivers often flood in spring.", PAIRS[1][0], PAIRS[2][0]]
+    assert out["completion"][0].startswith("In spring, snow melts") and out["completion"][1] == PAIRS[1][1]
+    assert out["id"].to_list() == ["a", "b", "c"]
