@@ -46,7 +46,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from datamill.curate.dedup.minhash import MinHasher, Scheme, optimal_bands_rows, text_signatures
+from datamill.curate.dedup.minhash import MinHasher, Scheme, band_layout, text_signatures
 from datamill.curate.dedup.shingles import ShingleKind, Shingler
 from datamill.curate.registry import register_stage
 from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
@@ -123,13 +123,7 @@ class MinHashLSHIndexParams(FilterParams):
 
     def band_layout(self) -> tuple[int, int]:
         """(bands, rows) of a new index."""
-        if self.bands is not None and self.rows is not None:
-            return self.bands, self.rows
-        if self.bands is not None:
-            return self.bands, max(1, self.num_perm // self.bands)
-        if self.rows is not None:
-            return max(1, self.num_perm // self.rows), self.rows
-        return optimal_bands_rows(self.threshold, self.num_perm)
+        return band_layout(self.num_perm, self.bands, self.rows, self.threshold)
 
 
 class _IndexUnpickler(pickle.Unpickler):

@@ -351,6 +351,18 @@ def band_hashes(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return out
 
 
+def band_layout(num_perm: int, bands: int | None, rows: int | None, threshold: float) -> tuple[int, int]:
+    """(bands, rows) from whichever of them is given (the other fills num_perm), else tuned for
+    `threshold` like datasketch's MinHashLSH."""
+    if bands is not None and rows is not None:
+        return bands, rows
+    if bands is not None:
+        return bands, max(1, num_perm // bands)
+    if rows is not None:
+        return max(1, num_perm // rows), rows
+    return optimal_bands_rows(threshold, num_perm)
+
+
 def optimal_bands_rows(
     threshold: float, num_perm: int, false_positive_weight: float = 0.5, false_negative_weight: float = 0.5
 ) -> tuple[int, int]:

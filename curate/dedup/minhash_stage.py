@@ -34,7 +34,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from datamill.curate.dedup.components import connected_components
-from datamill.curate.dedup.minhash import MinHasher, Scheme, band_hashes, optimal_bands_rows, text_signatures
+from datamill.curate.dedup.minhash import MinHasher, Scheme, band_hashes, band_layout, text_signatures
 from datamill.curate.dedup.shingles import DOC, SHINGLE, ShingleKind, Shingler
 from datamill.curate.registry import register_stage
 from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
@@ -88,13 +88,7 @@ class MinHashDedupParams(FilterParams):
 
     def band_layout(self) -> tuple[int, int]:
         """(bands, rows) actually used."""
-        if self.bands is not None and self.rows is not None:
-            return self.bands, self.rows
-        if self.bands is not None:
-            return self.bands, max(1, self.num_perm // self.bands)
-        if self.rows is not None:
-            return max(1, self.num_perm // self.rows), self.rows
-        return optimal_bands_rows(self.threshold, self.num_perm)
+        return band_layout(self.num_perm, self.bands, self.rows, self.threshold)
 
 
 @register_stage
