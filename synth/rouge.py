@@ -9,19 +9,26 @@ token sequences, in C++, on all cores). F1 = 2·LCS / (len(candidate) + len(refe
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 from rapidfuzz.distance import LCSseq
 from rapidfuzz.process import cdist
-from rouge_score.tokenizers import DefaultTokenizer
 
-_TOKENIZER = DefaultTokenizer(use_stemmer=False)
+
+@functools.cache
+def _tokenizer():
+    """rouge-score's DefaultTokenizer, imported on first use (it imports nltk: ~3 s, which every
+    worker would otherwise pay when the stage registry loads)."""
+    from rouge_score.tokenizers import DefaultTokenizer
+
+    return DefaultTokenizer(use_stemmer=False)
 
 
 def rouge_tokens(text: str) -> list[str]:
     """rouge-score's tokens of `text` (its DefaultTokenizer without stemming)."""
-    return _TOKENIZER.tokenize(text)
+    return _tokenizer().tokenize(text)
 
 
 def rouge_l_matrix(candidates: Sequence[list[str]], references: Sequence[list[str]], workers: int = -1) -> np.ndarray:
