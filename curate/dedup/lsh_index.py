@@ -47,9 +47,9 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from datamill.curate.dedup.minhash import MinHasher, Scheme, band_layout, text_signatures
-from datamill.curate.dedup.shingles import ShingleKind, Shingler
+from datamill.curate.dedup.minhash_stage import ShinglingParams
 from datamill.curate.registry import register_stage
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
+from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage
 
 DUP_OF = "dup_of"
 REASON = "indexed_duplicate"
@@ -74,7 +74,7 @@ _BOUND_METHODS = frozenset({"_byteswap", "_hashed_byteswap"})
 """A pickled MinHashLSH stores its band-key method `_H` as getattr(index, name)."""
 
 
-class MinHashLSHIndexParams(FilterParams):
+class MinHashLSHIndexParams(ShinglingParams):
     index: str | None = Field(
         None,
         description="Pickled datasketch.MinHashLSH to dedup against (keys: earlier documents' ids). "
@@ -91,13 +91,6 @@ class MinHashLSHIndexParams(FilterParams):
         "near-duplicates inside this run are dropped too. False: only the loaded index is queried.",
     )
     key_field: str = Field("id", description="Column whose value (as text) is a document's key in the index.")
-    ngram: int = Field(5, ge=1, description="Shingle length in tokens (words or characters).")
-    shingle: ShingleKind = Field("word", description="word: whitespace-separated words; char: characters.")
-    lowercase: bool = Field(True, description="Lowercase before shingling.")
-    whitespace: bool = Field(
-        True, description="Collapse and trim whitespace before char shingling (word shingles split on any whitespace)."
-    )
-    punctuation: bool = Field(False, description="Remove punctuation and symbols before shingling.")
     num_perm: int = Field(112, ge=2, le=8192, description="MinHash permutations; must equal the loaded index's.")
     bands: int | None = Field(
         None, ge=2, description="LSH bands of a new index (checked against a loaded one); default from threshold."
@@ -190,7 +183,7 @@ class MinHashLSHIndex(BarrierStage):
         p = self.params
         """Folder relative index paths are resolved against (the recipe's folder)."""
         self.hasher = MinHasher(p.num_perm, p.seed, p.scheme)
-        self.shingler = Shingler(p.shingle, p.ngram, p.lowercase, p.whitespace, p.punctuation)
+        self.shingler = p.shingler()
 
     def _path(self, value: str) -> Path:
         return Path(self.base_dir) / value

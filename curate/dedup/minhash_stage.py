@@ -50,7 +50,9 @@ _VERIFY_CHUNK_ROWS = 1 << 22
 """verify_jaccard joins candidate links with shingle sets in chunks of about this many rows."""
 
 
-class MinHashDedupParams(FilterParams):
+class ShinglingParams(FilterParams):
+    """The shingling options shared by the MinHash stages."""
+
     ngram: int = Field(5, ge=1, description="Shingle length in tokens (words or characters).")
     shingle: ShingleKind = Field("word", description="word: whitespace-separated words; char: characters.")
     lowercase: bool = Field(True, description="Lowercase before shingling.")
@@ -58,6 +60,12 @@ class MinHashDedupParams(FilterParams):
         True, description="Collapse and trim whitespace before char shingling (word shingles split on any whitespace)."
     )
     punctuation: bool = Field(False, description="Remove punctuation and symbols before shingling.")
+
+    def shingler(self) -> Shingler:
+        return Shingler(self.shingle, self.ngram, self.lowercase, self.whitespace, self.punctuation)
+
+
+class MinHashDedupParams(ShinglingParams):
     num_perm: int = Field(112, ge=1, le=8192, description="MinHash permutations (signature length).")
     bands: int | None = Field(None, ge=1, description="LSH bands; default: from threshold (or num_perm // rows).")
     rows: int | None = Field(None, ge=1, description="Values per band; default: from threshold (or num_perm // bands).")
@@ -104,7 +112,7 @@ class MinHashDedup(BarrierStage):
         p: MinHashDedupParams = self.params
         self.bands, self.rows = p.band_layout()
         self.hasher = MinHasher(p.num_perm, p.seed, p.scheme)
-        self.shingler = Shingler(p.shingle, p.ngram, p.lowercase, p.whitespace, p.punctuation)
+        self.shingler = p.shingler()
 
     @property
     def band_columns(self) -> list[str]:
