@@ -3,6 +3,8 @@ and the chunked cross-entropy (CPU, a two-layer model, SmolLM2's tokenizer)."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import polars as pl
 import pytest
@@ -172,6 +174,38 @@ def test_data_order_is_the_same_for_one_process_accumulating_and_two_processes()
         assert one.tolist() == two.tolist()
     epoch = np.concatenate([rows_for_step(12, s, 0, 0, 1, 4, 1, seed=1) for s in range(3)])
     assert sorted(epoch.tolist()) == list(range(12))  # one epoch visits every row once
+
+
+def test_a_staged_mix_trains_phase_zero_rows_before_the_annealing_rows(tmp_path, tokenizer):
+    docs = make_documents(40)
+    phases = [1 if i % 4 == 0 else 0 for i in range(40)]  # the annealing share is spread through the file
+    corpus = tmp_path / "mixed"
+    (corpus / "shards").mkdir(parents=True)
+    pl.DataFrame({"text": docs[:20], "phase": phases[:20]}).write_parquet(corpus / "shards" / "part-00000.parquet")
+    pl.DataFrame({"text": docs[20:]}).write_parquet(corpus / "shards" / "part-00001.parquet")  # no column: phase 0
+    messages = []
+    split = tokenize_corpus(corpus, tokenizer, eval_holdout=0, log=messages.append)["train"]
+    assert "phases [0, 1]" in messages[0]
+    annealing = {d for d, p in zip(docs[:20], phases[:20]) if p == 1}
+    last = [tokenizer.decode(split.tokens[split.doc_offsets[d]:split.doc_offsets[d + 1] - 1])
+            for d in range(split.n_docs - len(annealing), split.n_docs)]
+    assert set(last) == annealing and split.doc_phases.tolist() == [0] * 35 + [1] * 5
+
+    rows = PackedRows(split, seq_len=16)
+    (boundary,) = rows.phase_starts[1:]
+    for epoch in range(2):  # each epoch: every phase-0 row, shuffled, then every phase-1 row
+        order = np.concatenate([rows_for_step(rows.n_rows, s, 0, 0, 1, 1, 1, seed=2, phase_starts=rows.phase_starts)
+                                for s in range(epoch * rows.n_rows, (epoch + 1) * rows.n_rows)])
+        assert sorted(order[:boundary].tolist()) == list(range(boundary))
+        assert sorted(order[boundary:].tolist()) == list(range(boundary, rows.n_rows))
+        assert order[:boundary].tolist() != list(range(boundary))  # shuffled within the phase
+    tail = tokenizer.decode(rows.batch(np.arange(boundary, rows.n_rows)).input_ids.ravel())
+    found = set(re.findall(r"Note (\d+)\.", tail))
+    assert found <= {"0", "4", "8", "12", "16"} and len(found) >= 4  # phase-1 rows hold only annealing text
+
+    bad = write_shard(tmp_path / "bad", pl.DataFrame({"text": docs[:2], "phase": ["late", "early"]}))
+    with pytest.raises(ValueError, match="column 'phase' must hold whole numbers"):
+        tokenize_corpus(bad, tokenizer, eval_holdout=0, log=lambda *a: None)
 
 
 def test_chunked_cross_entropy_matches_autograd_on_full_logits(monkeypatch):

@@ -21,6 +21,11 @@
    batches; rank r of w takes its share of each micro-batch. It depends only on (seed, step), so
    resuming at a step continues the exact order, and 1 process × 2 micro-batches sees the same rows
    as 2 processes × 1.
+
+Staged mixes: a `phase` column (the `mix` stage writes 1 on its annealing share, 0 elsewhere) is
+honoured by writing the documents of each phase as one contiguous stretch of the token stream,
+lowest phase first; each epoch then trains on all rows of phase 0 (shuffled among themselves)
+before any row of phase 1, and so on. Only the row that straddles two phases mixes them.
 """
 
 from __future__ import annotations
@@ -34,13 +39,14 @@ import tempfile
 from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import polars as pl
 
-CACHE_VERSION = 2  # 2: KD completions are the teacher's own token ids
+CACHE_VERSION = 3  # 2: KD completions are the teacher's own token ids; 3: documents grouped by phase
 SPLITS = ("train", "eval")
+RECORD, PHASE = "__record", "phase"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,16 +169,15 @@ TOKENIZERS = {"text": tokenize_text, "prompt_completion": tokenize_prompt_comple
 APPENDS_EOS = {"text": True, "prompt_completion": True, "messages": False}
 
 
-def apply_token_keep(frame: pl.DataFrame, ids: list[list[int]], masks: list[list[int]], first_row: int,
-                     appended_eos: bool) -> None:
+def apply_token_keep(frame: pl.DataFrame, ids: list[list[int]], masks: list[list[int]], appended_eos: bool) -> None:
     """Multiply the loss mask by the `token_keep` column (one 0/1 per token of the record, not
     counting the EOS we append); a row without one keeps every token."""
-    for k, keep in enumerate(frame["token_keep"].to_list()):
+    for k, (record, keep) in enumerate(zip(frame[RECORD], frame["token_keep"].to_list())):
         if keep is None:
             continue
         body = len(ids[k]) - int(appended_eos)
         if len(keep) != body:
-            raise ValueError(f"record {first_row + k}: token_keep has {len(keep)} entries but the record has "
+            raise ValueError(f"record {record}: token_keep has {len(keep)} entries but the record has "
                              f"{body} tokens with this tokenizer (it must come from the same tokenizer)")
         masks[k] = [m * int(bool(x)) for m, x in zip(masks[k], keep)] + masks[k][len(keep):]
 
@@ -203,6 +208,7 @@ class TokenSplit:
     loss_mask: np.ndarray    # [n_tokens] uint8, 1 = learn to predict this token
     doc_offsets: np.ndarray  # [n_docs + 1] int64, document d is tokens[doc_offsets[d]:doc_offsets[d+1]]
     doc_weights: np.ndarray  # [n_docs] float32
+    doc_phases: np.ndarray   # [n_docs] int64, non-decreasing: the documents of a phase are contiguous
     teacher_ids: np.ndarray | None = None       # [n_tokens, k] int32: the teacher's top-k ids for this token
     teacher_logprobs: np.ndarray | None = None  # [n_tokens, k] float32, -inf where there is no teacher
 
@@ -218,16 +224,22 @@ class TokenSplit:
     def uniform_weights(self) -> bool:
         return bool(np.all(self.doc_weights == 1.0))
 
+    def phase_token_starts(self) -> dict[int, int]:
+        """{phase: offset of its first token}, lowest phase first."""
+        phases, first_doc = np.unique(self.doc_phases, return_index=True)
+        return {int(p): int(self.doc_offsets[d]) for p, d in zip(phases, first_doc)}
+
 
 def load_split(folder: Path, split: str, dtype: str, kd_topk: int = 0) -> TokenSplit:
     offsets = np.load(folder / f"{split}.offsets.npy")
     n_tokens = int(offsets[-1])
+    documents = {"doc_offsets": offsets, "doc_weights": np.load(folder / f"{split}.weights.npy"),
+                 "doc_phases": np.load(folder / f"{split}.phases.npy")}
     teacher = {}
     if n_tokens == 0:
         if kd_topk:
             teacher = {"teacher_ids": np.zeros((0, kd_topk), np.int32), "teacher_logprobs": np.zeros((0, kd_topk), np.float32)}
-        return TokenSplit(np.zeros(0, dtype), np.zeros(0, np.uint8), offsets, np.load(folder / f"{split}.weights.npy"),
-                          **teacher)
+        return TokenSplit(np.zeros(0, dtype), np.zeros(0, np.uint8), **documents, **teacher)
     if kd_topk:
         teacher = {"teacher_ids": np.memmap(folder / f"{split}.teacher_ids.bin", dtype=np.int32, mode="r",
                                             shape=(n_tokens, kd_topk)),
@@ -236,8 +248,7 @@ def load_split(folder: Path, split: str, dtype: str, kd_topk: int = 0) -> TokenS
     return TokenSplit(
         tokens=np.memmap(folder / f"{split}.tokens.bin", dtype=dtype, mode="r", shape=(n_tokens,)),
         loss_mask=np.memmap(folder / f"{split}.mask.bin", dtype=np.uint8, mode="r", shape=(n_tokens,)),
-        doc_offsets=offsets,
-        doc_weights=np.load(folder / f"{split}.weights.npy"),
+        **documents,
         **teacher,
     )
 
@@ -253,8 +264,9 @@ class SplitWriter:
                         open(folder / f"{split}.teacher_logprobs.bin", "wb")) if kd else None
         self.lengths: list[np.ndarray] = []
         self.weights: list[np.ndarray] = []
+        self.phases: list[np.ndarray] = []
 
-    def add(self, ids: list[list[int]], masks: list[list[int]], weights: np.ndarray,
+    def add(self, ids: list[list[int]], masks: list[list[int]], weights: np.ndarray, phases: np.ndarray,
             teacher: list[tuple[np.ndarray, np.ndarray]] | None = None) -> None:
         if not ids:
             return
@@ -266,6 +278,7 @@ class SplitWriter:
         self.mask.write(np.fromiter(chain.from_iterable(masks), dtype=np.uint8).tobytes())
         self.lengths.append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
         self.weights.append(weights.astype(np.float32))
+        self.phases.append(phases.astype(np.int64))
 
     def close(self) -> dict:
         self.tokens.close()
@@ -277,15 +290,44 @@ class SplitWriter:
         np.save(self.folder / f"{self.split}.offsets.npy", offsets)
         np.save(self.folder / f"{self.split}.weights.npy",
                 np.concatenate(self.weights) if self.weights else np.zeros(0, np.float32))
-        return {"docs": int(lengths.size), "tokens": int(offsets[-1])}
+        phases = np.concatenate(self.phases) if self.phases else np.zeros(0, np.int64)
+        np.save(self.folder / f"{self.split}.phases.npy", phases)
+        tokens_per_phase = {int(p): int(lengths[phases == p].sum()) for p in np.unique(phases)}
+        return {"docs": int(lengths.size), "tokens": int(offsets[-1]), "tokens_per_phase": tokens_per_phase}
 
 
-def record_batches(files: list[Path], columns: list[str], batch_rows: int) -> Iterator[pl.DataFrame]:
+def corpus_phases(files: list[Path]) -> list[int]:
+    """The distinct `phase` values of the corpus, lowest first ([0] when no file has the column;
+    a record without one is in phase 0)."""
+    phases: set[int] = set()
+    for file in files:
+        if PHASE not in scan(file).collect_schema().names():
+            phases.add(0)
+            continue
+        try:
+            values = scan(file).select(pl.col(PHASE).fill_null(0).cast(pl.Int64, strict=True).unique()).collect()
+        except pl.exceptions.PolarsError as error:
+            raise ValueError(f"{file}: column 'phase' must hold whole numbers (the training phase): {error}") from None
+        phases.update(values[PHASE].to_list())
+    return sorted(phases)
+
+
+def record_batches(files: list[Path], columns: list[str], batch_rows: int, phase: int | None = None
+                   ) -> Iterator[pl.DataFrame]:
+    """The corpus' records in slices of `batch_rows`, with their corpus-wide record number in
+    `__record` and their `phase` (0 where missing); only the records of `phase` when it is given."""
+    first = 0
     for file in files:
         names = scan(file).collect_schema().names()
-        frame = scan(file).select([c for c in columns if c in names]).collect()
+        frame = (scan(file).with_row_index(RECORD, offset=first)
+                 .select([RECORD] + [c for c in columns if c in names]).collect())
+        first += frame.height
         for extra in (c for c in columns if c not in names):
             frame = frame.with_columns(pl.lit(None).alias(extra))
+        if PHASE in columns:
+            frame = frame.with_columns(pl.col(PHASE).fill_null(0).cast(pl.Int64))
+        if phase is not None:
+            frame = frame.filter(pl.col(PHASE) == phase)
         yield from frame.iter_slices(batch_rows)
 
 
@@ -296,7 +338,8 @@ def tokenize_corpus(path: str | Path, tokenizer, *, format: str = "auto", train_
     files = corpus_files(path)
     columns = scan(files[0]).collect_schema().names()
     fmt = detect_format(columns, format)
-    options = {"format": fmt, "train_on_prompt": train_on_prompt, "eval_holdout": eval_holdout, "seed": seed}
+    options = {"format": fmt, "train_on_prompt": train_on_prompt, "eval_holdout": eval_holdout, "seed": seed,
+               "phases": corpus_phases(files)}
     if kd:
         options["kd"] = True
         if fmt != "prompt_completion":
@@ -327,19 +370,20 @@ def write_cache(files, tokenizer, fmt, options, folder: Path, dtype: str, batch_
         writers = {split: SplitWriter(staging, split, np.dtype(dtype), kd) for split in SPLITS}
         columns = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"]}[fmt]
         extra = ["teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_ids"] if kd else []
-        row = 0
-        for frame in record_batches(files, columns + ["weight", "token_keep"] + extra, batch_rows):
+        wanted = columns + ["weight", "token_keep", PHASE] + extra
+        batches = chain.from_iterable(record_batches(files, wanted, batch_rows, phase) for phase in options["phases"])
+        for frame in batches:
             ids, masks = TOKENIZERS[fmt](tokenizer, frame, options)
             if frame["token_keep"].null_count() < frame.height:
-                apply_token_keep(frame, ids, masks, row, APPENDS_EOS[fmt])
-            teacher = teacher_rows(tokenizer, frame, ids, kd_topk, row, kd_stats, options) if kd else None
+                apply_token_keep(frame, ids, masks, APPENDS_EOS[fmt])
+            teacher = teacher_rows(tokenizer, frame, ids, kd_topk, kd_stats, options) if kd else None
             weights = frame["weight"].cast(pl.Float32).fill_null(1.0).to_numpy()
-            held = is_eval[row: row + frame.height]
+            phases = frame[PHASE].to_numpy()
+            held = is_eval[frame[RECORD].to_numpy()]
             for split, take in (("train", ~held), ("eval", held)):
                 picked = np.flatnonzero(take)
                 writers[split].add([ids[i] for i in picked], [masks[i] for i in picked], weights[picked],
-                                   [teacher[i] for i in picked] if kd else None)
-            row += frame.height
+                                   phases[picked], [teacher[i] for i in picked] if kd else None)
         if kd:
             check_teacher_alignment(kd_stats)
         counts = {split: writer.close() for split, writer in writers.items()}
@@ -352,8 +396,10 @@ def write_cache(files, tokenizer, fmt, options, folder: Path, dtype: str, batch_
         except OSError:  # another process finished the same cache first
             if not (folder / "meta.json").is_file():
                 raise
+        phased = "" if len(options["phases"]) == 1 else \
+            f", phases {options['phases']} trained in that order ({counts['train']['tokens_per_phase']} tokens)"
         log(f"tokenized {n_records} records ({fmt}) → {counts['train']['tokens']:,} train / "
-            f"{counts['eval']['tokens']:,} eval tokens in {folder}")
+            f"{counts['eval']['tokens']:,} eval tokens in {folder}{phased}")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -376,8 +422,7 @@ def teacher_topk(files: list[Path]) -> int:
     raise ValueError(f"no record in {files[0].parent} has teacher top-k log-probabilities")
 
 
-def teacher_rows(tokenizer, frame: pl.DataFrame, ids: list[list[int]], k: int, first_row: int,
-                 stats: dict, options: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+def teacher_rows(tokenizer, frame: pl.DataFrame, ids: list[list[int]], k: int, stats: dict, options: dict) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per record, [len(ids), k] teacher ids and log-probs: the teacher's i-th generated position
     lands on the i-th completion token (and its end-of-sequence position on the appended EOS).
 
@@ -387,15 +432,14 @@ def teacher_rows(tokenizer, frame: pl.DataFrame, ids: list[list[int]], k: int, f
     vocab = len(tokenizer)
     completions = completion_tokens(tokenizer, frame, options)
     out = []
-    for j, (doc, comp, tid, tlp) in enumerate(zip(ids, completions, frame["teacher_topk_ids"].to_list(),
-                                                  frame["teacher_topk_logprobs"].to_list())):
+    for record, doc, comp, tid, tlp in zip(frame[RECORD], ids, completions, frame["teacher_topk_ids"].to_list(),
+                                           frame["teacher_topk_logprobs"].to_list()):
         topk_ids = np.zeros((len(doc), k), np.int32)
         topk_logprobs = np.full((len(doc), k), -np.inf, np.float32)
         out.append((topk_ids, topk_logprobs))
         if not tid:
             continue
         stats["records"] += 1
-        record = first_row + j
         try:
             t_ids = np.array(tid, dtype=np.int64)
             t_lp = np.array(tlp, dtype=np.float32)
@@ -468,6 +512,13 @@ class PackedRows:
         self.split, self.seq_len = split, seq_len
         self.n_rows = max(0, math.ceil((split.n_tokens - 1) / seq_len))
 
+    @property
+    def phase_starts(self) -> list[int]:
+        """The first row of each phase, lowest phase first (a row belongs to the phase of its first
+        token, so the row straddling a boundary counts to the earlier phase)."""
+        starts = [math.ceil(token / self.seq_len) for token in self.split.phase_token_starts().values()]
+        return [0] + [row for row in starts[1:] if 0 < row < self.n_rows]
+
     def batch(self, rows: np.ndarray) -> Batch:
         S, split = self.seq_len, self.split
         shape = (len(rows), S)
@@ -508,8 +559,16 @@ class PackedRows:
                      kd_weights)
 
 
+def epoch_order(n_rows: int, epoch: int, seed: int, phase_starts: Sequence[int] = (0,)) -> np.ndarray:
+    """Every row once: the rows of each phase (from its start to the next phase's) shuffled among
+    themselves, the phases in order."""
+    rng = np.random.default_rng([seed, epoch])
+    bounds = [*phase_starts, n_rows]
+    return np.concatenate([start + rng.permutation(stop - start) for start, stop in zip(bounds, bounds[1:])])
+
+
 def rows_for_step(n_rows: int, step: int, micro: int, rank: int, world: int, micro_batch: int,
-                  grad_accum: int, seed: int) -> np.ndarray:
+                  grad_accum: int, seed: int, phase_starts: Sequence[int] = (0,)) -> np.ndarray:
     """The rows that `rank` trains on in micro-batch `micro` of optimizer step `step`."""
     global_batch = micro_batch * grad_accum * world
     first = step * global_batch + (micro * world + rank) * micro_batch
@@ -517,6 +576,6 @@ def rows_for_step(n_rows: int, step: int, micro: int, rank: int, world: int, mic
     epochs, index = np.divmod(positions, n_rows)
     rows = np.empty(micro_batch, np.int64)
     for epoch in np.unique(epochs):
-        order = np.random.default_rng([seed, int(epoch)]).permutation(n_rows)
+        order = epoch_order(n_rows, int(epoch), seed, phase_starts)
         rows[epochs == epoch] = order[index[epochs == epoch]]
     return rows

@@ -117,6 +117,7 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
     if train_rows.n_rows == 0:
         raise ValueError(f"{cfg.data.path}: no training tokens after holding out {cfg.data.eval_holdout:.0%} for eval")
     binary_weights = splits["train"].uniform_weights  # every loss weight is 0 or 1
+    phase_starts = train_rows.phase_starts  # a staged mix: each epoch trains phase 0's rows, then phase 1's
 
     # 2. model: float32 master weights, bf16 autocast on GPU, documents masked apart in attention
     attention = pick_attention(cfg.model.attention, device)
@@ -216,7 +217,8 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
                 group["lr"] = lr
 
             batches = [train_rows.batch(rows_for_step(train_rows.n_rows, step, micro, env.rank, env.world_size,
-                                                      cfg.micro_batch_size, cfg.grad_accum, cfg.seed))
+                                                      cfg.micro_batch_size, cfg.grad_accum, cfg.seed,
+                                                      phase_starts))
                        for micro in range(cfg.grad_accum)]
             learned_here = torch.tensor(sum(float(b.learned.sum()) for b in batches), dtype=torch.float64)
             learned = float(all_sum(learned_here.to(device), env))

@@ -18,7 +18,8 @@ Steps, all decided once over the whole corpus (a barrier) and all seeded by a ha
    the output tokens and every other source is kept whole.
 3. `anneal` (OLMo 2's mid-training mix): of the rows kept, a seeded token budget of `fraction` ×
    output tokens, split between `anneal.weights`' sources by weight, gets `phase` 1, the rest 0.
-   The trainer should consume phase 0 first and phase 1 last (sort by `phase`, shuffle within).
+   `datamill train` trains every epoch's phase-0 rows first and its phase-1 rows last (shuffled
+   within each phase; see train/data.py).
 4. `weight_from`: `weight` = exp(column) (a log-weight like `dsir_logw`; `weight_scale: linear`
    takes the column itself), normalized to mean 1 over the kept rows, then clipped to
    `weight_clip`. train/ multiplies each document's token losses by `weight`.
