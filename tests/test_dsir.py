@@ -52,6 +52,19 @@ def test_tokens_and_ngrams_follow_wordpunct() -> None:
     assert ngram_buckets(pl.Series([text])).to_list() == [expected]
 
 
+@pytest.mark.parametrize("ngrams", [1, 3, 4])
+def test_every_ngram_order_matches_sha256_of_the_joined_tokens(ngrams: int) -> None:
+    import hashlib
+    import re
+
+    texts = ["The cat sat on the mat. The cat sat on the mat!", None, "", "Ünïcode wörds: the cat sat", "x y x y x y"]
+    got = ngram_buckets(pl.Series(texts), num_buckets=997, ngrams=ngrams).to_list()
+    for text, buckets in zip(texts, got):
+        tokens = re.findall(r"\w+|[^\w\s]+", (text or "").lower())
+        assert buckets == [int(hashlib.sha256(" ".join(tokens[s:s + n]).encode()).hexdigest(), 16) % 997
+                           for n in range(1, ngrams + 1) for s in range(len(tokens) - n + 1)]
+
+
 def test_target_like_documents_get_the_highest_weights() -> None:
     raw = [bee_doc(i) for i in range(20)] + [village_doc(i) for i in range(60)]
     target = BEES

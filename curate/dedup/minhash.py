@@ -43,9 +43,9 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from datamill.curate.dedup.shingles import DOC, SHINGLE, Shingler
+from datamill.curate.utf8_buffer import utf8_buffer
 
 Scheme = Literal["affine32", "affine64", "legacy"]
 Engine = Literal["auto", "numba", "numpy"]
@@ -191,22 +191,9 @@ def _chunks(upper_counts: np.ndarray, chunk_shingles: int) -> Iterable[tuple[int
         start = stop
 
 
-def _utf8_buffer(texts: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, offsets): the texts' UTF-8 bytes back to back as uint8 and n + 1 int64 offsets,
-    copied in one piece from the Arrow buffers (writable, so the kernels always see one array
-    type). Nulls are empty."""
-    array = texts.fill_null("").to_arrow()
-    if array.type != pa.large_string():
-        array = array.cast(pa.large_string())
-    _, offsets_buffer, data_buffer = array.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
-    return data[offsets[0] : offsets[-1]].copy(), offsets - offsets[0]
-
-
 def _numba_signatures(texts: pl.Series, shingler: Shingler, hasher: MinHasher, kernels: ModuleType) -> tuple[np.ndarray, np.ndarray]:
     cased = pl.DataFrame({"_text": texts.cast(pl.String)}).select(shingler.cased(pl.col("_text")))["_text"]
-    data, offsets = _utf8_buffer(cased)
+    data, offsets = utf8_buffer(cased)
     if shingler.kind == "word" or shingler.whitespace:
         # words: split on any whitespace run and joined by one space; chars: `normalized`
         data, offsets = kernels.collapse_whitespace(data, offsets)

@@ -5,8 +5,8 @@ runs of other non-space characters: `\\w+|[^\\w\\s]+`), which is what the `data-
 does by default; unigrams and the space-joined bigrams (up to `ngrams`-grams) are each hashed into
 one of `num_buckets` buckets exactly as the package does (`sha256(ngram) mod num_buckets`, see
 `sha256_buckets.py`), so bucket ids match it and are stable across runs, machines and versions.
-Tokenizing runs in polars, hashing in a numba kernel over the tokens' UTF-8 bytes, sums in numpy:
-no Python code runs per n-gram.
+Tokenizing runs in polars, hashing in a numba kernel over the tokens' UTF-8 bytes (each distinct
+n-gram once), sums in numpy: no Python code runs per n-gram.
 
 A document's features are a `List[UInt16|UInt32]` of bucket ids, one per n-gram occurrence;
 `bucket_counts` sums them into a histogram and `sum_by_document` scores them against a table.
@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pyarrow as pa
+
+from datamill.curate.utf8_buffer import utf8_buffer
 
 WORD_PUNCT = r"\w+|[^\w\s]+"
 """NLTK's WordPunctTokenizer pattern."""
@@ -36,30 +38,39 @@ def word_tokens(texts: pl.Series) -> pl.Series:
 
 
 def ngram_buckets(texts: pl.Series, num_buckets: int = DEFAULT_BUCKETS, ngrams: int = DEFAULT_NGRAMS) -> pl.Series:
-    """Per text, the bucket id of every 1..`ngrams`-gram of its WordPunct tokens (in text order per n)."""
+    """Per text, the bucket id of every 1..`ngrams`-gram of its WordPunct tokens (in text order per n).
+
+    Words repeat (Zipf), so each distinct n-gram is hashed once: tokens get dense ids from a join
+    with the distinct tokens, an n-gram's id comes from the pair (its (n-1)-gram's id, its last
+    token's id) made dense by a hash table (`dense_ids`), and SHA-256 runs on one occurrence per id."""
     if num_buckets < 1 or ngrams < 1:
         raise ValueError(f"num_buckets and ngrams must be at least 1 (got {num_buckets}, {ngrams})")
-    from datamill.curate.selection.sha256_buckets import ngram_bucket_kernel
+    from datamill.curate.selection.sha256_buckets import dense_ids, documents_first, hash_ngrams
 
     tokens = word_tokens(texts)
-    doc_offsets = np.concatenate([[0], np.cumsum(tokens.list.len().to_numpy(), dtype=np.int64)])
-    data, token_offsets = _utf8_buffer(tokens.explode().drop_nulls() if len(tokens) else pl.Series([], dtype=pl.String))
-    flat, offsets = ngram_bucket_kernel(data, token_offsets, doc_offsets, ngrams, num_buckets)
-    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(flat, pa.uint32()))
+    lengths = tokens.list.len().to_numpy().astype(np.int64)
+    doc_offsets = np.concatenate([[0], np.cumsum(lengths)])
+    flat = tokens.explode().drop_nulls() if len(tokens) else pl.Series([], dtype=pl.String)
+    distinct = flat.unique()
+    token_ids = (flat.to_frame("token").join(distinct.to_frame("token").with_row_index("id"), on="token",
+                                               how="left", maintain_order="left")["id"].to_numpy().astype(np.int64))
+    data, token_offsets = utf8_buffer(distinct)
+    n_tokens = len(token_ids)
+    levels = np.zeros((ngrams, n_tokens), np.uint32)  # [n - 1, s]: bucket of the n-gram starting at token s
+    levels[0] = hash_ngrams(data, token_offsets, np.arange(len(distinct)), np.arange(len(distinct)), 1,
+                            num_buckets)[token_ids]
+    document = np.repeat(np.arange(len(lengths)), lengths)
+    ngram_ids = token_ids  # dense id of the (n-1)-gram starting at each token
+    for n in range(2, min(ngrams, int(lengths.max(initial=0))) + 1):
+        starts = np.flatnonzero(document[: n_tokens - n + 1] == document[n - 1:])  # n-grams inside one document
+        keys = ngram_ids[starts] * len(distinct) + token_ids[starts + n - 1]
+        ids, first = dense_ids(keys)
+        levels[n - 1, starts] = hash_ngrams(data, token_offsets, token_ids, starts[first], n, num_buckets)[ids]
+        ngram_ids = np.zeros(n_tokens, np.int64)
+        ngram_ids[starts] = ids
+    flat_buckets, offsets = documents_first(levels, doc_offsets)
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), pa.array(flat_buckets, pa.uint32()))
     return pl.Series("buckets", lists).cast(pl.List(bucket_dtype(num_buckets)))
-
-
-def _utf8_buffer(strings: pl.Series) -> tuple[np.ndarray, np.ndarray]:
-    """(bytes, offsets): the strings' UTF-8 bytes back to back and n + 1 int64 offsets."""
-    array = strings.to_arrow()
-    if array.type != pa.large_string():
-        array = array.cast(pa.large_string())
-    if len(array) == 0:
-        return np.empty(0, np.uint8), np.zeros(1, np.int64)
-    _, offsets_buffer, data_buffer = array.buffers()
-    offsets = np.frombuffer(offsets_buffer, dtype=np.int64)[array.offset : array.offset + len(array) + 1]
-    data = np.frombuffer(data_buffer, dtype=np.uint8) if data_buffer is not None else np.empty(0, np.uint8)
-    return data[offsets[0] : offsets[-1]], offsets - offsets[0]
 
 
 def bucket_counts(buckets: pl.Series, num_buckets: int) -> np.ndarray:

@@ -4,7 +4,8 @@ The `data-selection` package buckets an n-gram as `int(sha256(ngram.encode()).he
 % num_buckets`, the n-gram being its tokens joined by single spaces. This kernel computes the
 same numbers from the tokens' UTF-8 bytes (back to back, with offsets) without Python per
 n-gram: the digest is built in a scratch buffer and reduced by Horner's rule over its eight
-big-endian 32-bit words. Compiled on first use and cached by numba.
+big-endian 32-bit words. Compiled on first use and cached by numba. The caller hashes each
+distinct n-gram once (`hashed_ngrams.py`); `documents_first` lays the results out per document.
 """
 
 from __future__ import annotations
@@ -78,9 +79,64 @@ def _sha256_mod(msg, length, num_buckets, w, h):
 
 
 @njit(cache=True)
-def ngram_bucket_kernel(data, token_offsets, doc_offsets, ngrams, num_buckets):
-    """Per document (tokens doc_offsets[d]..doc_offsets[d+1]), the buckets of its 1-grams, then its
-    2-grams, … `ngrams`-grams. Returns (flat bucket ids, per-document offsets into them)."""
+def hash_ngrams(data, token_offsets, token_ids, starts, n, num_buckets):
+    """The bucket of each n-gram token_ids[s], …, token_ids[s + n - 1] for s in `starts`: the UTF-8
+    bytes of those tokens (token t is data[token_offsets[t]:token_offsets[t + 1]]) joined by single
+    spaces, SHA-256, mod num_buckets."""
+    longest = 0
+    for t in range(len(token_offsets) - 1):
+        longest = max(longest, token_offsets[t + 1] - token_offsets[t])
+    msg = np.zeros(n * (longest + 1) + 72, dtype=np.uint8)
+    w = np.zeros(64, dtype=np.uint64)
+    h = np.zeros(8, dtype=np.uint64)
+    out = np.empty(len(starts), dtype=np.uint32)
+    for i in range(len(starts)):
+        length = 0
+        for j in range(starts[i], starts[i] + n):
+            if j > starts[i]:
+                msg[length] = 32
+                length += 1
+            token = token_ids[j]
+            for b in range(token_offsets[token], token_offsets[token + 1]):
+                msg[length] = data[b]
+                length += 1
+        out[i] = _sha256_mod(msg, length, num_buckets, w, h)
+    return out
+
+
+@njit(cache=True)
+def dense_ids(keys):
+    """(ids, first): each non-negative int64 key's dense id (0, 1, … in order of first appearance)
+    and, per id, the index of its first occurrence. One pass over an open-addressing table."""
+    bits = 4
+    while (1 << bits) < 2 * len(keys):
+        bits += 1
+    mask = (1 << bits) - 1
+    slot_keys = np.full(1 << bits, -1, dtype=np.int64)
+    slot_ids = np.zeros(1 << bits, dtype=np.int64)
+    ids = np.empty(len(keys), dtype=np.int64)
+    first = np.empty(len(keys), dtype=np.int64)
+    n = 0
+    for i in range(len(keys)):
+        key = keys[i]
+        slot = np.int64((np.uint64(key) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(64 - bits))
+        while slot_keys[slot] != -1 and slot_keys[slot] != key:
+            slot = (slot + 1) & mask
+        if slot_keys[slot] == -1:
+            slot_keys[slot] = key
+            slot_ids[slot] = n
+            first[n] = i
+            n += 1
+        ids[i] = slot_ids[slot]
+    return ids, first[:n]
+
+
+@njit(cache=True)
+def documents_first(levels, doc_offsets):
+    """Regroup per-position buckets by document: levels[n - 1, s] is the bucket of the n-gram
+    starting at token s. Per document, its 1-grams, then its 2-grams, … (in text order per n).
+    Returns (flat bucket ids, per-document offsets into them)."""
+    ngrams = levels.shape[0]
     n_docs = len(doc_offsets) - 1
     out_offsets = np.zeros(n_docs + 1, dtype=np.int64)
     for d in range(n_docs):
@@ -91,25 +147,10 @@ def ngram_bucket_kernel(data, token_offsets, doc_offsets, ngrams, num_buckets):
                 count += t - n + 1
         out_offsets[d + 1] = out_offsets[d] + count
     out = np.empty(out_offsets[-1], dtype=np.uint32)
-    longest = 0
-    for i in range(len(token_offsets) - 1):
-        longest = max(longest, token_offsets[i + 1] - token_offsets[i])
-    msg = np.zeros(ngrams * (longest + 1) + 72, dtype=np.uint8)
-    w = np.zeros(64, dtype=np.uint64)
-    h = np.zeros(8, dtype=np.uint64)
     pos = 0
     for d in range(n_docs):
-        first, last = doc_offsets[d], doc_offsets[d + 1]
         for n in range(1, ngrams + 1):
-            for s in range(first, last - n + 1):
-                length = 0
-                for j in range(s, s + n):
-                    if j > s:
-                        msg[length] = 32
-                        length += 1
-                    for b in range(token_offsets[j], token_offsets[j + 1]):
-                        msg[length] = data[b]
-                        length += 1
-                out[pos] = _sha256_mod(msg, length, num_buckets, w, h)
+            for s in range(doc_offsets[d], doc_offsets[d + 1] - n + 1):
+                out[pos] = levels[n - 1, s]
                 pos += 1
     return out, out_offsets
