@@ -38,9 +38,10 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             logits = (h_chunk @ w_head.T).to(accumulate)
             lse = torch.logsumexp(logits, dim=-1)
             total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * w).sum()
-            grad_logits = torch.softmax(logits, dim=-1)  # d(lse - logit_y)/d logits = softmax - onehot
+            # d(lse - logit_y)/d logits = softmax - onehot, computed in the logits' own memory
+            grad_logits = logits.sub_(lse[:, None]).exp_()
             grad_logits.scatter_add_(1, y[:, None], -torch.ones_like(lse)[:, None])
-            grad_logits = (grad_logits * w[:, None]).to(compute_dtype)
+            grad_logits = grad_logits.mul_(w[:, None]).to(compute_dtype)
             grad_hidden[start:end] = (grad_logits @ w_head).to(hidden.dtype)
             grad_head += (grad_logits.T @ h_chunk).to(accumulate)
         ctx.save_for_backward(grad_hidden, grad_head.to(head_weight.dtype))
