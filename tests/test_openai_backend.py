@@ -56,11 +56,14 @@ class ChatHandler(BaseHTTPRequestHandler):
         choices = []
         for i, c in enumerate(completions):
             choice = {"index": i, "message": {"role": "assistant", "content": c.text}, "finish_reason": c.finish_reason}
-            if c.topk_ids is not None:
+            if c.topk_ids is not None:  # as vLLM: the sampled tokens, end-of-sequence included, as ids
+                ended_by_eos = c.num_tokens > len(c.token_ids)
+                sampled = c.token_ids + [self.server.backend.tokenizer.eos_token_id] * ended_by_eos
+                choice["stop_reason"] = None if ended_by_eos or c.finish_reason == "length" else body["stop"][0]
                 choice["logprobs"] = {"content": [
-                    {"token": f"token_id:{ids[0]}", "logprob": lps[0],
+                    {"token": f"token_id:{token}", "logprob": dict(zip(ids, lps)).get(token, -9999.0),
                      "top_logprobs": [{"token": f"token_id:{t}", "logprob": lp} for t, lp in zip(ids, lps)]}
-                    for ids, lps in zip(c.topk_ids, c.topk_logprobs)]}
+                    for token, ids, lps in zip(sampled, c.topk_ids, c.topk_logprobs)]}
             choices.append(choice)
         usage = {"completion_tokens": sum(c.num_tokens for c in completions)}
         self._send(200, {"object": "chat.completion", "choices": choices, "usage": usage})
@@ -113,8 +116,18 @@ def test_n_samples_seed_and_top_logprobs_as_token_ids(server, backend):
     [[local_a, local_b]] = backend.generate(CHATS[:1], params)
     assert (a.text, b.text) == (local_a.text, local_b.text)
     assert a.topk_ids == local_a.topk_ids and len(a.topk_ids) == a.num_tokens
+    assert (a.token_ids, b.token_ids) == (local_a.token_ids, local_b.token_ids)  # what was sampled, not the top-1
     assert all(len(row) == 2 for row in a.topk_logprobs)
     assert server.bodies[-1]["top_logprobs"] == 2 and server.bodies[-1]["return_tokens_as_token_ids"] is True
+
+
+def test_generated_token_ids_come_back_without_the_end_of_sequence_token(server, backend):
+    chat = [{"role": "user", "content": "What is the capital of France? Answer in one word."}]
+    params = SamplingParams(max_new_tokens=24, temperature=0.0, logprobs=2)
+    [[remote]] = client(server, max_retries=2).generate([chat], params)
+    [[local]] = backend.generate([chat], params)
+    assert remote.finish_reason == "stop" and remote.num_tokens == len(remote.token_ids) + 1  # ended by EOS
+    assert remote.token_ids == local.token_ids and backend.tokenizer.decode(remote.token_ids) == remote.text
 
 
 def test_client_errors_fail_at_once_naming_the_chat(server):

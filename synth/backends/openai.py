@@ -123,6 +123,11 @@ class OpenAIGenerator:
         logprobs = [[float(alt["logprob"]) for alt in step["top_logprobs"]] for step in content]
         sampled = [step.get("token") for step in content]
         token_ids = [_token_id(index, t) for t in sampled] if all(isinstance(t, str) for t in sampled) else None
+        if token_ids and choice.get("finish_reason") == "stop":
+            # vLLM lists the end-of-sequence token too (stop_reason None); after a stop string
+            # (stop_reason = the string) which ids make up the text is unknown
+            ended_by_eos = choice.get("stop_reason") is None and cut is None
+            token_ids = token_ids[:-1] if ended_by_eos else None
         return Completion(text, finish, len(content), ids, logprobs, token_ids)
 
 
