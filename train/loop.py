@@ -13,7 +13,6 @@ big batch all compute the same gradient.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import threading

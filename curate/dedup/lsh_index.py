@@ -46,8 +46,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from datamill.curate.dedup.minhash import MinHasher, Scheme, band_layout, text_signatures
-from datamill.curate.dedup.minhash_stage import ShinglingParams
+from datamill.curate.dedup.minhash import MinHasher, text_signatures
+from datamill.curate.dedup.minhash_stage import MinHashParams
 from datamill.curate.registry import register_stage
 from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage
 
@@ -74,7 +74,10 @@ _BOUND_METHODS = frozenset({"_byteswap", "_hashed_byteswap"})
 """A pickled MinHashLSH stores its band-key method `_H` as getattr(index, name)."""
 
 
-class MinHashLSHIndexParams(ShinglingParams):
+class MinHashLSHIndexParams(MinHashParams):
+    """With a loaded `index`, num_perm, seed and scheme must be the ones it was built with and
+    bands/rows (default: from threshold) are checked against its layout."""
+
     index: str | None = Field(
         None,
         description="Pickled datasketch.MinHashLSH to dedup against (keys: earlier documents' ids). "
@@ -91,32 +94,15 @@ class MinHashLSHIndexParams(ShinglingParams):
         "near-duplicates inside this run are dropped too. False: only the loaded index is queried.",
     )
     key_field: str = Field("id", description="Column whose value (as text) is a document's key in the index.")
-    num_perm: int = Field(112, ge=2, le=8192, description="MinHash permutations; must equal the loaded index's.")
-    bands: int | None = Field(
-        None, ge=2, description="LSH bands of a new index (checked against a loaded one); default from threshold."
-    )
-    rows: int | None = Field(
-        None, ge=1, description="Values per band of a new index (checked against a loaded one); default from threshold."
-    )
-    threshold: float = Field(
-        0.8, gt=0, lt=1, description="Jaccard similarity a new index's layout is tuned for (datasketch's optimizer)."
-    )
-    seed: int = Field(1, ge=0, lt=2**32, description="Permutation seed; must be the one the index was built with.")
-    scheme: Scheme = Field("affine32", description="datasketch permutation scheme (2.x default: affine32).")
 
     @model_validator(mode="after")
-    def _check(self) -> MinHashLSHIndexParams:
+    def _check_index(self) -> MinHashLSHIndexParams:
         if self.index is not None and self.save_index is not None:
             if Path(self.index).resolve() == Path(self.save_index).resolve():
                 raise ValueError("save_index must differ from index (a re-run must start from the same index)")
-        bands, rows = self.band_layout()
-        if bands * rows > self.num_perm:
-            raise ValueError(f"bands*rows = {bands}*{rows} exceeds num_perm = {self.num_perm}")
+        if self.num_perm < 2:
+            raise ValueError("datasketch's MinHashLSH needs num_perm >= 2")
         return self
-
-    def band_layout(self) -> tuple[int, int]:
-        """(bands, rows) of a new index."""
-        return band_layout(self.num_perm, self.bands, self.rows, self.threshold)
 
 
 class _IndexUnpickler(pickle.Unpickler):

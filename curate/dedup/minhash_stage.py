@@ -65,7 +65,9 @@ class ShinglingParams(FilterParams):
         return Shingler(self.shingle, self.ngram, self.lowercase, self.whitespace, self.punctuation)
 
 
-class MinHashDedupParams(ShinglingParams):
+class MinHashParams(ShinglingParams):
+    """Shingling, the MinHash permutations and the LSH band layout, shared by the MinHash stages."""
+
     num_perm: int = Field(112, ge=1, le=8192, description="MinHash permutations (signature length).")
     bands: int | None = Field(None, ge=1, description="LSH bands; default: from threshold (or num_perm // rows).")
     rows: int | None = Field(None, ge=1, description="Values per band; default: from threshold (or num_perm // bands).")
@@ -76,6 +78,20 @@ class MinHashDedupParams(ShinglingParams):
     )
     seed: int = Field(1, ge=0, lt=2**32, description="Permutation seed (datasketch MinHash `seed`).")
     scheme: Scheme = Field("affine32", description="datasketch permutation scheme (2.x default: affine32).")
+
+    @model_validator(mode="after")
+    def _check_layout(self) -> MinHashParams:
+        bands, rows = self.band_layout()
+        if bands * rows > self.num_perm:
+            raise ValueError(f"bands*rows = {bands}*{rows} exceeds num_perm = {self.num_perm}")
+        return self
+
+    def band_layout(self) -> tuple[int, int]:
+        """(bands, rows) actually used."""
+        return band_layout(self.num_perm, self.bands, self.rows, self.threshold)
+
+
+class MinHashDedupParams(MinHashParams):
     keep: Literal["first", "longest"] | str = Field(
         "first",
         description="Which document of a cluster survives: first (smallest position), longest (most "
@@ -86,18 +102,6 @@ class MinHashDedupParams(ShinglingParams):
         description="If set, a candidate link counts only if the true Jaccard similarity of the two "
         "shingle sets is at least this (removes LSH false positives; the summaries then carry the text).",
     )
-
-    @model_validator(mode="after")
-    def _check_layout(self) -> MinHashDedupParams:
-        bands, rows = self.band_layout()
-        if bands * rows > self.num_perm:
-            raise ValueError(f"bands*rows = {bands}*{rows} exceeds num_perm = {self.num_perm}")
-        return self
-
-    def band_layout(self) -> tuple[int, int]:
-        """(bands, rows) actually used."""
-        return band_layout(self.num_perm, self.bands, self.rows, self.threshold)
-
 
 @register_stage
 class MinHashDedup(BarrierStage):
