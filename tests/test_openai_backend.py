@@ -128,6 +128,10 @@ def test_generated_token_ids_come_back_without_the_end_of_sequence_token(server,
     [[local]] = backend.generate([chat], params)
     assert remote.finish_reason == "stop" and remote.num_tokens == len(remote.token_ids) + 1  # ended by EOS
     assert remote.token_ids == local.token_ids and backend.tokenizer.decode(remote.token_ids) == remote.text
+    stop = SamplingParams(max_new_tokens=24, temperature=0.0, logprobs=2, stop=["Paris"])
+    [[cut]] = client(server, max_retries=2).generate([chat], stop)
+    assert cut.text == "The capital of France is " and cut.finish_reason == "stop"
+    assert cut.token_ids is None  # after a stop string the server's ids run past the text
 
 
 def test_client_errors_fail_at_once_naming_the_chat(server):
