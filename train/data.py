@@ -311,22 +311,18 @@ def corpus_phases(files: list[Path]) -> list[int]:
     return sorted(phases)
 
 
-def record_batches(files: list[Path], columns: list[str], batch_rows: int, phase: int | None = None
-                   ) -> Iterator[pl.DataFrame]:
-    """The corpus' records in slices of `batch_rows`, with their corpus-wide record number in
-    `__record` and their `phase` (0 where missing); only the records of `phase` when it is given."""
+def record_batches(files: list[Path], columns: list[str], batch_rows: int, phase: int) -> Iterator[pl.DataFrame]:
+    """The records of `phase` in slices of `batch_rows`: `columns` (null where a file lacks one),
+    their corpus-wide record number in `__record` and their `phase` (0 where missing)."""
     first = 0
     for file in files:
         names = scan(file).collect_schema().names()
         frame = (scan(file).with_row_index(RECORD, offset=first)
-                 .select([RECORD] + [c for c in columns if c in names]).collect())
+                 .select([RECORD] + [c for c in columns + [PHASE] if c in names]).collect())
         first += frame.height
-        for extra in (c for c in columns if c not in names):
+        for extra in (c for c in columns + [PHASE] if c not in names):
             frame = frame.with_columns(pl.lit(None).alias(extra))
-        if PHASE in columns:
-            frame = frame.with_columns(pl.col(PHASE).fill_null(0).cast(pl.Int64))
-        if phase is not None:
-            frame = frame.filter(pl.col(PHASE) == phase)
+        frame = frame.with_columns(pl.col(PHASE).fill_null(0).cast(pl.Int64)).filter(pl.col(PHASE) == phase)
         yield from frame.iter_slices(batch_rows)
 
 
@@ -337,8 +333,7 @@ def tokenize_corpus(path: str | Path, tokenizer, *, format: str = "auto", train_
     files = corpus_files(path)
     columns = scan(files[0]).collect_schema().names()
     fmt = detect_format(columns, format)
-    options = {"format": fmt, "train_on_prompt": train_on_prompt, "eval_holdout": eval_holdout, "seed": seed,
-               "phases": corpus_phases(files)}
+    options = {"format": fmt, "train_on_prompt": train_on_prompt, "eval_holdout": eval_holdout, "seed": seed}
     if kd:
         options["kd"] = True
         if fmt != "prompt_completion":
@@ -369,34 +364,35 @@ def write_cache(files, tokenizer, fmt, options, folder: Path, dtype: str, batch_
         writers = {split: SplitWriter(staging, split, np.dtype(dtype), kd) for split in SPLITS}
         columns = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"]}[fmt]
         extra = ["teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_ids"] if kd else []
-        wanted = columns + ["weight", "token_keep", PHASE] + extra
-        batches = chain.from_iterable(record_batches(files, wanted, batch_rows, phase) for phase in options["phases"])
+        wanted = columns + ["weight", "token_keep"] + extra
+        phases = corpus_phases(files)  # one pass over the files per phase, lowest first
+        batches = chain.from_iterable(record_batches(files, wanted, batch_rows, phase) for phase in phases)
         for frame in batches:
             ids, masks = TOKENIZERS[fmt](tokenizer, frame, options)
             if frame["token_keep"].null_count() < frame.height:
                 apply_token_keep(frame, ids, masks, APPENDS_EOS[fmt])
             teacher = teacher_rows(tokenizer, frame, ids, kd_topk, kd_stats, options) if kd else None
             weights = frame["weight"].cast(pl.Float32).fill_null(1.0).to_numpy()
-            phases = frame[PHASE].to_numpy()
+            doc_phases = frame[PHASE].to_numpy()
             held = is_eval[frame[RECORD].to_numpy()]
             for split, take in (("train", ~held), ("eval", held)):
                 picked = np.flatnonzero(take)
                 writers[split].add([ids[i] for i in picked], [masks[i] for i in picked], weights[picked],
-                                   phases[picked], [teacher[i] for i in picked] if kd else None)
+                                   doc_phases[picked], [teacher[i] for i in picked] if kd else None)
         if kd:
             check_teacher_alignment(kd_stats)
         counts = {split: writer.close() for split, writer in writers.items()}
         meta = {"dtype": dtype, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
                 "files": [str(f) for f in files], "options": options, "splits": counts, "kd_topk": kd_topk,
-                "kd": kd_stats if kd else None}
+                "phases": phases, "kd": kd_stats if kd else None}
         (staging / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             staging.rename(folder)
         except OSError:  # another process finished the same cache first
             if not (folder / "meta.json").is_file():
                 raise
-        phased = "" if len(options["phases"]) == 1 else \
-            f", phases {options['phases']} trained in that order ({counts['train']['tokens_per_phase']} tokens)"
+        phased = "" if len(phases) == 1 else \
+            f", phases {phases} trained in that order ({counts['train']['tokens_per_phase']} tokens)"
         log(f"tokenized {n_records} records ({fmt}) → {counts['train']['tokens']:,} train / "
             f"{counts['eval']['tokens']:,} eval tokens in {folder}{phased}")
     finally:
@@ -421,7 +417,8 @@ def teacher_topk(files: list[Path]) -> int:
     raise ValueError(f"no record in {files[0].parent} has teacher top-k log-probabilities")
 
 
-def teacher_rows(tokenizer, frame: pl.DataFrame, ids: list[list[int]], k: int, stats: dict, options: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+def teacher_rows(tokenizer, frame: pl.DataFrame, ids: list[list[int]], k: int, stats: dict,
+                 options: dict) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per record, [len(ids), k] teacher ids and log-probs: the teacher's i-th generated position
     lands on the i-th completion token (and its end-of-sequence position on the appended EOS).
 
