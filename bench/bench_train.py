@@ -29,7 +29,7 @@ import torch
 
 from datamill.train import load_config, train
 from datamill.train.data import PackedRows, tokenize_corpus
-from datamill.train.metrics import device_bf16_peak, flops_per_token
+from datamill.train.metrics import device_bf16_peak, flops_per_token, read_run_log
 from datamill.train.model import load_tokenizer
 from datamill.train.presets import llama_config
 
@@ -124,7 +124,7 @@ def main() -> None:
     t0 = time.perf_counter()
     result = train(config)
     wall = time.perf_counter() - t0
-    intervals = [r["tokens_per_s"] for r in map(json.loads, open(result.log_path)) if r.get("kind") == "train"
+    intervals = [r["tokens_per_s"] for r in read_run_log(config.out_dir) if r.get("kind") == "train"
                  and r.get("tokens_per_s")]
     ours = statistics.median(intervals[1:]) if len(intervals) > 2 else result.tokens_per_s
     print(f"ours: {wall:.0f}s wall (compile included), intervals tok/s {[round(x) for x in intervals]}, "

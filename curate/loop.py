@@ -286,9 +286,10 @@ def train_phase(cfg, marker: Path, *, resume: bool, log) -> dict:
 
 def train_curve(out_dir: Path) -> list[dict]:
     """(step, tokens, loss) of every logged training step in out_dir/log.jsonl."""
-    path = out_dir / "log.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    return [{"step": r["step"], "tokens": r["tokens"], "loss": r["loss"]} for r in rows if r.get("kind") == "train"]
+    from datamill.train.metrics import read_run_log
+
+    return [{"step": r["step"], "tokens": r["tokens"], "loss": r["loss"]}
+            for r in read_run_log(out_dir) if r.get("kind") == "train"]
 
 
 def target_eval(cfg, target_dir: Path, batch_rows: int) -> list[dict]:

@@ -15,6 +15,7 @@ from datamill.curate import loop as loop_module
 from datamill.curate.cli import app
 from datamill.curate.loop import LoopError, assert_disjoint, run_loop, text_key
 from datamill.curate.recipe import RecipeError, load_recipe, resolve_recipe_path, validate_recipe
+from datamill.train.metrics import read_run_log
 
 TINY_MODEL = {"preset": "llama-20m", "overrides": {"num_hidden_layers": 1, "hidden_size": 64,
                                                    "intermediate_size": 128, "num_attention_heads": 2,
@@ -65,7 +66,7 @@ def test_phases_chain_an_interrupted_training_resumes_and_a_rerun_skips_everythi
 
     done = run_loop(recipe, log=lambda *_: None)
     assert list(done) == ["curate", "target", "select", "last", "train_data", "train", "eval"]
-    log = [json.loads(line) for line in (layout.phase("train") / "log.jsonl").read_text().splitlines()]
+    log = read_run_log(layout.phase("train"))
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]  # steps 1-3 were not redone
 
     curated = pl.read_parquet(Path(recipe.output.dir) / "shards" / "*.parquet")

@@ -27,6 +27,7 @@ from datamill.synth.rouge import rouge_l_matrix, rouge_tokens
 from datamill.synth.self_instruct import SelfInstructParams, read_seed_tasks, shipped_seed_file
 from datamill.synth.templates import render, user_turn
 from datamill.train import train
+from datamill.train.metrics import read_run_log
 
 TINY = {"preset": "llama-20m", "overrides": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
                                             "num_attention_heads": 4, "num_key_value_heads": 2}}
@@ -197,7 +198,7 @@ def test_train_two_steps_with_kd_on_distill_output(distilled, tmp_path):
     result = train({"data": {"path": str(tmp_path / "corpus"), "eval_holdout": 0}, "model": TINY,
                     "out_dir": str(tmp_path / "run"), "seq_len": 64, "micro_batch_size": 2, "max_steps": 2,
                     "log_every": 1, "progress": False, "save_final": False, "tensorboard": False, "kd_weight": 0.5})
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = read_run_log(tmp_path / "run")
     kd = [r["kd_loss"] for r in log if r["kind"] == "train"]
     assert result.steps == 2 and len(kd) == 2 and all(k > 0 for k in kd)
 

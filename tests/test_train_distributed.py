@@ -3,7 +3,6 @@ the loss curve of one process accumulating the same global batch."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,6 +14,7 @@ import pytest
 import yaml
 
 from datamill.train import train
+from datamill.train.metrics import read_run_log
 
 from conftest import write_text_corpus
 
@@ -30,7 +30,7 @@ def config(corpus: Path, out_dir: Path, **changes) -> dict:
 
 
 def curve(out_dir: Path) -> tuple[list[float], float]:
-    records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
+    records = read_run_log(out_dir)
     losses = [r["loss"] for r in records if r["kind"] == "train"]
     return losses, next(r["eval_loss"] for r in records if r["kind"] == "eval")
 

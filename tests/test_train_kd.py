@@ -4,7 +4,6 @@ tokenizer is refused with a clear error."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from datamill.train import train
 from datamill.train.loss import topk_kd_loss
+from datamill.train.metrics import read_run_log
 from datamill.train.model import load_tokenizer
 from datamill.train.presets import llama_config
 
@@ -94,7 +94,7 @@ def test_kd_loss_falls_while_training(shared_corpus, tmp_path):
                     "seq_len": 32, "micro_batch_size": 4, "max_steps": 10, "log_every": 1, "eval_every": 0,
                     "progress": False, "save_final": False, "tensorboard": False, "kd_weight": 0.8,
                     "optim": {"lr": 5e-3, "warmup_steps": 1}})
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    log = read_run_log(out)
     kd = [r["kd_loss"] for r in log if r["kind"] == "train"]
     assert len(kd) == 10 and kd[0] > 0.05
     assert np.mean(kd[-3:]) < 0.7 * np.mean(kd[:3])

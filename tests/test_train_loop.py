@@ -3,7 +3,6 @@ uninterrupted loss curve, SIGTERM writes a checkpoint, the final model loads wit
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -22,6 +21,7 @@ from typer.testing import CliRunner
 from datamill.train import TrainConfigError, load_config, train
 from datamill.train.cli import app
 from datamill.train.data import PackedRows, tokenize_corpus
+from datamill.train.metrics import read_run_log
 from datamill.train.model import LossModel, attention_mask_for
 
 from conftest import write_text_corpus
@@ -37,12 +37,8 @@ def tiny_config(corpus: Path, out_dir: Path, **changes) -> dict:
             "optim": {"lr": 3e-3, "warmup_steps": 2}, **changes}
 
 
-def read_log(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
-
-
 def train_losses(out_dir: Path) -> dict[int, float]:
-    return {r["step"]: r["loss"] for r in read_log(out_dir) if r["kind"] == "train"}
+    return {r["step"]: r["loss"] for r in read_run_log(out_dir) if r["kind"] == "train"}
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +57,7 @@ def test_training_lowers_the_loss_and_logs_held_out_loss_and_perplexity(full_run
     losses = train_losses(out_dir)
     assert sorted(losses) == [1, 2, 3, 4, 5, 6]
     assert losses[6] < losses[1] - 1.0
-    evals = [r for r in read_log(out_dir) if r["kind"] == "eval"]
+    evals = [r for r in read_run_log(out_dir) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [3, 6]
     assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
     assert all(r["eval_ppl"] == pytest.approx(math.exp(r["eval_loss"])) for r in evals)
@@ -115,7 +111,7 @@ def test_sigterm_stops_training_with_a_checkpoint_of_the_step_reached(corpus, tm
     process.send_signal(signal.SIGTERM)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 0, stderr
-    summary = read_log(out_dir)[-1]
+    summary = read_run_log(out_dir)[-1]
     assert summary["kind"] == "summary" and summary["interrupted"] is True
     stopped_at = summary["step"]
     assert 2 <= stopped_at < 500

@@ -3,7 +3,6 @@ built-in SmolLM2-135M on self-instruct style conversations; both from a recipe's
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import polars as pl
@@ -17,12 +16,12 @@ from datamill.curate.executor import run_recipe
 from datamill.curate.recipe import resolve_recipe_path, validate_recipe
 from datamill.train import load_config, train
 from datamill.train.data import PackedRows, tokenize_corpus
+from datamill.train.metrics import read_run_log
 from datamill.train.model import load_tokenizer
 
 
 def train_curve(out_dir: Path) -> list[float]:
-    records = [json.loads(line) for line in (out_dir / "log.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in records if r["kind"] == "train"]
+    return [r["loss"] for r in read_run_log(out_dir) if r["kind"] == "train"]
 
 
 def test_pretraining_on_the_quickstart_corpus_from_the_recipe(tmp_path):

@@ -38,6 +38,14 @@ def flops_per_token(lm: nn.Module, seq_len: int) -> float:
     return 6.0 * matmul_params + attention
 
 
+def read_run_log(out_dir: str | Path) -> list[dict]:
+    """The records `RunLog` appended to out_dir/log.jsonl, in order ([] before the first)."""
+    path = Path(out_dir) / "log.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
 class RunLog:
     """Appends records to out_dir/log.jsonl (and tensorboard scalars under out_dir/tb)."""
 
