@@ -47,7 +47,7 @@ from datamill.curate.dedup.lsh_index import MinHashLSHIndex, MinHashLSHIndexPara
 from datamill.curate.dedup.minhash import MinHasher, band_hashes, text_signatures, warm_up  # noqa: E402
 from datamill.curate.dedup.minhash_stage import MinHashDedup, MinHashDedupParams  # noqa: E402
 from datamill.curate.dedup.shingles import DOC, SHINGLE, Shingler  # noqa: E402
-from datamill.curate.stage import DROP_REASON, POSITION  # noqa: E402
+from datamill.curate.engine.stage import DROP_REASON, POSITION  # noqa: E402
 
 THRESHOLD = 0.8
 NUM_PERM = 112

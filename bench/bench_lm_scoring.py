@@ -53,8 +53,8 @@ def plain_hf(model, tokenizer, texts, max_tokens, batch_rows, device):
 
 
 def main() -> None:
-    from datamill.curate.lm_scoring import masked_token_losses
-    from datamill.curate.models import load_causal_lm
+    from datamill.curate.models.lm_scoring import masked_token_losses
+    from datamill.curate.models.resolve import load_causal_lm
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")

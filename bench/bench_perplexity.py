@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from datamill.curate.lm_scoring import token_losses
-from datamill.curate.models import load_causal_lm
+from datamill.curate.models.lm_scoring import token_losses
+from datamill.curate.models.resolve import load_causal_lm
 from datamill.curate.sources.installed_docs import DEFAULT_EXCLUDE, docstrings, parse_python, stdlib_files
 
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import polars as pl
 
-from datamill.curate.executor import run_recipe
-from datamill.curate.pipeline import Pipeline
-from datamill.curate.ray_executor import run_recipe_ray
-from datamill.curate.recipe import load_recipe, validate_recipe
+from datamill.curate.executors.local import run_recipe
+from datamill.curate.engine.pipeline import Pipeline
+from datamill.curate.executors.ray import run_recipe_ray
+from datamill.curate.engine.recipe import load_recipe, validate_recipe
 
 
 def quickstart_texts(recipe) -> list[str]:

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from datamill.curate.recipe import RecipeError, builtin_recipe_names, load_recipe
+from datamill.curate.engine.recipe import RecipeError, builtin_recipe_names, load_recipe
 from datamill.train.cli import train as train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -45,7 +45,7 @@ def run(
                                           "`ray://head:10001`); implies --executor ray."),
 ) -> None:
     """Run a recipe: read sources, apply stages, write the corpus and its report."""
-    from datamill.curate.executor import RunError, run_recipe
+    from datamill.curate.executors.local import RunError, run_recipe
 
     overrides = {}
     if limit is not None:
@@ -81,8 +81,8 @@ def validate(recipe: str = typer.Argument(..., help=RECIPE_HELP)) -> None:
 @app.command()
 def stages() -> None:
     """List the stage and source types a recipe can use, with their parameters."""
-    from datamill.curate.registry import source_types, stage_types
-    from datamill.curate.stage import describe_params
+    from datamill.curate.engine.registry import source_types, stage_types
+    from datamill.curate.engine.stage import describe_params
 
     out = Console()
     for title, table_of_types in (("Stages", stage_types()), ("Sources", source_types())):
@@ -119,7 +119,7 @@ def loop(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Read at most N records per source."),
 ) -> None:
     """Run every phase of a recipe: curate → synth → select → train → eval; finished phases are skipped."""
-    from datamill.curate.loop import run_loop
+    from datamill.curate.loop.loop import run_loop
 
     done = _run_phases(run_loop, recipe, resume, limit)
     if "eval" in done:
@@ -133,15 +133,15 @@ def ablate(
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Read at most N records per source."),
 ) -> None:
     """Does curation help? Train on raw, curated and selected data (same budget, ≥2 seeds); compare on target text."""
-    from datamill.curate.ablate import run_ablation
+    from datamill.curate.loop.ablate import run_ablation
 
     result = _run_phases(run_ablation, recipe, resume, limit)
     console.print(f"[green]done[/]: {result['verdict']['text']}\nreport: {result['report']['html']}")
 
 
 def _run_phases(runner, recipe: str, resume: bool, limit: Optional[int]) -> dict:
-    from datamill.curate.executor import RunError
-    from datamill.curate.loop import LoopError
+    from datamill.curate.executors.local import RunError
+    from datamill.curate.loop.loop import LoopError
 
     parsed = _load_or_exit(recipe, {"sources.*.limit": limit} if limit is not None else {})
     try:

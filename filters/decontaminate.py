@@ -31,9 +31,9 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from datamill.curate.registry import register_stage, source_types
-from datamill.curate.sources.base import SourceParams
-from datamill.curate.stage import Filter, FilterParams
+from datamill.curate.engine.registry import register_stage, source_types
+from datamill.curate.engine.source import SourceParams
+from datamill.curate.engine.stage import Filter, FilterParams
 from datamill.filters.ngrams import DOC, HASH, LENGTH, N_WORDS, ngram_hashes, normalized_words
 
 READ_BATCH_ROWS = 10_000

@@ -14,8 +14,8 @@ from typing import ClassVar
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Filter, FilterParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Filter, FilterParams
 from datamill.filters import text_stats as ts
 
 

@@ -29,8 +29,8 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field, model_validator
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Filter, FilterParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Filter, FilterParams
 from datamill.filters.scripts import dominant_script
 
 LABEL_PREFIX = "__label__"

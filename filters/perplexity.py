@@ -15,8 +15,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Filter, FilterParams, Resources
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Filter, FilterParams, Resources
 
 
 class PerplexityParams(FilterParams):
@@ -55,12 +55,12 @@ class PerplexityFilter(Filter):
     tokenizer: Any = None
 
     def setup(self) -> None:
-        from datamill.curate.models import load_causal_lm
+        from datamill.curate.models.resolve import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(self.params.model)
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        from datamill.curate.lm_scoring import token_losses
+        from datamill.curate.models.lm_scoring import token_losses
 
         if self.model is None:
             raise RuntimeError(f"stage {self.name!r}: setup() must load the model before scoring")

@@ -125,7 +125,7 @@ def load_backend(spec: GeneratorSpec) -> Generator:
 
 def default_cache_dir() -> Path:
     """`$DATAMILL_CACHE/generations` (default `~/.cache/datamill/generations`)."""
-    from datamill.curate.models import cache_dir
+    from datamill.curate.models.resolve import cache_dir
 
     return cache_dir() / "generations"
 

@@ -31,8 +31,8 @@ from typing import ClassVar
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Resources, Stage, StageParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Resources, Stage, StageParams
 from datamill.synth.generation import GeneratorSpec, SamplingParams, make_generator
 from datamill.synth.templates import SFTFormat, chats_from_batch, render, sft_columns, user_turn
 

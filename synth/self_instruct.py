@@ -28,9 +28,9 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
-from datamill.curate.registry import register_source
-from datamill.curate.sources.base import ShardSpec, Source, SourceBatch, SourceParams
+from datamill.curate.engine.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
+from datamill.curate.engine.registry import register_source
+from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
 from datamill.synth.generation import GeneratorSpec, SamplingParams, make_generator
 from datamill.synth.rouge import RougePool, rouge_l_matrix, rouge_tokens
 from datamill.synth.templates import SFTFormat, instruction_prompt, render, sft_columns, user_turn

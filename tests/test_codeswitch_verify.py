@@ -3,8 +3,8 @@
 import polars as pl
 import pytest
 
-from datamill.curate.executor import run_recipe
-from datamill.curate.recipe import load_recipe, resolve_recipe_path
+from datamill.curate.executors.local import run_recipe
+from datamill.curate.engine.recipe import load_recipe, resolve_recipe_path
 from datamill.synth.codeswitch.verify import CodeSwitchVerify, VerifyParams
 
 MIXED = ["After work I usually drink a taza de café with my amigos.",

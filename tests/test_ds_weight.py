@@ -11,7 +11,7 @@ import torch
 
 from conftest import make_documents, write_jsonl
 from datamill.curate.selection.ds_weight import DSWeightParams, DSWeightSelect
-from datamill.curate.stage import DROP_REASON, POSITION
+from datamill.curate.engine.stage import DROP_REASON, POSITION
 
 
 def junk(seed: int) -> str:

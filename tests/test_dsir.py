@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from conftest import SENTENCES, write_jsonl
-from datamill.curate.executor import run_recipe
-from datamill.curate.recipe import RecipeError, validate_recipe
+from datamill.curate.executors.local import run_recipe
+from datamill.curate.engine.recipe import RecipeError, validate_recipe
 from datamill.curate.selection.dsir import HashedNgramDSIR
 from datamill.curate.selection.hashed_ngrams import ngram_buckets, word_tokens
 

@@ -10,10 +10,10 @@ import polars as pl
 import pytest
 
 from conftest import make_documents, recipe_dict, write_jsonl
-from datamill.curate.executor import RunError, run_recipe
-from datamill.curate.recipe import validate_recipe
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Stage
+from datamill.curate.executors.local import RunError, run_recipe
+from datamill.curate.engine.recipe import validate_recipe
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Stage
 
 STAGES = [{"type": "normalize_text"}, {"type": "length_filter", "min_words": 10}, {"type": "exact_dedup"}]
 

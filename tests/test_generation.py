@@ -188,7 +188,7 @@ def test_make_generator_wraps_the_backend_in_the_cache(backend, tmp_path, monkey
 
 
 def test_gguf_file_is_converted_once_into_the_cache(tmp_path, monkeypatch):
-    from datamill.curate import models
+    from datamill.curate.models import resolve as models
     from datamill.synth.backends import hf
 
     monkeypatch.setenv("DATAMILL_CACHE", str(tmp_path / "cache"))

@@ -5,8 +5,8 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from datamill.curate.registry import stage_types
-from datamill.curate.stage import DROP_REASON
+from datamill.curate.engine.registry import stage_types
+from datamill.curate.engine.stage import DROP_REASON
 from datamill.filters import text_stats as ts
 from datamill.filters.c4 import C4Quality, C4QualityParams
 from datamill.filters.fineweb import FineWebQuality

@@ -13,7 +13,7 @@ import pytest
 from polars.testing import assert_frame_equal
 from pydantic import ValidationError
 
-from datamill.curate.records import record_schema
+from datamill.curate.engine.records import record_schema
 from datamill.curate.sources.installed_docs import InstalledDocs, InstalledDocsParams
 
 BATCH_ROWS = 500
@@ -239,7 +239,7 @@ def test_fields_this_source_decides_cannot_be_set(params):
 
 
 def test_recipes_find_the_source_by_its_type_name():
-    from datamill.curate.registry import source_types
+    from datamill.curate.engine.registry import source_types
 
     assert source_types()["installed_docs"] is InstalledDocs
     assert InstalledDocsParams.model_validate({"type": "installed_docs", "limit": 10}).limit == 10

@@ -8,9 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import recipe_dict, write_jsonl
-from datamill.curate.executor import run_recipe
-from datamill.curate.recipe import validate_recipe
-from datamill.curate.stage import DROP_REASON
+from datamill.curate.executors.local import run_recipe
+from datamill.curate.engine.recipe import validate_recipe
+from datamill.curate.engine.stage import DROP_REASON
 from datamill.filters.language import LanguageFilter, LanguageParams
 from datamill.filters.scripts import dominant_script
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 
 from conftest import SENTENCES, make_documents, recipe_dict
-from datamill.curate.executor import run_recipe
-from datamill.curate.models import load_causal_lm
-from datamill.curate.recipe import validate_recipe
+from datamill.curate.executors.local import run_recipe
+from datamill.curate.models.resolve import load_causal_lm
+from datamill.curate.engine.recipe import validate_recipe
 from datamill.curate.selection.ifd import IFDParams, IFDSelect
 from datamill.curate.selection.lobass import Learnability, LearnabilityParams
 from datamill.curate.selection.rho import RhoParams, RhoScore
 from datamill.curate.selection.scoring import encode_records, record_losses
-from datamill.curate.stage import DROP_REASON, POSITION
+from datamill.curate.engine.stage import DROP_REASON, POSITION
 from datamill.train import train
 from datamill.train.data import tokenize_corpus
 

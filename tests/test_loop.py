@@ -11,10 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from datamill.curate import loop as loop_module
+from datamill.curate.loop import loop as loop_module
 from datamill.curate.cli import app
-from datamill.curate.loop import LoopError, assert_disjoint, run_loop, text_key
-from datamill.curate.recipe import RecipeError, load_recipe, resolve_recipe_path, validate_recipe
+from datamill.curate.loop.loop import LoopError, assert_disjoint, run_loop, text_key
+from datamill.curate.engine.recipe import RecipeError, load_recipe, resolve_recipe_path, validate_recipe
 from datamill.train.metrics import read_run_log
 
 TINY_MODEL = {"preset": "llama-20m", "overrides": {"num_hidden_layers": 1, "hidden_size": 64,
@@ -87,7 +87,7 @@ def test_phases_chain_an_interrupted_training_resumes_and_a_rerun_skips_everythi
     def refuse(*args, **kwargs):
         raise AssertionError("a finished phase ran again")
 
-    monkeypatch.setattr("datamill.curate.executor.run_recipe", refuse)
+    monkeypatch.setattr("datamill.curate.executors.local.run_recipe", refuse)
     monkeypatch.setattr("datamill.train.train", refuse)
     monkeypatch.setattr(loop_module, "target_eval", refuse)
     again = run_loop(recipe, log=lambda *_: None)

@@ -18,8 +18,8 @@ from pydantic import ValidationError
 from conftest import recipe_dict, write_jsonl
 from datamill.curate.dedup.lsh_index import MinHashLSHIndex, MinHashLSHIndexParams, load_index
 from datamill.curate.dedup.shingles import Shingler
-from datamill.curate.executor import run_recipe
-from datamill.curate.recipe import validate_recipe
+from datamill.curate.executors.local import run_recipe
+from datamill.curate.engine.recipe import validate_recipe
 
 
 

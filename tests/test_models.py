@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from datamill.curate import models
-from datamill.curate.models import cache_dir, load_causal_lm, resolve_model
+from datamill.curate.models import resolve as models
+from datamill.curate.models.resolve import cache_dir, load_causal_lm, resolve_model
 
 
 @pytest.fixture(scope="session")

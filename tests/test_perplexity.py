@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_documents, recipe_dict, write_jsonl
-from datamill.curate.executor import run_recipe
-from datamill.curate.lm_scoring import length_sorted_batches, token_losses
-from datamill.curate.models import load_causal_lm
-from datamill.curate.recipe import validate_recipe
-from datamill.curate.stage import DROP_REASON
+from datamill.curate.executors.local import run_recipe
+from datamill.curate.models.lm_scoring import length_sorted_batches, token_losses
+from datamill.curate.models.resolve import load_causal_lm
+from datamill.curate.engine.recipe import validate_recipe
+from datamill.curate.engine.stage import DROP_REASON
 from datamill.filters.perplexity import PerplexityFilter, PerplexityParams
 
 FLUENT = (

@@ -12,12 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_documents, recipe_dict, write_jsonl
-from datamill.curate.executor import RunError, run_recipe
-from datamill.curate.pipeline import Pipeline
-from datamill.curate.ray_executor import run_recipe_ray, segment_resources
-from datamill.curate.recipe import load_recipe, validate_recipe
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Stage, StageParams
+from datamill.curate.executors.local import RunError, run_recipe
+from datamill.curate.engine.pipeline import Pipeline
+from datamill.curate.executors.ray import run_recipe_ray, segment_resources
+from datamill.curate.engine.recipe import load_recipe, validate_recipe
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Stage, StageParams
 
 ray = pytest.importorskip("ray")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from datamill.curate.recipe import RecipeError, load_recipe, validate_recipe
+from datamill.curate.engine.recipe import RecipeError, load_recipe, validate_recipe
 
 
 def base(**extra):
@@ -83,7 +83,7 @@ def test_fingerprint_ignores_workers_only():
 def test_nested_models_inside_lists_get_intervals_and_allowed_keys():
     from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-    from datamill.curate.recipe import _format_errors
+    from datamill.curate.engine.recipe import _format_errors
 
     class Inner(BaseModel):
         model_config = ConfigDict(extra="forbid")

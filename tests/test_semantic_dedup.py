@@ -11,8 +11,8 @@ import pytest
 from conftest import recipe_dict, write_jsonl
 from datamill.curate.dedup.embeddings import embedding_series, load_embedder, pooling_mode, resolve_embedding_model
 from datamill.curate.dedup.semantic import greedy_near_duplicates  # importing it registers semantic_dedup
-from datamill.curate.executor import run_recipe
-from datamill.curate.recipe import validate_recipe
+from datamill.curate.executors.local import run_recipe
+from datamill.curate.engine.recipe import validate_recipe
 
 TOPICS = [
     "Honeybees communicate the location of flowers through a waggle dance. The angle of the dance on the comb "

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from datamill.curate.records import QUARANTINE_SCHEMA, record_schema
+from datamill.curate.engine.records import QUARANTINE_SCHEMA, record_schema
 from datamill.curate.sources.jsonl import JsonlSource
 from datamill.curate.sources.tables import HfSource, ParquetSource
 from conftest import PEAK_RSS_MB

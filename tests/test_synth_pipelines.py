@@ -17,8 +17,8 @@ import polars as pl
 import pytest
 import yaml
 
-from datamill.curate.executor import run_recipe
-from datamill.curate.recipe import validate_recipe
+from datamill.curate.executors.local import run_recipe
+from datamill.curate.engine.recipe import validate_recipe
 from datamill.synth.cache import GenerationCache, entry_key
 from datamill.synth.distill import DistillParams, DistillStage, extract_answer
 from datamill.synth.generation import Completion, GeneratorSpec, SamplingParams, make_generator

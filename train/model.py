@@ -21,7 +21,7 @@ DEFAULT_TOKENIZER = "smollm2-135m"
 
 
 def local_model_dir(name_or_path: str) -> Path:
-    from datamill.curate.models import resolve_model
+    from datamill.curate.models.resolve import resolve_model
 
     return resolve_model(name_or_path)
 

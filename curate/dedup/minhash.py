@@ -45,7 +45,7 @@ import numpy as np
 import polars as pl
 
 from datamill.curate.dedup.shingles import DOC, SHINGLE, Shingler
-from datamill.curate.utf8_buffer import utf8_buffer
+from datamill.curate.engine.utf8_buffer import utf8_buffer
 
 Scheme = Literal["affine32", "affine64", "legacy"]
 Engine = Literal["auto", "numba", "numpy"]

@@ -36,8 +36,8 @@ from pydantic import Field, model_validator
 from datamill.curate.dedup.components import connected_components
 from datamill.curate.dedup.minhash import MinHasher, Scheme, band_hashes, band_layout, text_signatures
 from datamill.curate.dedup.shingles import DOC, SHINGLE, ShingleKind, Shingler
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
 
 CLUSTER = "dup_cluster"
 CLUSTER_SIZE = "dup_cluster_size"

@@ -42,8 +42,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, FilterParams, Resources
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, FilterParams, Resources
 
 EMBEDDING = "_embedding"
 MAX_AUTO_CLUSTERS = 10_000

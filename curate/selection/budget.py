@@ -18,10 +18,10 @@ from typing import ClassVar, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
-from datamill.curate.records import TOKENS
-from datamill.curate.registry import register_stage
+from datamill.curate.engine.records import TOKENS
+from datamill.curate.engine.registry import register_stage
 from datamill.curate.selection.ranking import SELECTED, Budget, apply_selection, select_by_rank
-from datamill.curate.stage import POSITION, BarrierStage, FilterParams
+from datamill.curate.engine.stage import POSITION, BarrierStage, FilterParams
 
 
 class BudgetParams(FilterParams):

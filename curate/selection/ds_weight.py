@@ -31,12 +31,12 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.registry import register_stage
+from datamill.curate.engine.registry import register_stage
 from datamill.curate.selection.ranking import SELECTED, Budget, select_by_rank
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format,
 )
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, Resources
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, Resources
 
 MAX_WEIGHT = 2.0
 MAX_SHIFT = 5.0
@@ -73,7 +73,7 @@ class DSWeightSelect(BarrierStage):
     valid_rows: int = 0
 
     def setup(self) -> None:
-        from datamill.curate.models import load_causal_lm
+        from datamill.curate.models.resolve import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(self.params.model)
         valid = read_valid_set(self.params.valid_path)

@@ -29,8 +29,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field, field_validator
 
-from datamill.curate.records import TOKENS
-from datamill.curate.registry import register_stage, source_types
+from datamill.curate.engine.records import TOKENS
+from datamill.curate.engine.registry import register_stage, source_types
 from datamill.curate.selection.hashed_ngrams import (
     DEFAULT_BUCKETS,
     DEFAULT_NGRAMS,
@@ -39,7 +39,7 @@ from datamill.curate.selection.hashed_ngrams import (
     sum_by_document,
 )
 from datamill.curate.selection.ranking import SELECTED, Budget, apply_selection, gumbel_noise, select_by_rank
-from datamill.curate.stage import POSITION, BarrierStage, FilterParams
+from datamill.curate.engine.stage import POSITION, BarrierStage, FilterParams
 
 LOGW = "dsir_logw"
 EPSILON = 1e-8

@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from datamill.curate.utf8_buffer import utf8_buffer
+from datamill.curate.engine.utf8_buffer import utf8_buffer
 
 WORD_PUNCT = r"\w+|[^\w\s]+"
 """NLTK's WordPunctTokenizer pattern."""

@@ -31,13 +31,13 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.records import TOKENS
-from datamill.curate.registry import register_stage
+from datamill.curate.engine.records import TOKENS
+from datamill.curate.engine.registry import register_stage
 from datamill.curate.selection.ranking import SELECTED, Budget, select_by_rank
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format,
 )
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, Resources
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, Resources
 
 SCORES = ("ifd", "ifd_cond_loss", "ifd_direct_loss")
 
@@ -68,7 +68,7 @@ class IFDSelect(BarrierStage):
     tokenizer: Any = None
 
     def setup(self) -> None:
-        from datamill.curate.models import load_causal_lm
+        from datamill.curate.models.resolve import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(self.params.model)
 

@@ -33,11 +33,11 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from datamill.curate.registry import register_stage
+from datamill.curate.engine.registry import register_stage
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format, same_tokenizer,
 )
-from datamill.curate.stage import Filter, Resources
+from datamill.curate.engine.stage import Filter, Resources
 
 
 class FinetuneSpec(BaseModel):
@@ -81,7 +81,7 @@ class Learnability(Filter):
     tokenizer: Any = None
 
     def setup(self) -> None:
-        from datamill.curate.models import load_causal_lm
+        from datamill.curate.models.resolve import load_causal_lm
 
         p = self.params
         after_path = p.finetuned if p.finetune is None else str(finetune_once(p.model, p.finetune))
@@ -115,7 +115,7 @@ def finetune_once(model: str, spec: FinetuneSpec) -> Path:
     """The final folder of `model` fine-tuned as `spec` says, trained on first use and cached."""
     from filelock import FileLock
 
-    from datamill.curate.models import cache_dir, resolve_model
+    from datamill.curate.models.resolve import cache_dir, resolve_model
     from datamill.train import train
     from datamill.train.data import corpus_files
 

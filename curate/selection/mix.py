@@ -34,10 +34,10 @@ import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from datamill.curate.records import TOKENS
-from datamill.curate.registry import register_stage
+from datamill.curate.engine.records import TOKENS
+from datamill.curate.engine.registry import register_stage
 from datamill.curate.selection.ranking import uniform_from_hash
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
 
 PHASE, WEIGHT = "phase", "weight"
 _COPIES, _U, _U2 = "_mix_copies", "_mix_u", "_mix_u2"

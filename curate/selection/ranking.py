@@ -28,8 +28,8 @@ from typing import Any
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from datamill.curate.records import TOKENS
-from datamill.curate.stage import DROP_REASON, POSITION
+from datamill.curate.engine.records import TOKENS
+from datamill.curate.engine.stage import DROP_REASON, POSITION
 
 RANK = "_rank"
 """Column `select_by_rank` adds: 0-based position in the ranking of the row's group."""

@@ -37,11 +37,11 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field
 
-from datamill.curate.registry import register_stage
+from datamill.curate.engine.registry import register_stage
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format, same_tokenizer, token_grid,
 )
-from datamill.curate.stage import Filter, Resources
+from datamill.curate.engine.stage import Filter, Resources
 
 TOKEN_KEEP = "token_keep"
 
@@ -78,7 +78,7 @@ class RhoScore(Filter):
     tokenizer: Any = None
 
     def setup(self) -> None:
-        from datamill.curate.models import load_causal_lm
+        from datamill.curate.models.resolve import load_causal_lm
 
         self.model, self.tokenizer = load_causal_lm(self.params.model)
         self.reference, reference_tokenizer = load_causal_lm(self.params.reference)

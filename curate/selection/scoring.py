@@ -27,8 +27,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.lm_scoring import DocumentLosses, masked_token_losses
-from datamill.curate.stage import FilterParams
+from datamill.curate.models.lm_scoring import DocumentLosses, masked_token_losses
+from datamill.curate.engine.stage import FilterParams
 
 Format = Literal["auto", "text", "messages", "prompt_completion"]
 

@@ -26,9 +26,9 @@ from typing import Literal
 import polars as pl
 from pydantic import Field, model_validator
 
-from datamill.curate.records import QUARANTINE_SCHEMA, quarantine_row, record_schema
-from datamill.curate.registry import register_source
-from datamill.curate.sources.base import ShardSpec, Source, SourceBatch, SourceParams
+from datamill.curate.engine.records import QUARANTINE_SCHEMA, quarantine_row, record_schema
+from datamill.curate.engine.registry import register_source
+from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
 
 DEFAULT_EXCLUDE = ("test/*", "*/test/*", "tests/*", "*/tests/*", "idlelib/*")
 """Test suites (with their Python 2 fixtures) and IDLE: code about code, not documentation."""

@@ -16,9 +16,9 @@ import orjson
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.records import QUARANTINE_SCHEMA, quarantine_row, record_schema
-from datamill.curate.registry import register_source
-from datamill.curate.sources.base import ShardSpec, Source, SourceBatch, SourceParams
+from datamill.curate.engine.records import QUARANTINE_SCHEMA, quarantine_row, record_schema
+from datamill.curate.engine.registry import register_source
+from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
 from datamill.curate.sources.paths import count_lines, display_path, expand_paths, open_decompressed
 
 FLUSH_TEXT_CHARS = 64 << 20

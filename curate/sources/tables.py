@@ -18,9 +18,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from datamill.curate.records import split_table_rows
-from datamill.curate.registry import register_source
-from datamill.curate.sources.base import ShardSpec, Source, SourceBatch, SourceParams
+from datamill.curate.engine.records import split_table_rows
+from datamill.curate.engine.registry import register_source
+from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
 from datamill.curate.sources.paths import display_path, expand_paths
 
 

@@ -42,7 +42,7 @@ class TransformersGenerator:
     def __init__(self, spec: GeneratorSpec):
         import torch
 
-        from datamill.curate.models import default_device, load_causal_lm
+        from datamill.curate.models.resolve import default_device, load_causal_lm
 
         self.spec = spec
         self.device = spec.device or default_device()
@@ -204,7 +204,7 @@ def step_seed(seed: int, step: int) -> int:
 
 def model_name(model: str) -> str:
     """A stable short name: the built-in name, or the resolved path of a folder/.gguf file."""
-    from datamill.curate.models import MODEL_NAMES
+    from datamill.curate.models.resolve import MODEL_NAMES
 
     builtin = MODEL_NAMES.get(model.strip().lower())
     return builtin if builtin is not None else str(Path(model).expanduser().resolve())
@@ -218,7 +218,7 @@ def cached_gguf_conversion(gguf: Path) -> Path:
     """
     from filelock import FileLock
 
-    from datamill.curate.models import cache_dir, convert_gguf
+    from datamill.curate.models.resolve import cache_dir, convert_gguf
 
     gguf = gguf.expanduser().resolve()
     if not gguf.is_file():

@@ -22,7 +22,7 @@ class VLLMGenerator:
             import vllm
         except ImportError as error:
             raise ImportError("the vllm generator backend needs vLLM: pip install 'datamill[vllm]'") from error
-        from datamill.curate.models import MODEL_NAMES, resolve_model
+        from datamill.curate.models.resolve import MODEL_NAMES, resolve_model
         from datamill.synth.backends.hf import cached_gguf_conversion, model_name
 
         if spec.model.endswith(".gguf"):

@@ -22,8 +22,8 @@ from typing import ClassVar, Literal
 import polars as pl
 from pydantic import Field
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Stage, StageParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Stage, StageParams
 from datamill.synth.generation import GeneratorSpec, SamplingParams, make_generator
 
 LANGUAGE_NAMES = {"en": "English", "es": "Spanish", "de": "German", "fr": "French", "it": "Italian",

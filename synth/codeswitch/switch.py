@@ -30,8 +30,8 @@ from typing import Annotated, ClassVar, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Stage, StageParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Stage, StageParams
 from datamill.synth.codeswitch.lexicon import combine, data_path, load_lexicon
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]

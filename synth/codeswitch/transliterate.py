@@ -20,8 +20,8 @@ from typing import ClassVar
 import polars as pl
 from pydantic import Field, model_validator
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Stage, StageParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Stage, StageParams
 from datamill.filters.scripts import SCRIPTS
 from datamill.synth.codeswitch.lexicon import read_table, resolve
 

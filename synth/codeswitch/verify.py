@@ -27,8 +27,8 @@ import numpy as np
 import polars as pl
 from pydantic import Field, model_validator
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Filter, FilterParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Filter, FilterParams
 from datamill.filters.language import LanguageFilter, LanguageParams
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]

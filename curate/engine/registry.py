@@ -10,11 +10,11 @@ from __future__ import annotations
 import importlib
 from typing import TypeVar
 
-from datamill.curate.sources.base import Source
-from datamill.curate.stage import Stage
+from datamill.curate.engine.source import Source
+from datamill.curate.engine.stage import Stage
 
 _STAGE_MODULES = (
-    "datamill.curate.stages",
+    "datamill.curate.engine.stages",
     "datamill.curate.dedup.exact",
     "datamill.curate.dedup.lines",
     "datamill.curate.dedup.minhash_stage",

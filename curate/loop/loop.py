@@ -154,7 +154,7 @@ def stage_run(recipe, name: str, sources: list[dict], stages: list[dict], out_di
     The recipe's own sources keep reading relative paths from the recipe file's folder; phases
     that read earlier phases' output (absolute paths) resolve stage paths, like `output.dir`,
     from the current directory."""
-    from datamill.curate.recipe import validate_recipe
+    from datamill.curate.engine.recipe import validate_recipe
 
     run = validate_recipe({
         "name": f"{recipe.name}-{name}", "seed": recipe.seed, "sources": sources, "stages": stages,
@@ -168,7 +168,7 @@ def stage_run(recipe, name: str, sources: list[dict], stages: list[dict], out_di
 
 def run_stages(recipe, name: str, marker: Path, *, workers: int | None, resume: bool, log) -> dict:
     """Run a curation recipe (resumable shard by shard) unless its marker says it is done."""
-    from datamill.curate.executor import run_recipe
+    from datamill.curate.executors.local import run_recipe
 
     key = recipe.fingerprint()
     done = finished(marker, key) if resume else None

@@ -21,10 +21,10 @@ import annotated_types
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from datamill.curate.loop import LOOP_SECTIONS, AblateSpec, EvalSpec, PhaseSpec, section_problems
-from datamill.curate.registry import source_types, stage_types
-from datamill.curate.sources.base import SourceParams
-from datamill.curate.stage import StageParams
+from datamill.curate.loop.loop import LOOP_SECTIONS, AblateSpec, EvalSpec, PhaseSpec, section_problems
+from datamill.curate.engine.registry import source_types, stage_types
+from datamill.curate.engine.source import SourceParams
+from datamill.curate.engine.stage import StageParams
 
 
 class RecipeError(ValueError):
@@ -72,7 +72,7 @@ class Recipe(BaseModel):
     stages: list[dict[str, Any]] = Field(default_factory=list)
     output: OutputSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
-    # phases after curation (datamill.curate.loop); none of them changes the fingerprint
+    # phases after curation (datamill.curate.loop.loop); none of them changes the fingerprint
     synth: PhaseSpec | None = None
     select: PhaseSpec | None = None
     train: dict[str, Any] | None = Field(None, description="datamill.train's config; data comes from the loop.")

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from datamill.curate.loop import (
+from datamill.curate.loop.loop import (
     TARGET_FILE, AblateSpec, EvalSpec, LoopError, LoopLayout, corpus_source, data_phases, digest, eval_phase,
     finished, mark, run_stages, stage_run, train_config, train_phase, without_target,
 )

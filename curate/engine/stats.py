@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from datamill.curate.records import TOKENS
+from datamill.curate.engine.records import TOKENS
 
 LENGTH_EDGES = [0] + [2**k for k in range(0, 31)]
 """Character-length histogram bin edges: [0, 1, 2, 4, …, 2^30]."""

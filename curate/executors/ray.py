@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from datamill.curate.executor import (
+from datamill.curate.executors.local import (
     finish_run,
     ProgressCallback,
     RunError,
@@ -32,11 +32,11 @@ from datamill.curate.executor import (
     _phase_name,
     _reduce_barrier,
 )
-from datamill.curate.layout import RunLayout
-from datamill.curate.pipeline import Pipeline, Segment, ShardRun
-from datamill.curate.recipe import Recipe
-from datamill.curate.sources.base import ShardSpec
-from datamill.curate.stage import Resources, Stage
+from datamill.curate.engine.layout import RunLayout
+from datamill.curate.engine.pipeline import Pipeline, Segment, ShardRun
+from datamill.curate.engine.recipe import Recipe
+from datamill.curate.engine.source import ShardSpec
+from datamill.curate.engine.stage import Resources, Stage
 
 MAX_RESTARTS = 3
 """How often Ray restarts a dead actor / retries a shard whose worker died, before the run fails."""

@@ -1,6 +1,6 @@
 """The Source protocol: plan a source into shards, then read one shard as record batches.
 
-Every source yields the same record schema (see `datamill.curate.records`): `id`, `source`,
+Every source yields the same record schema (see `datamill.curate.engine.records`): `id`, `source`,
 `text`, `meta`, plus any typed `columns` the recipe declares. Malformed input is not an error:
 it comes back as quarantine rows (file, line, reason, detail, raw) next to the good records.
 """

@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
-from datamill.curate.registry import register_stage
-from datamill.curate.stage import Filter, FilterParams, Stage, StageParams
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import Filter, FilterParams, Stage, StageParams
 
 
 class LengthParams(FilterParams):

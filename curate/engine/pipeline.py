@@ -20,14 +20,14 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from datamill.curate.layout import RunLayout, shard_prefix
-from datamill.curate.recipe import Recipe
-from datamill.curate.records import QUARANTINE_SCHEMA, TOKENS, approx_tokens
-from datamill.curate.registry import source_types, stage_types
-from datamill.curate.sinks import ShardWriter, public_columns
-from datamill.curate.sources.base import ShardSpec, Source
-from datamill.curate.stage import DROP_REASON, POSITION, BarrierStage, Stage
-from datamill.curate.stats import ShardStats, token_sum
+from datamill.curate.engine.layout import RunLayout, shard_prefix
+from datamill.curate.engine.recipe import Recipe
+from datamill.curate.engine.records import QUARANTINE_SCHEMA, TOKENS, approx_tokens
+from datamill.curate.engine.registry import source_types, stage_types
+from datamill.curate.engine.sinks import ShardWriter, public_columns
+from datamill.curate.engine.source import ShardSpec, Source
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, Stage
+from datamill.curate.engine.stats import ShardStats, token_sum
 
 SHARD_BITS = 40
 """`_pos` = shard index << 40 | row number in the shard's segment output."""

@@ -21,12 +21,12 @@ from typing import Any
 
 import polars as pl
 
-from datamill.curate.layout import RunLayout, write_json_atomic
-from datamill.curate.pipeline import Pipeline, ShardRun
-from datamill.curate.recipe import Recipe
-from datamill.curate.sources.base import ShardSpec
-from datamill.curate.stage import POSITION
-from datamill.curate.stats import aggregate
+from datamill.curate.engine.layout import RunLayout, write_json_atomic
+from datamill.curate.engine.pipeline import Pipeline, ShardRun
+from datamill.curate.engine.recipe import Recipe
+from datamill.curate.engine.source import ShardSpec
+from datamill.curate.engine.stage import POSITION
+from datamill.curate.engine.stats import aggregate
 
 
 class RunError(RuntimeError):
@@ -49,7 +49,7 @@ def run_recipe(
     Relative source paths are read from `base_dir`, by default `recipe.base_dir` (the recipe
     file's folder). A recipe with `executor.type: ray` runs on Ray (`ray_executor`)."""
     if recipe.executor.type == "ray":
-        from datamill.curate.ray_executor import run_recipe_ray
+        from datamill.curate.executors.ray import run_recipe_ray
 
         return run_recipe_ray(recipe, workers=workers, resume=resume, base_dir=base_dir, progress=progress)
     base_dir = recipe.base_dir if base_dir is None else base_dir

@@ -1,0 +1,1 @@
+"""The engine: recipe schema, Stage protocol, registry, pipeline, run layout, records, stats, sinks."""

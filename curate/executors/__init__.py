@@ -1,0 +1,1 @@
+"""Executors: one run orchestration (run.py) over interchangeable shard runners (local pool, Ray)."""

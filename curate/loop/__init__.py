@@ -1,0 +1,1 @@
+"""The closed loop (curate → synth → select → train → eval) and the ablation over it."""

@@ -1,0 +1,1 @@
+"""Shared model utilities: resolving model names to folders, and batched LM scoring."""
