@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from datamill.train.dpo_config import DPOConfig
+
 
 class TrainConfigError(ValueError):
     """A training config that does not validate; the message lists `key.path: problem` lines."""
@@ -69,6 +71,9 @@ class TrainConfig(Strict):
     max_steps: Optional[int] = Field(None, ge=1, description="Optimizer steps (or give `tokens`).")
     tokens: Optional[int] = Field(None, ge=1, description="Train on this many tokens (sets max_steps).")
     seed: int = 0
+    objective: Literal["sft", "dpo"] = Field("sft", description="sft: next-token loss; dpo: preference pairs "
+                                             "(prompt/chosen/rejected columns), options under `dpo:` (train/dpo.py).")
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
     kd_weight: float = Field(0.0, ge=0, le=1, description="Knowledge distillation: loss = (1-w)·CE + w·KL to the "
                              "teacher's stored top-k log-probs (columns teacher_topk_ids/_logprobs, from `distill`).")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")

@@ -59,6 +59,10 @@ def train(config: TrainConfig | dict | str | Path) -> TrainResult:
     cfg = config if isinstance(config, TrainConfig) else load_config(config)
     env = init_distributed()
     try:
+        if cfg.objective == "dpo":
+            from datamill.train.dpo import run_dpo
+
+            return run_dpo(cfg, env)
         return run(cfg, env)
     finally:
         shutdown(env)
