@@ -195,10 +195,22 @@ class MinHashDedup(BarrierStage):
     def reduce(self, summaries: pl.LazyFrame) -> pl.DataFrame:
         """Decision rows for documents in clusters of two or more: `_pos`, `dup_cluster`,
         `dup_cluster_size`, `_drop_reason` (null for the keeper), sorted by `_pos`."""
-        pos_dtype = summaries.collect_schema()[POSITION]
+        return self.decisions(self.links(summaries), summaries)
+
+    def links(self, summaries: pl.LazyFrame, texts: pl.LazyFrame | None = None) -> pl.DataFrame:
+        """(`src`, `dst`) duplicate pairs found in the band buckets of `summaries` (verified
+        against `verify_jaccard` with the texts of `texts`, default `summaries`). Each bucket's
+        pairs depend on that bucket alone, so the pairs of any partition of the buckets (see
+        `partitioned.py`) together are exactly the pairs of the whole."""
         links = self._candidate_links(summaries)
         if self.params.verify_jaccard is not None and links.height:
-            links = self._verified_links(links, summaries)
+            links = self._verified_links(links, summaries if texts is None else texts)
+        return links
+
+    def decisions(self, links: pl.DataFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
+        """The decision table (see `reduce`) from duplicate pairs: their connected components,
+        one keeper each; `summaries` gives the `_pos` type and the keep keys."""
+        pos_dtype = summaries.collect_schema()[POSITION]
         nodes, labels = connected_components(links["src"].to_numpy(), links["dst"].to_numpy())
         clusters = pl.DataFrame(
             {POSITION: pl.Series(nodes, dtype=pos_dtype), CLUSTER: pl.Series(labels, dtype=pos_dtype)}
