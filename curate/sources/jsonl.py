@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -18,8 +19,8 @@ from pydantic import Field
 
 from datamill.curate.engine.records import QUARANTINE_SCHEMA, quarantine_row, record_schema
 from datamill.curate.engine.registry import register_source
-from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
-from datamill.curate.sources.paths import count_lines, display_path, expand_paths, open_decompressed
+from datamill.curate.engine.source import ShardSpec, SourceBatch
+from datamill.curate.sources.files import FilePart, FileSource, FileSourceParams, count_lines, open_file
 
 FLUSH_TEXT_CHARS = 64 << 20
 """A batch is handed on once its text (and quarantined raw lines) exceed about 64 MB."""
@@ -28,7 +29,7 @@ _INTEGER = re.compile(r"[+-]?\d+")
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-class JsonlParams(SourceParams):
+class JsonlParams(FileSourceParams):
     type: Literal["jsonl"] = "jsonl"
     path: str | list[str] = Field(
         description="File path or glob (`**` allowed), or a list of them; relative to the recipe. "
@@ -46,38 +47,35 @@ class Rejected(Exception):
 
 
 @register_source
-class JsonlSource(Source):
+class JsonlSource(FileSource):
+    """JSON-lines files (plain, .gz or .zst), one record per line."""
+
     type_name = "jsonl"
     Params = JsonlParams
     params: JsonlParams
 
-    def plan(self) -> list[ShardSpec]:
-        """One shard per file, in sorted order. With `limit`, files are line-counted until the limit
-        is covered; the last file needed gets a line cap and later files are left out."""
-        remaining = self.params.limit
-        shards = []
-        for path in expand_paths(self.params.path, self.base_dir):
-            max_lines = None
-            if remaining is not None:
-                if remaining == 0:
-                    break
-                max_lines = min(count_lines(path, stop_at=remaining), remaining)
-                remaining -= max_lines
-                if max_lines == 0:
-                    continue
-            shown = display_path(path, self.base_dir)
-            payload = {"path": str(path), "file": shown, "max_lines": max_lines}
-            shards.append(ShardSpec(source_index=self.index, description=shown, payload=payload))
-        return shards
+    def file_parts(self, path: Path, file: str, remaining: int | None) -> list[FilePart]:
+        """One shard per file. With a `limit`, the file's lines are counted (up to what is still
+        needed) and the shard gets a line cap."""
+        max_lines = None if remaining is None else min(count_lines(path, stop_at=remaining), remaining)
+        if max_lines == 0:
+            return []
+        payload = {"path": str(path), "file": file, "max_lines": max_lines}
+        return [FilePart(file, payload, max_lines)]
 
-    def read(self, shard: ShardSpec, batch_rows: int) -> Iterator[SourceBatch]:
+    def read_part(self, shard: ShardSpec, batch_rows: int) -> Iterator[SourceBatch]:
         file = shard.payload["file"]
         max_lines = shard.payload["max_lines"]
         batch = LineBatch(self.params, self.name, file)
-        with open_decompressed(shard.payload["path"]) as stream:
-            for line_number, raw in enumerate(stream, start=1):
+        line_number = 0
+        with open_file(shard.payload["path"]) as reader:
+            for line_number, raw in enumerate(reader.stream, start=1):
                 if max_lines is not None and line_number > max_lines:
                     break
+                if reader.damage is not None and not raw.endswith(b"\n"):
+                    batch.quarantine.append(self.damage_row(file, line_number, reader.damage, raw))
+                    batch.lines += 1
+                    break  # the cut line belongs to the damage row, not to a bad_json row
                 if line_number == 1 and raw.startswith(codecs.BOM_UTF8):
                     raw = raw[len(codecs.BOM_UTF8):]
                 if not raw or raw.isspace():
@@ -85,6 +83,10 @@ class JsonlSource(Source):
                 batch.add(raw, line_number)
                 if batch.records >= batch_rows or batch.rejected >= batch_rows or batch.chars > FLUSH_TEXT_CHARS:
                     yield batch.flush()
+            else:
+                if reader.damage is not None and (max_lines is None or line_number < max_lines):
+                    batch.quarantine.append(self.damage_row(file, line_number + 1, reader.damage))
+                    batch.lines += 1
         if batch.lines:
             yield batch.flush()
 

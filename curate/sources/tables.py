@@ -7,6 +7,7 @@ Both read Arrow record batches, turn them into polars and hand them to
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,14 +22,11 @@ from pydantic import Field
 from datamill.curate.engine.records import split_table_rows
 from datamill.curate.engine.registry import register_source
 from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
-from datamill.curate.sources.paths import display_path, expand_paths
+from datamill.curate.sources.files import CORRUPT, TRUNCATED, Damage, DamagedFile, FilePart, FileSource, FileSourceParams
 
 
-class ParquetParams(SourceParams):
+class ParquetParams(FileSourceParams):
     type: Literal["parquet"] = "parquet"
-    path: str | list[str] = Field(
-        description="File path or glob (`**` allowed), or a list of them; relative to the recipe."
-    )
     shard_rows: int = Field(
         200_000,
         ge=1,
@@ -52,53 +50,68 @@ class HfParams(SourceParams):
 
 
 @register_source
-class ParquetSource(Source):
+class ParquetSource(FileSource):
+    """Parquet files, split into shards of whole row groups."""
+
     type_name = "parquet"
     Params = ParquetParams
     params: ParquetParams
 
-    def plan(self) -> list[ShardSpec]:
-        """One shard per file, or per run of row groups in big files; `limit` from row counts in
-        the file footers: the last shard needed gets a row cap and later ones are left out."""
-        remaining = self.params.limit
-        shards = []
-        for path in expand_paths(self.params.path, self.base_dir):
-            shown = display_path(path, self.base_dir)
+    def file_parts(self, path: Path, file: str, remaining: int | None) -> list[FilePart]:
+        """One shard per file, or per run of row groups in big files; with a `limit`, from the row
+        counts in the footer: the last shard needed gets a row cap. A file whose footer cannot be
+        read is damaged as a whole."""
+        try:
             metadata = pq.read_metadata(path)
-            row_counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
-            for first_group, end_group, first_row, rows in row_group_ranges(row_counts, self.params.shard_rows):
-                max_rows = None
-                if remaining is not None:
-                    if remaining == 0:
-                        return shards
-                    if rows > remaining:
-                        max_rows = rows = remaining
-                        end_group = first_group + groups_covering(row_counts[first_group:end_group], rows)
-                    remaining -= rows
-                description = shown if len(row_counts) == end_group - first_group else (
-                    f"{shown} row groups {first_group}-{end_group - 1}"
-                )
-                payload = {
-                    "path": str(path),
-                    "file": shown,
-                    "row_groups": (first_group, end_group),
-                    "first_row": first_row,
-                    "max_rows": max_rows,
-                }
-                shards.append(ShardSpec(source_index=self.index, description=description, payload=payload))
-        return shards
+        except (OSError, pa.ArrowException) as error:
+            raise DamagedFile(_footer_damage(path, error)) from None
+        row_counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+        parts = []
+        for first_group, end_group, first_row, rows in row_group_ranges(row_counts, self.params.shard_rows):
+            max_rows = None
+            if remaining is not None:
+                if remaining == 0:
+                    break
+                if rows > remaining:
+                    max_rows = rows = remaining
+                    end_group = first_group + groups_covering(row_counts[first_group:end_group], rows)
+                remaining -= rows
+            description = file if len(row_counts) == end_group - first_group else (
+                f"{file} row groups {first_group}-{end_group - 1}"
+            )
+            payload = {"path": str(path), "file": file, "row_groups": (first_group, end_group),
+                       "first_row": first_row, "max_rows": max_rows}
+            parts.append(FilePart(description, payload, rows))
+        return parts
 
-    def read(self, shard: ShardSpec, batch_rows: int) -> Iterator[SourceBatch]:
+    def read_part(self, shard: ShardSpec, batch_rows: int) -> Iterator[SourceBatch]:
+        """Row group by row group: a group that cannot be read becomes one `corrupt_file` row
+        (its rows are lost, those of every other group are kept)."""
         payload = shard.payload
-        parquet = pq.ParquetFile(payload["path"])
+        file = payload["file"]
+        try:
+            parquet = pq.ParquetFile(payload["path"])
+        except (OSError, pa.ArrowException) as error:
+            yield self.damage_batch(file, None, _footer_damage(Path(payload["path"]), error))
+            return
         first_group, end_group = payload["row_groups"]
-        batches = parquet.iter_batches(
-            batch_size=batch_rows,
-            row_groups=list(range(first_group, end_group)),
-            columns=self._columns_to_read(parquet.schema_arrow.names),
-        )
-        yield from table_batches(self, batches, file=payload["file"], first_row=payload["first_row"],
-                                 max_rows=payload["max_rows"])
+        columns = self._columns_to_read(parquet.schema_arrow.names)
+        row, left = payload["first_row"], payload["max_rows"]
+        for group in range(first_group, end_group):
+            rows = parquet.metadata.row_group(group).num_rows
+            take = rows if left is None else min(left, rows)
+            batches = parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
+            try:
+                yield from table_batches(self, batches, file=file, first_row=row, max_rows=take)
+            except (OSError, pa.ArrowException) as error:
+                damage = Damage(CORRUPT, f"row group {group} (rows {row}-{row + rows - 1}) cannot be read: "
+                                f"{_first_line(error)}", row_group=group)
+                yield self.damage_batch(file, row, damage)
+            row += rows
+            if left is not None:
+                left -= take
+                if left == 0:
+                    return
 
     def _columns_to_read(self, available: list[str]) -> list[str] | None:
         """Without `keep_meta` only the fields that become columns are read; None means all."""
@@ -200,6 +213,7 @@ def table_batches(
         if left is not None:
             table = table.head(left)
             left -= table.height
+        table, undecodable = decode_binary(table, params.text_field)
         records, quarantine = split_table_rows(
             _plain_strings(table),
             source=source.name,
@@ -210,10 +224,80 @@ def table_batches(
             columns=params.columns,
             keep_meta=params.keep_meta,
         )
+        if undecodable:
+            quarantine = _mark_undecodable(quarantine, undecodable, file, params.text_field, first_row=row)
         row += table.height
         yield SourceBatch(records=records, quarantine=quarantine, lines_read=table.height)
         if left == 0:
             return
+
+
+def decode_binary(table: pl.DataFrame, text_field: str) -> tuple[pl.DataFrame, dict[int, bytes]]:
+    """Binary columns decoded as UTF-8, row by row. A text value that is not UTF-8 becomes null
+    and is returned (row index → bytes) to be quarantined as `invalid_utf8`; in other columns such
+    a value is kept as base64 text."""
+    undecodable: dict[int, bytes] = {}
+    decoded = []
+    for name, dtype in table.schema.items():
+        if dtype != pl.Binary:
+            continue
+        values = []
+        for index, value in enumerate(table[name].to_list()):
+            if value is None:
+                values.append(None)
+                continue
+            try:
+                values.append(value.decode("utf-8"))
+            except UnicodeDecodeError:
+                if name == text_field:
+                    undecodable[index] = value
+                    values.append(None)
+                else:
+                    values.append(base64.b64encode(value).decode("ascii"))
+        decoded.append(pl.Series(name, values, dtype=pl.String))
+    return (table.with_columns(decoded) if decoded else table), undecodable
+
+
+def _mark_undecodable(quarantine: pl.DataFrame, undecodable: dict[int, bytes], file: str, text_field: str,
+                      *, first_row: int) -> pl.DataFrame:
+    """Rows whose binary text is not UTF-8: reason `invalid_utf8`, the bytes kept as base64."""
+    lines = {first_row + index: value for index, value in undecodable.items()}
+    bad = pl.col("line").is_in(list(lines))
+    details = {line: f"{file} row {line}: field {text_field!r} is binary and not valid UTF-8 "
+               f"({_utf8_error(value)})" for line, value in lines.items()}
+    encoded = {line: base64.b64encode(value).decode("ascii") for line, value in lines.items()}
+    return quarantine.with_columns(
+        pl.when(bad).then(pl.lit("invalid_utf8")).otherwise(pl.col("reason")).alias("reason"),
+        pl.when(bad).then(pl.col("line").replace_strict(details, default=None, return_dtype=pl.String))
+        .otherwise(pl.col("detail")).alias("detail"),
+        pl.when(bad).then(pl.col("line").replace_strict(encoded, default=None, return_dtype=pl.String))
+        .otherwise(pl.col("raw_b64")).alias("raw_b64"),
+    )
+
+
+def _utf8_error(value: bytes) -> str:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"byte {bad.start}: {bad.reason}"
+    return "valid"
+
+
+def _footer_damage(path: Path, error: Exception) -> Damage:
+    """A parquet file without a readable footer: cut short when it starts like parquet but does
+    not end like it, else corrupt."""
+    size = path.stat().st_size if path.exists() else 0
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+        handle.seek(max(size - 4, 0))
+        tail = handle.read(4)
+    if head == b"PAR1" and tail != b"PAR1":
+        return Damage(TRUNCATED, f"the file is cut short ({size} bytes, no parquet footer): {_first_line(error)}")
+    return Damage(CORRUPT, f"the parquet footer cannot be read: {_first_line(error)}")
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def _plain_strings(table: pl.DataFrame) -> pl.DataFrame:
