@@ -1,0 +1,95 @@
+"""Run a partitioned dedup reduce over summary files on one machine: files in a work folder, a process pool.
+
+`reduce_partitioned(stage, summary_files, workdir, partitions, workers)`:
+
+1. split — each summary file is cut by `PartitionReducer.split` into
+   `<workdir>/partition-PPPPP/summary-SSSSS.parquet` (one task per summary file);
+2. reduce — each partition folder is reduced alone into `<workdir>/result-PPPPP.parquet`
+   (one task per partition; with `workers` > 1 in a spawned process pool, so the largest
+   process holds one partition, never the whole);
+3. combine — in the calling process, from the result files and the summaries.
+
+An executor that writes the split files itself in its map phase (so no summary is read twice)
+calls `reduce_partition_folder` per partition and `combine_results` once.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import polars as pl
+
+from datamill.curate.dedup.partitioned import PartitionReducer, partition_reducer
+from datamill.curate.engine.stage import BarrierStage
+
+
+def reducer_of(stage: BarrierStage) -> PartitionReducer:
+    reducer = partition_reducer(stage)
+    if reducer is None:
+        raise TypeError(f"{stage.name}: {type(stage).__name__} has no partitioned reduce")
+    return reducer
+
+
+def partition_folder(workdir: Path, partition: int) -> Path:
+    return Path(workdir) / f"partition-{partition:05d}"
+
+
+def result_file(workdir: Path, partition: int) -> Path:
+    return Path(workdir) / f"result-{partition:05d}.parquet"
+
+
+def split_summary_file(stage: BarrierStage, summary_file: Path, index: int, workdir: Path, partitions: int) -> None:
+    """Cut one summary file into `partition-PPPPP/summary-<index>.parquet` files."""
+    frames = reducer_of(stage).split(pl.read_parquet(summary_file), partitions)
+    for p, frame in enumerate(frames):
+        target = partition_folder(workdir, p) / f"summary-{index:05d}.parquet"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(target)
+
+
+def reduce_partition_folder(stage: BarrierStage, workdir: Path, partition: int, summary_files: Sequence[Path]) -> Path:
+    """Reduce partition `partition` (its split files under `workdir`) into its result file."""
+    files = sorted(partition_folder(workdir, partition).glob("summary-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"no split summaries in {partition_folder(workdir, partition)}")
+    result = reducer_of(stage).reduce_partition(pl.scan_parquet(files), pl.scan_parquet(list(summary_files)))
+    target = result_file(workdir, partition)
+    result.write_parquet(target)
+    return target
+
+
+def combine_results(stage: BarrierStage, workdir: Path, partitions: int, summary_files: Sequence[Path]) -> pl.DataFrame:
+    """The decision table from every partition's result file."""
+    results = pl.scan_parquet([result_file(workdir, p) for p in range(partitions)])
+    return reducer_of(stage).combine(results, pl.scan_parquet(list(summary_files)))
+
+
+def reduce_partitioned(
+    stage: BarrierStage, summary_files: Sequence[Path], workdir: Path, partitions: int, workers: int = 1
+) -> pl.DataFrame:
+    """The decision table of `stage` over `summary_files`, equal to `stage.reduce` of them all,
+    computed in `partitions` partitions by `workers` processes (1: this process)."""
+    summary_files = [Path(f) for f in summary_files]
+    if not summary_files:
+        raise ValueError(f"{stage.name}: no summary files to reduce")
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, got {partitions}")
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    splits = [(split_summary_file, (stage, f, i, workdir, partitions)) for i, f in enumerate(summary_files)]
+    reduces = [(reduce_partition_folder, (stage, workdir, p, summary_files)) for p in range(partitions)]
+    if workers > 1:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            _run_all(pool.submit, splits)
+            _run_all(pool.submit, reduces)
+    else:
+        for function, args in splits + reduces:
+            function(*args)
+    return combine_results(stage, workdir, partitions, summary_files)
+
+
+def _run_all(submit: Callable, tasks: list[tuple[Callable, tuple]]) -> None:
+    for future in [submit(function, *args) for function, args in tasks]:
+        future.result()
