@@ -29,6 +29,9 @@ class ExecutorType(str, Enum):
     ray = "ray"
 
 
+DAMAGE_REASONS = ("truncated_file", "corrupt_file", "missing_file")
+"""Quarantine reasons that stand for a whole damaged input file; the summary line names them."""
+
 RECIPE_HELP = "Recipe file, or the name of a built-in recipe: " + ", ".join(builtin_recipe_names())
 
 
@@ -43,9 +46,10 @@ def run(
         None, "--executor", "-e", help="Override executor.type (default: the recipe's, else local)."),
     address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (`auto`, "
                                           "`ray://head:10001`); implies --executor ray."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 3 when anything was quarantined (for CI)."),
 ) -> None:
     """Run a recipe: read sources, apply stages, write the corpus and its report."""
-    from datamill.curate.executors.local import RunError, run_recipe
+    from datamill.curate.executors.run import RunError, run_recipe
 
     overrides = {}
     if limit is not None:
@@ -68,6 +72,9 @@ def run(
         console.print(f"[red]error:[/] {err}")
         raise typer.Exit(1) from None
     _print_summary(stats)
+    if strict and stats["quarantine"]["total"]:
+        console.print(f"[red]error:[/] {stats['quarantine']['total']:,} record(s) quarantined and --strict is set")
+        raise typer.Exit(3)
 
 
 @app.command()
@@ -140,7 +147,7 @@ def ablate(
 
 
 def _run_phases(runner, recipe: str, resume: bool, limit: Optional[int]) -> dict:
-    from datamill.curate.executors.local import RunError
+    from datamill.curate.executors.run import RunError
     from datamill.curate.loop.loop import LoopError
 
     parsed = _load_or_exit(recipe, {"sources.*.limit": limit} if limit is not None else {})
@@ -194,9 +201,11 @@ def _print_summary(stats: dict) -> None:
     out = stats["output"]
     q = stats["quarantine"]["total"]
     read = sum(s["records_read"] for s in stats["sources"])
+    damaged = {reason: n for reason, n in stats["quarantine"]["by_reason"].items() if reason in DAMAGE_REASONS}
+    damage_note = f" ({', '.join(f'{n:,} {reason}' for reason, n in damaged.items())})" if damaged else ""
     console.print(
         f"[green]done[/] in {stats['seconds']:.1f}s: {read:,} read → {out['records']:,} kept "
-        f"({out['tokens']:,} tokens) in {out['files']} file(s); {q:,} quarantined"
+        f"({out['tokens']:,} tokens) in {out['files']} file(s); {q:,} quarantined{damage_note}"
     )
     root = Path(stats["run_dir"])
     console.print(f"corpus: {root / 'shards'}\nreport: {root / 'report.html'}")
