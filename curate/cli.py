@@ -119,6 +119,39 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (holds stat
     console.print(f"report: {paths['html']}\n        {paths['md']}")
 
 
+class ExportFormat(str, Enum):
+    """The `datamill export --format` choices."""
+
+    megatron = "megatron"
+    nanotron = "nanotron"
+    hf = "hf"
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run directory (its shards/), or a folder of parquet/jsonl files."),
+    format: ExportFormat = typer.Option(..., "--format", "-f", help="megatron: .bin/.idx indexed dataset; nanotron: "
+                                        "datatrove .ds token shards; hf: parquet + README dataset card."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write (must be empty or an earlier export)."),
+    tokenizer: Optional[str] = typer.Option(None, "--tokenizer", "-t", help="Tokenizer or model folder, or a "
+                                            "built-in name (default: smollm2-135m). Not used by hf."),
+    data_format: str = typer.Option("auto", "--data-format", help="Records: text, messages, prompt_completion "
+                                    "or auto (from the columns)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier export in --out."),
+) -> None:
+    """Export a finished run's corpus for another trainer: Megatron-LM, nanotron/datatrove or the HF hub."""
+    from datamill.curate.export.run import ExportError, export_run
+
+    try:
+        manifest = export_run(run_dir, format.value, out, tokenizer=tokenizer, data_format=data_format,
+                              overwrite=overwrite, log=lambda text: console.print(escape(text)))
+    except ExportError as err:
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
+        raise typer.Exit(1) from None
+    tokens = f", {manifest['tokens']:,} tokens" if "tokens" in manifest else ""
+    console.print(f"[green]exported[/] {manifest['documents']:,} documents{tokens} as {format.value} → {out}")
+
+
 @app.command()
 def loop(
     recipe: str = typer.Argument(..., help=RECIPE_HELP),
@@ -165,7 +198,7 @@ def _load_or_exit(recipe: str, overrides: dict):
     try:
         return load_recipe(recipe, overrides)
     except RecipeError as err:
-        console.print(f"[red]error:[/] {err}", markup=False, highlight=False)
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
         raise typer.Exit(2) from None
 
 

@@ -115,6 +115,10 @@ class DecontaminateParams(FilterParams):
     lowercase: bool = Field(True, description="Compare lowercased text.")
     strip_punctuation: bool = Field(True, description="Remove punctuation and symbols before comparing.")
 
+    def check_paths(self, base_dir: str) -> list[str]:
+        return [f"benchmarks[{i}].source.{problem}" for i, benchmark in enumerate(self.benchmarks)
+                for problem in benchmark.source_params().check_paths(base_dir)]
+
     @model_validator(mode="after")
     def _unique_names(self):
         names = [b.name for b in self.benchmarks]

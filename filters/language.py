@@ -19,6 +19,7 @@ calls is columnar; bench/bench_language.py compares the stage with a plain predi
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from itertools import chain
 from pathlib import Path
@@ -70,6 +71,11 @@ class LanguageParams(FilterParams):
     min_segment_chars: int = Field(
         10, ge=1, description="`mix` skips segments shorter than this (fastText guesses on tiny ones)."
     )
+
+    def check_paths(self, base_dir: str) -> list[str]:
+        if self.model is None or os.path.isfile(os.path.expanduser(self.model)):
+            return []
+        return [f"model: fastText model file {self.model!r} not found"]
 
     @model_validator(mode="after")
     def _thresholds_name_kept_languages(self):

@@ -9,6 +9,7 @@ whole dataset is a ranking decision and belongs to the selection stages, which s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,6 +33,14 @@ class PerplexityParams(FilterParams):
     batch_tokens: int = Field(
         16384, ge=1, description="Tokens (rows × padded length) per forward pass; lower it if memory runs out."
     )
+
+    def check_paths(self, base_dir: str) -> list[str]:
+        from datamill.curate.models.resolve import MODEL_NAMES
+
+        if self.model.strip().lower() in MODEL_NAMES or (Path(self.model).expanduser() / "config.json").is_file():
+            return []
+        return [f"model: {self.model!r} is neither a built-in model ({', '.join(MODEL_NAMES)}) "
+                "nor a local transformers model folder (with config.json)"]
 
     @model_validator(mode="after")
     def _bounds_ordered(self):

@@ -69,6 +69,12 @@ class InstalledDocsParams(SourceParams):
         "library (relative to the recipe).",
     )
 
+    def check_paths(self, base_dir: str) -> list[str]:
+        if self.stdlib_dir is None or "stdlib" not in self.include:
+            return []
+        folder = Path(base_dir) / os.path.expanduser(self.stdlib_dir)
+        return [] if folder.is_dir() else [f"stdlib_dir: {str(folder)!r} is not a folder"]
+
     @model_validator(mode="after")
     def _fields_are_fixed(self) -> InstalledDocsParams:
         if self.text_field != "text" or self.id_field is not None:

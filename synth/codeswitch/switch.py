@@ -25,6 +25,7 @@ ranked and spliced back into the text with string slices and a grouped join.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import polars as pl
@@ -63,6 +64,15 @@ class SwitchParams(StageParams):
     skip_stopwords: bool = Field(True, description="Never switch matches made only of stop words.")
     stopwords: dict[str, str] = Field(
         default_factory=dict, description="Extra stop-word files by language (one word a line); shipped: en, es, de, mt.")
+
+    def check_paths(self, base_dir: str) -> list[str]:
+        """Lexicons are read as the stage reads them: a path, else a shipped file of that name."""
+        problems = []
+        for i, entry in enumerate(self.lexicons):
+            path, key = (entry, f"lexicons[{i}]") if isinstance(entry, str) else (entry.path, f"lexicons[{i}].path")
+            if not Path(path).expanduser().exists() and not data_path(path).exists():
+                problems.append(f"{key}: lexicon {path!r} not found (neither a path nor a file in {data_path('')})")
+        return problems
 
     @model_validator(mode="after")
     def _entities_skip_function_words(self):
