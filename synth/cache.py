@@ -4,25 +4,30 @@ Each completion is one small JSON file, `<dir>/<key[:2]>/<key>.json`, where the 
 sha256 of (key version, model_id, messages, sampling params without `n`, sample index) — the seed is one of
 the params. Files are written to a temporary name in the same folder and renamed into place
 (atomic on POSIX), so a crash never leaves a half entry and loses only what was not finished.
-`CachedGenerator` asks its backend for the missing chats a chunk at a time and stores each chunk
-as soon as it is done, so a run killed halfway resumes with only the rest left to generate.
+`CachedGenerator` asks its backend for the missing chats a chunk at a time and stores each
+completion as soon as the backend reports it (backends that take `on_completion`; for others, each
+chunk as soon as it is done), so a run killed halfway resumes with only the rest left to generate.
+This module knows only the `Generator` protocol; `synth/factory.py` wraps backends in it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import tempfile
-from dataclasses import asdict
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from datamill.synth.generation import Chat, Completion, Generator, SamplingParams, validate_chats
+from datamill.synth.generation import Chat, Completion, Generator, OnCompletion, SamplingParams, validate_chats
 
 
-KEY_VERSION = 2
+KEY_VERSION = 3
 """Bumped when what a backend returns for the same key changes (2: per-row torch.Generator sampling
-in the transformers backend, and `Completion.token_ids`), so old entries are never served."""
+in the transformers backend, and `Completion.token_ids`; 3: `Completion.prompt_token_ids`), so old
+entries are never served."""
 
 
 def entry_key(model_id: str, chat: Chat, params: SamplingParams, sample_index: int) -> str:
@@ -69,11 +74,38 @@ class GenerationCache:
             raise
 
 
+@dataclass
+class GenerationTally:
+    """What a generator did: completions asked for, served from the cache, generated (with their
+    tokens, seconds spent and how many hit max_new_tokens)."""
+
+    completions: int = 0
+    cache_hits: int = 0
+    generated: int = 0
+    tokens: int = 0
+    truncated: int = 0
+    seconds: float = 0.0
+
+    def add(self, completion: Completion) -> None:
+        self.generated += 1
+        self.tokens += completion.num_tokens
+        self.truncated += completion.finish_reason == "length"
+
+
+def takes_on_completion(generator: Generator) -> bool:
+    """Whether `generator.generate` accepts the `on_completion` callback."""
+    try:
+        return "on_completion" in inspect.signature(generator.generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class CachedGenerator:
     """A Generator that answers from the cache and sends only missing chats to its backend.
 
     A chat with any missing sample is regenerated with all `n` samples (backends are deterministic
-    per chat, sample index and seed) and only the missing entries are written.
+    per chat, sample index and seed) and only the missing entries are written, each as soon as the
+    backend reports it. `tally` counts cache hits, generated completions and tokens.
     """
 
     def __init__(self, backend: Generator, folder: Path, chunk_chats: int = 64):
@@ -81,20 +113,44 @@ class CachedGenerator:
         self.cache = GenerationCache(folder)
         self.chunk_chats = chunk_chats
         self.model_id = backend.model_id
+        self.streams = takes_on_completion(backend)
+        self.tally = GenerationTally()
 
-    def generate(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, chats: list[Chat], params: SamplingParams,
+                 on_completion: OnCompletion | None = None) -> list[list[Completion]]:
         chats = validate_chats(chats)
         keys = [[entry_key(self.model_id, chat, params, s) for s in range(params.n)] for chat in chats]
         results = [[self.cache.get(k) for k in row] for row in keys]
+        hits = sum(c is not None for row in results for c in row)
+        self.tally.completions += len(chats) * params.n
+        self.tally.cache_hits += hits
+        if on_completion is not None:
+            for i, row in enumerate(results):
+                for s, completion in enumerate(row):
+                    if completion is not None:
+                        on_completion(i, s, completion)
         missing = [i for i, row in enumerate(results) if any(c is None for c in row)]
         for start in range(0, len(missing), self.chunk_chats):
             chunk = missing[start:start + self.chunk_chats]
-            generated = self.backend.generate([chats[i] for i in chunk], params)
+
+            def store(position: int, s: int, completion: Completion, chunk: list[int] = chunk) -> None:
+                i = chunk[position]
+                if results[i][s] is None:
+                    self.cache.put(keys[i][s], completion)
+                    results[i][s] = completion
+                    self.tally.add(completion)
+                    if on_completion is not None:
+                        on_completion(i, s, completion)
+
+            began = time.perf_counter()
+            if self.streams:
+                generated = self.backend.generate([chats[i] for i in chunk], params, on_completion=store)
+            else:
+                generated = self.backend.generate([chats[i] for i in chunk], params)
+            self.tally.seconds += time.perf_counter() - began
             if len(generated) != len(chunk) or any(len(row) != params.n for row in generated):
                 raise RuntimeError(f"backend {self.model_id} returned a wrong number of completions")
-            for i, row in zip(chunk, generated):
+            for position, row in enumerate(generated):
                 for s, completion in enumerate(row):
-                    if results[i][s] is None:
-                        self.cache.put(keys[i][s], completion)
-                        results[i][s] = completion
+                    store(position, s, completion)
         return results  # type: ignore[return-value]

@@ -11,7 +11,13 @@ Options, all from the literature the recipes cite:
   plus its end-of-sequence token) for knowledge distillation with `train.kd_weight`, and the
   generated token ids themselves (`teacher_token_ids`, null where the backend does not report
   them): the trainer learns exactly those tokens, so the top-k rows line up with them even where
-  the stored (stripped) `completion` text would re-tokenize differently.
+  the stored (stripped) `completion` text would re-tokenize differently. The context the teacher
+  scored them in is stored too: `teacher_prompt_ids` (the chat as the teacher's template rendered
+  it, null where the backend does not report it) and `teacher_messages` (the chat asked, system
+  message and rationale instruction included); the trainer conditions the student on exactly that.
+A completion cut by `max_new_tokens` (finish_reason `length`) gives no label and no vote and its
+record is dropped with reason `truncated`; answers are read only from the declared "Answer: …" line
+(the last number of a reply only with `number_fallback: true`).
 Every record gets `teacher_model`; the output columns are `messages` or `prompt`/`completion`.
 """
 
@@ -24,7 +30,8 @@ from pydantic import Field
 
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Filter, FilterParams, Resources
-from datamill.synth.generation import GeneratorSpec, SamplingParams, make_generator
+from datamill.synth.factory import make_generator
+from datamill.synth.generation import GeneratorSpec, SamplingParams
 from datamill.synth.templates import SFTFormat, chats_from_batch, render
 
 ANSWER_LINE = r"(?im)^[ \t*#]*(?:the\s+)?(?:final\s+)?answer(?:\s+is)?\s*[:：][ \t]*(.*\S)[ \t]*$"
@@ -38,11 +45,12 @@ class DistillParams(FilterParams):
     rationale: bool = Field(False, description="Step-by-step rationale + label (Distilling Step-by-Step).")
     vote: bool = Field(False, description="Self-consistency: majority answer over sampling.n samples.")
     min_agreement: float = Field(0.0, ge=0, le=1, description="Drop records whose majority share is lower.")
-    number_fallback: bool = Field(True, description="Without an 'Answer:' line, the last number is the answer.")
+    number_fallback: bool = Field(False, description="Without an 'Answer:' line, the last number is the answer "
+                                  "(off: a reasoning step's number is not an answer).")
     format: SFTFormat = Field("messages", description="SFT columns: messages, or prompt + completion.")
 
 
-def extract_answer(text: pl.Expr, number_fallback: bool = True) -> pl.Expr:
+def extract_answer(text: pl.Expr, number_fallback: bool = False) -> pl.Expr:
     """The final answer of a reply: its last "Answer: …" line, else (optionally) its last number;
     normalized (lowercase, no trailing period, no thousands commas) so equal answers compare equal."""
     answer = text.str.extract_all(ANSWER_LINE).list.last().str.replace(ANSWER_LINE, "${1}")
@@ -80,7 +88,7 @@ class DistillStage(Filter):
     resources = Resources(cpus=1.0, gpus=0.0, batch_rows=64)
 
     def setup(self) -> None:
-        self.generator = make_generator(self.params.generator)
+        self.generator = make_generator(self.params.generator, getattr(self, "run_dir", None), probe=self.params.sampling)
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params
@@ -95,8 +103,9 @@ class DistillStage(Filter):
             "row": [i for i, group in enumerate(results) for _ in group],
             "sample": [k for group in results for k in range(len(group))],
             "text": [c.text.strip() for group in results for c in group],
-        }, schema={"row": pl.Int64, "sample": pl.Int64, "text": pl.String}).with_columns(
-            extract_answer(pl.col("text"), p.number_fallback).alias("answer"))
+            "cut": [c.finish_reason == "length" for group in results for c in group],
+        }, schema={"row": pl.Int64, "sample": pl.Int64, "text": pl.String, "cut": pl.Boolean}).with_columns(
+            pl.when(~pl.col("cut")).then(extract_answer(pl.col("text"), p.number_fallback)).alias("answer"))
         chosen = majority(samples, n) if p.vote else samples.filter(pl.col("sample") == 0).with_columns(
             pl.lit(1.0).alias("agreement"))
         picked = [results[r][s] for r, s in zip(chosen["row"].to_list(), chosen["sample"].to_list())]
@@ -108,9 +117,13 @@ class DistillStage(Filter):
             columns += [pl.Series("teacher_topk_ids", [c.topk_ids for c in picked], dtype=pl.List(pl.List(pl.Int32))),
                         pl.Series("teacher_topk_logprobs", [c.topk_logprobs for c in picked],
                                   dtype=pl.List(pl.List(pl.Float32))),
-                        pl.Series("teacher_token_ids", [c.token_ids for c in picked], dtype=pl.List(pl.Int32))]
+                        pl.Series("teacher_token_ids", [c.token_ids for c in picked], dtype=pl.List(pl.Int32)),
+                        pl.Series("teacher_prompt_ids", [c.prompt_token_ids for c in picked], dtype=pl.List(pl.Int32)),
+                        pl.Series("teacher_messages", [asked[r] for r in chosen["row"].to_list()],
+                                  dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String})))]
         out = batch.with_columns(columns)
-        out = out.with_columns(extract_answer(pl.col("_reply"), p.number_fallback).alias("answer"))
+        out = out.with_columns(pl.when(pl.col("finish_reason") != "length")
+                               .then(extract_answer(pl.col("_reply"), p.number_fallback)).alias("answer"))
         if p.rationale:
             out = out.with_columns(split_rationale(pl.col("_reply")).alias("rationale"), pl.col("answer").alias("label"))
         return self._sft(out, chats)
@@ -131,7 +144,8 @@ class DistillStage(Filter):
         p = self.params
         reply = (pl.col("messages").list.last().struct.field("content") if p.format == "messages"
                  else pl.col("completion"))
-        rules = [("empty_completion", reply.str.strip_chars() == "")]
+        rules = [("truncated", pl.col("finish_reason") == "length"),
+                 ("empty_completion", reply.str.strip_chars() == "")]
         if p.vote or p.rationale:
             rules.append(("no_answer", pl.col("answer").is_null()))
         if p.vote and p.min_agreement > 0:

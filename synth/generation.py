@@ -4,8 +4,9 @@ Everything in `synth/` that needs a model to write text codes against `Generator
 params)`. A chat is an OpenAI-style message list (`[{"role": "user", "content": "..."}]`); the
 result is one list of `params.n` completions per chat, in input order. Backends live in
 `synth/backends/` (`transformers`, the embedded default; `vllm`; `openai` for any
-OpenAI-compatible server) and are picked by name from a small table. `make_generator` wraps the
-backend in the content-addressed cache of `synth/cache.py`, so a re-run never pays twice.
+OpenAI-compatible server) and are picked by name from a small table (`load_backend`). Wrapping a
+backend in the content-addressed cache of `synth/cache.py` is done a layer above both modules, by
+`synth/factory.py:make_generator`.
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import pydantic
@@ -59,6 +59,9 @@ class Completion:
     token; so `num_tokens` is `len(token_ids)`, plus 1 when the model emitted end-of-sequence),
     given with `logprobs` (like the top-k, for KD, which aligns on these instead of on a
     re-tokenization of the text) where the backend knows them, else None.
+    `prompt_token_ids` are the token ids the model was conditioned on (the chat rendered by its
+    chat template, generation prompt included), given with `logprobs` where the backend knows
+    them: a KD student must be trained in exactly this context for the top-k to apply.
     """
 
     text: str
@@ -67,9 +70,13 @@ class Completion:
     topk_ids: list[list[int]] | None = None
     topk_logprobs: list[list[float]] | None = None
     token_ids: list[int] | None = None
+    prompt_token_ids: list[int] | None = None
 
 
 Chat = list[dict[str, str]]
+OnCompletion = Callable[[int, int, "Completion"], None]
+"""Called as `(chat index, sample index, completion)` as soon as a completion is done (the cache
+writes it there, so a killed run keeps everything finished before the kill)."""
 
 
 class Generator(Protocol):
@@ -78,8 +85,10 @@ class Generator(Protocol):
     model_id: str
     """Stable identity of model + backend (+ dtype where it changes outputs): cache keys and output columns."""
 
-    def generate(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
-        """`params.n` completions per chat, in input order; deterministic for a fixed seed."""
+    def generate(self, chats: list[Chat], params: SamplingParams,
+                 on_completion: OnCompletion | None = None) -> list[list[Completion]]:
+        """`params.n` completions per chat, in input order; deterministic for a fixed seed.
+        `on_completion`, when given, is called for each completion as soon as it is done."""
         ...
 
 
@@ -100,7 +109,12 @@ class GeneratorSpec(pydantic.BaseModel):
     max_concurrency: int = pydantic.Field(8, ge=1)
     requests_per_second: float | None = pydantic.Field(None, gt=0)
     max_retries: int = pydantic.Field(5, ge=0)
-    cache_dir: str | None = None
+    missing_token_ids: Literal["fail", "text_only"] = pydantic.Field(
+        "fail", description="openai: a server that gives no token ids with logprobs (llama.cpp) stops the run "
+                            "up front (fail), or is asked for text only, without KD logprobs (text_only).")
+    cache_dir: str | None = pydantic.Field(
+        None, description="A generation cache shared between runs (default: the run's own, "
+                          "<run dir>/state/generation_cache, which --fresh discards).")
 
     @pydantic.model_validator(mode="after")
     def _openai_needs_url(self) -> GeneratorSpec:
@@ -121,25 +135,6 @@ def load_backend(spec: GeneratorSpec) -> Generator:
     """The uncached generator `spec` names."""
     module_name, class_name = BACKENDS[spec.backend].split(":")
     return getattr(importlib.import_module(module_name), class_name)(spec)
-
-
-def default_cache_dir() -> Path:
-    """`$DATAMILL_CACHE/generations` (default `~/.cache/datamill/generations`)."""
-    from datamill.curate.models.resolve import cache_dir
-
-    return cache_dir() / "generations"
-
-
-def make_generator(spec: GeneratorSpec, cache_dir: Path | None = None) -> Generator:
-    """The backend `spec` names, wrapped in the generation cache.
-
-    The cache folder is `spec.cache_dir` if set, else `cache_dir` (a pipeline passes
-    `<run dir>/generation_cache`), else `default_cache_dir()`.
-    """
-    from datamill.synth.cache import CachedGenerator
-
-    folder = Path(spec.cache_dir).expanduser() if spec.cache_dir else (cache_dir or default_cache_dir())
-    return CachedGenerator(load_backend(spec), folder, chunk_chats=max(spec.batch_size, 64))
 
 
 def validate_chats(chats: Sequence[Any]) -> list[Chat]:

@@ -33,7 +33,8 @@ from pydantic import Field
 
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Resources, Stage, StageParams
-from datamill.synth.generation import GeneratorSpec, SamplingParams, make_generator
+from datamill.synth.factory import make_generator
+from datamill.synth.generation import GeneratorSpec, SamplingParams
 from datamill.synth.templates import SFTFormat, chats_from_batch, render, sft_columns, user_turn
 
 REWRITE = r"(?is)\[\s*new\s+instruction\s*\]\s*(?P<instruction>.*?)\s*\[\s*new\s+response\s*\]\s*(?P<response>.*\S)"
@@ -70,7 +71,8 @@ class ReflectStage(Stage):
     def setup(self) -> None:
         from datamill.curate.selection.ifd import IFDParams, IFDSelect
 
-        self.generator = make_generator(self.params.generator)
+        self.generator = make_generator(self.params.generator, getattr(self, "run_dir", None),
+                                        probe=self.params.sampling)
         self.ifd = IFDSelect(IFDParams(model=self.params.scorer, format="prompt_completion",
                                        max_tokens=self.params.max_tokens))
         self.ifd.setup()

@@ -31,7 +31,8 @@ from pydantic import Field
 from datamill.curate.engine.records import QUARANTINE_SCHEMA, RECORD_SCHEMA
 from datamill.curate.engine.registry import register_source
 from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
-from datamill.synth.generation import GeneratorSpec, SamplingParams, make_generator
+from datamill.synth.factory import make_generator
+from datamill.synth.generation import GeneratorSpec, SamplingParams
 from datamill.synth.rouge import RougePool, rouge_l_matrix, rouge_tokens
 from datamill.synth.templates import SFTFormat, instruction_prompt, render, sft_columns, user_turn
 
@@ -175,8 +176,10 @@ class SelfInstructSource(Source):
         wanted = [k for k in wanted if kinds[k].height]
         if not wanted:
             raise ValueError(f"{self.seed_path()}: no seed tasks {p.input_mode.replace('_', ' ')}")
-        generator = make_generator(p.generator)
-        ensemble = [generator] + [make_generator(spec) for spec in p.ensemble]
+        run_dir = getattr(self, "run_dir", None)
+        probe = p.instruction_sampling.model_copy(update={"n": p.new_per_prompt})
+        generator = make_generator(p.generator, run_dir, probe=probe)
+        ensemble = [generator] + [make_generator(spec, run_dir, probe=p.output_sampling) for spec in p.ensemble]
         pool = RougePool(seeds["instruction"].to_list())
         machine: dict[str, list[str]] = {k: [] for k in wanted}
         rng = np.random.default_rng(p.seed)

@@ -12,8 +12,11 @@ from datamill.synth.reflect import parse_rewrites
 def test_final_answers_are_extracted_and_normalized():
     texts = ["6 rows of 7 chairs.\nAnswer: 42.", "First 10, then 1,250 more makes 1,260", "No number here",
              "Step 1: add.\nThe final answer is: Paris"]
-    answers = pl.DataFrame({"t": texts}).select(extract_answer(pl.col("t"))).to_series().to_list()
+    answers = pl.DataFrame({"t": texts}).select(extract_answer(pl.col("t"), number_fallback=True)).to_series().to_list()
     assert answers == ["42", "1260", None, "paris"]
+    # by default only the declared "Answer: …" format counts: a list number is not an answer
+    declared = pl.DataFrame({"t": texts + ["1. Use a map.\n2. Ask someone.\n3"]}).select(extract_answer(pl.col("t")))
+    assert declared.to_series().to_list() == ["42", None, None, "paris", None]
     rationale = pl.DataFrame({"t": texts[:1]}).select(split_rationale(pl.col("t"))).item()
     assert rationale == "6 rows of 7 chairs."
 

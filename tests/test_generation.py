@@ -14,7 +14,9 @@ from datamill.synth import cache as cache_module
 from datamill.synth import generation
 from datamill.synth.backends.hf import SeededSampler, TransformersGenerator
 from datamill.synth.cache import CachedGenerator
-from datamill.synth.generation import GeneratorSpec, SamplingParams, make_generator
+from datamill.synth import factory
+from datamill.synth.factory import make_generator
+from datamill.synth.generation import GeneratorSpec, SamplingParams
 
 FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
 CHATS = [
@@ -176,15 +178,25 @@ def test_cache_write_is_atomic_and_more_samples_reuse_the_first(backend, tmp_pat
     assert len(list(tmp_path.rglob("*.json"))) == 2 and not list(tmp_path.rglob("*.tmp"))
 
 
-def test_make_generator_wraps_the_backend_in_the_cache(backend, tmp_path, monkeypatch):
-    monkeypatch.setattr(generation, "load_backend", lambda spec: backend)
-    made = make_generator(GeneratorSpec(), cache_dir=tmp_path / "run_cache")
+def test_make_generator_caches_in_the_run_dir_unless_a_shared_cache_is_asked_for(backend, tmp_path, monkeypatch):
+    monkeypatch.setattr(factory, "load_backend", lambda spec: backend)
+    made = make_generator(GeneratorSpec(), tmp_path / "run")
     assert isinstance(made, CachedGenerator) and made.model_id == backend.model_id
-    assert made.cache.folder == tmp_path / "run_cache"
-    explicit = make_generator(GeneratorSpec(cache_dir=str(tmp_path / "mine")), cache_dir=tmp_path / "run_cache")
+    assert made.cache.folder == tmp_path / "run" / "state" / "generation_cache"
+    explicit = make_generator(GeneratorSpec(cache_dir=str(tmp_path / "mine")), tmp_path / "run")
     assert explicit.cache.folder == Path(tmp_path / "mine")
     monkeypatch.setenv("DATAMILL_CACHE", str(tmp_path / "home"))
-    assert make_generator(GeneratorSpec()).cache.folder == tmp_path / "home" / "generations"
+    assert make_generator(GeneratorSpec()) is backend  # outside a run, nothing is cached behind the user's back
+    assert not (tmp_path / "home").exists()
+
+
+def test_generation_does_not_import_the_cache():
+    import ast
+
+    tree = ast.parse(Path(generation.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any("cache" in name for name in imported)
 
 
 def test_gguf_file_is_converted_once_into_the_cache(tmp_path, monkeypatch):
@@ -221,3 +233,38 @@ def test_vllm_backend_generates_the_interface():
     c = results[0][0]
     assert c.finish_reason in ("stop", "length") and 0 < c.num_tokens <= 8
     assert len(c.topk_ids) == c.num_tokens and all(len(row) == 2 for row in c.topk_logprobs)
+
+
+class Streaming:
+    """A backend that reports each completion as it is done and is killed after `die_after` of them."""
+
+    def __init__(self, inner, die_after: int | None = None):
+        self.inner, self.model_id, self.die_after, self.done = inner, inner.model_id, die_after, 0
+
+    def generate(self, chats, params, on_completion=None):
+        rows = []
+        for i, chat in enumerate(chats):
+            [row] = self.inner.generate([chat], params)
+            for s, completion in enumerate(row):
+                on_completion(i, s, completion)
+                self.done += 1
+                if self.done == self.die_after:
+                    raise KeyboardInterrupt("killed mid-chunk")
+            rows.append(row)
+        return rows
+
+
+def test_each_completion_is_cached_as_it_arrives(backend, tmp_path):
+    params = SamplingParams(max_new_tokens=4, temperature=0.8, seed=3)
+    with pytest.raises(KeyboardInterrupt):  # one chunk of all chats, killed after 3 completions
+        CachedGenerator(Streaming(backend, die_after=3), tmp_path, chunk_chats=64).generate(CHATS, params)
+    assert len(list(tmp_path.rglob("*.json"))) == 3
+    resumed = Counting(backend)
+    cached = CachedGenerator(resumed, tmp_path)
+    results = cached.generate(CHATS, params)
+    assert resumed.calls == [CHATS[3:]]
+    assert cached.tally.cache_hits == 3 and cached.tally.generated == 1 and cached.tally.tokens > 0
+    # the transformers backend reports each completion when its batch is done, in the result's order
+    seen = []
+    direct = backend.generate(CHATS, params, on_completion=lambda c, s, completion: seen.append((c, s, completion)))
+    assert sorted(seen, key=lambda x: x[:2]) == [(c, 0, row[0]) for c, row in enumerate(direct)] and direct == results

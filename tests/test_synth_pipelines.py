@@ -17,11 +17,12 @@ import polars as pl
 import pytest
 import yaml
 
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import validate_recipe
 from datamill.synth.cache import GenerationCache, entry_key
 from datamill.synth.distill import DistillParams, DistillStage, extract_answer
-from datamill.synth.generation import Completion, GeneratorSpec, SamplingParams, make_generator
+from datamill.synth.factory import make_generator
+from datamill.synth.generation import Completion, GeneratorSpec, SamplingParams
 from datamill.synth.reflect import ReflectParams, ReflectStage
 from datamill.synth.rouge import rouge_l_matrix, rouge_tokens
 from datamill.synth.self_instruct import SelfInstructParams, read_seed_tasks, shipped_seed_file

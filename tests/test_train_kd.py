@@ -152,3 +152,68 @@ def test_kd_aligns_on_the_teachers_own_token_ids(tokenizer, tmp_path):
     frame.drop("teacher_token_ids").write_parquet(tmp_path / "shards" / "part-00000.parquet")
     with pytest.raises(ValueError, match="share one tokenizer"):
         tokenize_corpus(tmp_path, tokenizer, eval_holdout=0, kd=True, log=lambda *_: None)
+
+
+def confident_teacher_folder(tokenizer, folder: Path) -> Path:
+    """A tiny chat model saved as a model folder (SmolLM2's tokenizer and chat template), its logits
+    sharpened so that what it predicts depends clearly on the context it is given."""
+    teacher = tiny_lm(tokenizer, 3)
+    with torch.no_grad():
+        teacher.model.norm.weight.mul_(40.0)
+    teacher.generation_config.eos_token_id = tokenizer.eos_token_id
+    teacher.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def kl_per_token(corpus: Path, tokenizer, model) -> float:
+    """Mean top-k KL(teacher ‖ model) over the teacher positions, each predicted in the context the
+    trainer's tokenized corpus gives it (`tokenize_corpus` with kd, then the trainer's KD loss)."""
+    from datamill.train.data import tokenize_corpus
+
+    split = tokenize_corpus(corpus, tokenizer, eval_holdout=0, kd=True, log=lambda *_: None)["train"]
+    head = model.get_output_embeddings().weight
+    total, count = 0.0, 0.0
+    for a, b in zip(split.doc_offsets[:-1], split.doc_offsets[1:]):
+        ids = torch.tensor(split.tokens[a:b].astype(np.int64))[None]
+        logprobs = torch.from_numpy(np.array(split.teacher_logprobs[a + 1:b]))
+        weights = torch.isfinite(logprobs).any(-1).float()
+        with torch.no_grad():
+            hidden = model.base_model(input_ids=ids).last_hidden_state[0, :-1]
+            total += float(topk_kd_loss(hidden, head, torch.from_numpy(np.array(split.teacher_ids[a + 1:b])).long(),
+                                        logprobs, weights))
+        count += float(weights.sum())
+    assert count > 0
+    return total / count
+
+
+def test_student_equal_to_teacher_has_zero_kl_in_the_context_distill_stored(tokenizer, tmp_path):
+    """distill (rationale instruction, system message, the chat template) stores the teacher's
+    context; the trainer conditions the student on exactly it, so student == teacher gives KL ≈ 0.
+    The bare prompt text (what the trainer used before) gives a clearly positive KL."""
+    from datamill.synth.distill import DistillParams, DistillStage
+    from datamill.synth.generation import GeneratorSpec, SamplingParams
+
+    teacher = confident_teacher_folder(tokenizer, tmp_path / "teacher")
+    stage = DistillStage(DistillParams(
+        generator=GeneratorSpec(model=str(teacher), device="cpu", batch_size=4), rationale=True,
+        system="You answer questions about villages.", format="prompt_completion",
+        sampling=SamplingParams(temperature=0, max_new_tokens=12, logprobs=5)))
+    stage.setup()
+    out = stage.score(pl.DataFrame({"id": [str(i) for i in range(8)], "source": ["t"] * 8, "text": PROMPTS[:8]}))
+    assert out["teacher_prompt_ids"].list.len().min() > out["prompt"].str.len_chars().max() // 8
+    assert out["teacher_messages"].list.len().to_list() == [2] * 8  # the system message and the asked turn
+    (tmp_path / "stored" / "shards").mkdir(parents=True)
+    out.write_parquet(tmp_path / "stored" / "shards" / "part-00000.parquet")
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(teacher, dtype=torch.float32).eval()
+    assert kl_per_token(tmp_path / "stored", tokenizer, student) < 1e-3
+    # a backend that reports no prompt ids: the stored chat, rendered by the same template, is the same context
+    (tmp_path / "rendered" / "shards").mkdir(parents=True)
+    out.drop("teacher_prompt_ids").write_parquet(tmp_path / "rendered" / "shards" / "part-00000.parquet")
+    assert kl_per_token(tmp_path / "rendered", tokenizer, student) < 1e-3
+    # the bare prompt text as context: the student predicts in another context than the teacher scored
+    (tmp_path / "bare" / "shards").mkdir(parents=True)
+    out.drop("teacher_prompt_ids", "teacher_messages").write_parquet(tmp_path / "bare" / "shards" / "part-00000.parquet")
+    assert kl_per_token(tmp_path / "bare", tokenizer, student) > 0.1

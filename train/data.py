@@ -11,7 +11,10 @@
    of each completion token (`teacher_topk_ids`/`teacher_topk_logprobs`, see `synth/distill.py`)
    are laid out per token too ([n_tokens, k], -inf where no teacher distribution exists). Where
    the record stores `teacher_token_ids`, those ids are the completion's tokens (plus EOS), so
-   the top-k rows line up with them exactly instead of with a re-tokenization of the text.
+   the top-k rows line up with them exactly instead of with a re-tokenization of the text. The
+   prompt is the context the teacher scored in: its `teacher_prompt_ids` where stored, else its
+   `teacher_messages` rendered by the chat template (so the student sees the teacher's template,
+   system message and instructions, not the bare prompt text).
 2. `PackedRows` cuts a split's token stream into rows of `seq_len` (no padding except the last row).
    For each row it gives position ids that restart at every document start, a document id per token
    (the attention mask lets a token see only earlier tokens of its own document), the targets, and a
@@ -43,7 +46,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import polars as pl
 
-CACHE_VERSION = 3  # 2: KD completions are the teacher's own token ids; 3: documents grouped by phase
+CACHE_VERSION = 4  # 2: KD completions are the teacher's own token ids; 3: documents grouped by phase;
+# 4: KD prompts are the teacher's own context (teacher_prompt_ids / teacher_messages)
 SPLITS = ("train", "eval")
 RECORD, PHASE = "__record", "phase"
 
@@ -107,10 +111,33 @@ def completion_tokens(tokenizer, frame: pl.DataFrame, options: dict) -> list[lis
     return completions
 
 
+def prompt_tokens(tokenizer, frame: pl.DataFrame, options: dict) -> list[list[int]]:
+    """Each record's prompt tokens: with KD, the context the teacher's top-k were computed in (its
+    stored `teacher_prompt_ids`, else its `teacher_messages` rendered by the chat template with the
+    generation prompt) where the record has it, else the tokenized `prompt` text."""
+    prompts = encode(tokenizer, frame["prompt"].fill_null("").to_list())
+    if not options.get("kd"):
+        return prompts
+    none = [None] * frame.height
+    stored = frame["teacher_prompt_ids"].to_list() if "teacher_prompt_ids" in frame.columns else none
+    chats = frame["teacher_messages"].to_list() if "teacher_messages" in frame.columns else none
+    out = []
+    for prompt, ids, chat in zip(prompts, stored, chats):
+        if ids:
+            out.append(list(ids))
+        elif chat:
+            turns = [{"role": m["role"], "content": m["content"]} for m in chat]
+            out.append(encode(tokenizer, [tokenizer.apply_chat_template(turns, tokenize=False,
+                                                                        add_generation_prompt=True)])[0])
+        else:
+            out.append(prompt)
+    return out
+
+
 def tokenize_prompt_completion(tokenizer, frame: pl.DataFrame, options: dict):
     """prompt + completion + EOS; the prompt is learned only with train_on_prompt."""
     eos = tokenizer.eos_token_id
-    prompts = encode(tokenizer, frame["prompt"].fill_null("").to_list())
+    prompts = prompt_tokens(tokenizer, frame, options)
     completions = completion_tokens(tokenizer, frame, options)
     prompt_flag = int(options["train_on_prompt"])
     ids = [p + c + [eos] for p, c in zip(prompts, completions)]
@@ -363,7 +390,8 @@ def write_cache(files, tokenizer, fmt, options, folder: Path, dtype: str, batch_
         kd_stats = {"records": 0, "aligned": 0, "positions": 0, "hits": 0}
         writers = {split: SplitWriter(staging, split, np.dtype(dtype), kd) for split in SPLITS}
         columns = {"text": ["text"], "messages": ["messages"], "prompt_completion": ["prompt", "completion"]}[fmt]
-        extra = ["teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_ids"] if kd else []
+        extra = ["teacher_topk_ids", "teacher_topk_logprobs", "teacher_token_ids", "teacher_prompt_ids",
+                 "teacher_messages"] if kd else []
         wanted = columns + ["weight", "token_keep"] + extra
         phases = corpus_phases(files)  # one pass over the files per phase, lowest first
         batches = chain.from_iterable(record_batches(files, wanted, batch_rows, phase) for phase in phases)

@@ -17,6 +17,7 @@ near-tie). temperature == 0 is greedy decoding.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from datamill.synth.generation import (
-    Chat, Completion, GeneratorSpec, SamplingParams, cut_at_stop, row_seed, validate_chats,
+    Chat, Completion, GeneratorSpec, OnCompletion, SamplingParams, cut_at_stop, row_seed, validate_chats,
 )
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,8 @@ class TransformersGenerator:
         eos = eos if eos is not None else self.tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos])
 
-    def generate(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, chats: list[Chat], params: SamplingParams,
+                 on_completion: OnCompletion | None = None) -> list[list[Completion]]:
         chats = validate_chats(chats)
         prompts = [self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) for chat in chats]
         encoded = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -72,7 +74,11 @@ class TransformersGenerator:
             outs = self._generate_batch([encoded[rows[r][0]] for r in batch], [seeds[r] for r in batch], params)
             for r, completion in zip(batch, outs):
                 c, s = rows[r]
+                if params.logprobs is not None:  # the exact context of the top-k, for KD
+                    completion = dataclasses.replace(completion, prompt_token_ids=list(encoded[c]))
                 results[c][s] = completion
+                if on_completion is not None:
+                    on_completion(c, s, completion)
         return results  # type: ignore[return-value]
 
     def _generate_batch(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:

@@ -7,18 +7,31 @@ One request per chat (asking for all `n` samples at once), sent from a thread po
 
 Top-k logprobs (for distillation) need token ids, which the OpenAI API gives as strings; the
 request asks for `return_tokens_as_token_ids` (a vLLM extension: tokens come back as
-"token_id:<id>"), and a server that answers with plain token strings is reported as unsupported.
+"token_id:<id>").
+
+Servers differ in what they honour (llama.cpp's server returns one choice whatever `n` is, and
+plain token strings). `probe(params)` asks once, before any record, with a two-token request: a
+server that ignores `n` gets `n` single requests per chat from then on (seeded per sample; also
+switched to, once and logged, when a later reply has too few choices); a server without token ids
+either makes `probe` raise `BackendCapabilityError` (one clear message, the run stops) or, with
+`generator.missing_token_ids: text_only`, is asked for text only (no top-k, logged, and
+`text_only_reason` says why for the report).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from datamill.synth.generation import Chat, Completion, GeneratorSpec, SamplingParams, cut_at_stop, validate_chats
+from datamill.synth.generation import (
+    Chat, Completion, GeneratorSpec, OnCompletion, SamplingParams, cut_at_stop, row_seed, validate_chats,
+)
+
+log = logging.getLogger(__name__)
 
 RETRY_STATUS = frozenset({408, 409, 429, 500, 502, 503, 504})
 BACKOFF_BASE_S = 0.5
@@ -45,6 +58,10 @@ class RateLimiter:
             time.sleep(wait)
 
 
+class BackendCapabilityError(RuntimeError):
+    """The server cannot do what the run asks (not a problem of one record): the run stops."""
+
+
 class OpenAIGenerator:
     """Generator over an OpenAI-compatible chat-completions endpoint."""
 
@@ -59,11 +76,53 @@ class OpenAIGenerator:
         self.client = httpx.Client(headers=headers, timeout=httpx.Timeout(600.0, connect=10.0),
                                    limits=httpx.Limits(max_connections=spec.max_concurrency))
         self.limiter = RateLimiter(spec.requests_per_second)
+        self.single_requests = False
+        """True once the server was seen to ignore `n`: each sample is its own request."""
+        self.text_only_reason: str | None = None
+        """Why top-k logprobs are not asked for (the server gives no token ids), when so."""
+        self.lock = threading.Lock()
 
-    def generate(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+    def probe(self, params: SamplingParams) -> None:
+        """One two-token request with `params`' `n` and logprobs: switch to single requests when the
+        server ignores `n`; when it returns no token ids, raise BackendCapabilityError, or (with
+        `missing_token_ids: text_only`) ask for text only from then on."""
+        chat = [{"role": "user", "content": "Say OK."}]
+        small = params.model_copy(update={"max_new_tokens": 2, "stop": []})
+        reply = self._post(-1, self.request_body(chat, small))
+        choices = reply.get("choices") or []
+        if params.n > 1 and len(choices) < params.n:
+            self._go_single(len(choices), params.n)
+        if params.logprobs is not None and choices and not _has_token_ids(choices[0]):
+            message = (f"{self.url} returns no token ids with its logprobs (it ignores return_tokens_as_token_ids), "
+                       "so its top-k log-probabilities cannot be used for distillation; serve the teacher with vLLM, "
+                       "or set generator.missing_token_ids: text_only to generate text without KD logprobs")
+            if self.spec.missing_token_ids != "text_only":
+                raise BackendCapabilityError(message)
+            self.text_only_reason = message
+            log.warning("%s: generating text only", message)
+
+    def _go_single(self, got: int, n: int) -> None:
+        with self.lock:
+            if not self.single_requests:
+                self.single_requests = True
+                log.warning("%s returned %d choice(s) for n=%d: sending %d single requests per chat from now on",
+                            self.url, got, n, n)
+
+    def generate(self, chats: list[Chat], params: SamplingParams,
+                 on_completion: OnCompletion | None = None) -> list[list[Completion]]:
         chats = validate_chats(chats)
+        if self.text_only_reason is not None:
+            params = params.model_copy(update={"logprobs": None})
+
+        def one(i: int) -> list[Completion]:
+            row = self._one(i, chats[i], params)
+            for s, completion in enumerate(row):
+                if on_completion is not None:
+                    on_completion(i, s, completion)
+            return row
+
         with ThreadPoolExecutor(max_workers=self.spec.max_concurrency) as pool:
-            return list(pool.map(lambda i: self._one(i, chats[i], params), range(len(chats))))
+            return list(pool.map(one, range(len(chats))))
 
     def request_body(self, chat: Chat, params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -79,12 +138,25 @@ class OpenAIGenerator:
         return body
 
     def _one(self, index: int, chat: Chat, params: SamplingParams) -> list[Completion]:
+        if params.n > 1 and self.single_requests:
+            return self._singles(index, chat, params)
         reply = self._post(index, self.request_body(chat, params))
         choices = sorted(reply.get("choices") or [], key=lambda c: c.get("index", 0))
+        if 0 < len(choices) < params.n:
+            self._go_single(len(choices), params.n)
+            return self._singles(index, chat, params)
         if len(choices) != params.n:
             raise RuntimeError(f"chat {index}: {self.url} returned {len(choices)} choices for n={params.n}")
         total = (reply.get("usage") or {}).get("completion_tokens")
-        return [self._completion(index, choice, params, total) for choice in choices]
+        return [self._completion(index, choice, params, total, reply) for choice in choices]
+
+    def _singles(self, index: int, chat: Chat, params: SamplingParams) -> list[Completion]:
+        """`n` requests of one sample each, sample s seeded from (chat, s, seed)."""
+        out = []
+        for s in range(params.n):
+            single = params.model_copy(update={"n": 1, "seed": row_seed(chat, s, params.seed) & 0x7FFFFFFF})
+            out += self._one(index, chat, single)
+        return out
 
     def _post(self, index: int, body: dict[str, Any]) -> dict[str, Any]:
         import httpx
@@ -108,7 +180,8 @@ class OpenAIGenerator:
             time.sleep(retry_after if retry_after is not None else min(BACKOFF_MAX_S, BACKOFF_BASE_S * 2**attempt))
         raise RuntimeError(f"chat {index}: {self.url} failed after {self.spec.max_retries + 1} attempts ({problem})")
 
-    def _completion(self, index: int, choice: dict[str, Any], params: SamplingParams, total: int | None) -> Completion:
+    def _completion(self, index: int, choice: dict[str, Any], params: SamplingParams, total: int | None,
+                    reply: dict[str, Any]) -> Completion:
         text = (choice.get("message") or {}).get("content") or ""
         cut = cut_at_stop(text, params.stop)  # servers exclude stop strings already; this is a safety net
         finish = "length" if choice.get("finish_reason") == "length" and cut is None else "stop"
@@ -128,7 +201,14 @@ class OpenAIGenerator:
             # (stop_reason = the string) which ids make up the text is unknown
             ended_by_eos = choice.get("stop_reason") is None and cut is None
             token_ids = token_ids[:-1] if ended_by_eos else None
-        return Completion(text, finish, len(content), ids, logprobs, token_ids)
+        prompt_ids = reply.get("prompt_token_ids")  # vLLM with return_token_ids
+        return Completion(text, finish, len(content), ids, logprobs, token_ids,
+                          [int(t) for t in prompt_ids] if isinstance(prompt_ids, list) else None)
+
+
+def _has_token_ids(choice: dict[str, Any]) -> bool:
+    content = (choice.get("logprobs") or {}).get("content")
+    return bool(content) and all(str(step.get("token", "")).startswith(TOKEN_ID_PREFIX) for step in content)
 
 
 def _token_id(index: int, token: str) -> int:

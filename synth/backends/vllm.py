@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from datamill.synth.generation import Chat, Completion, GeneratorSpec, SamplingParams, row_seed, validate_chats
+from datamill.synth.generation import (
+    Chat, Completion, GeneratorSpec, OnCompletion, SamplingParams, row_seed, validate_chats,
+)
 
 
 class VLLMGenerator:
@@ -49,14 +51,20 @@ class VLLMGenerator:
             options["top_k"] = params.top_k
         return self.vllm.SamplingParams(**options)
 
-    def generate(self, chats: list[Chat], params: SamplingParams) -> list[list[Completion]]:
+    def generate(self, chats: list[Chat], params: SamplingParams,
+                 on_completion: OnCompletion | None = None) -> list[list[Completion]]:
         chats = validate_chats(chats)
         outputs = self.llm.chat(chats, [self.sampling_params(c, params) for c in chats], use_tqdm=False)
-        return [[self._completion(out, params) for out in sorted(request.outputs, key=lambda o: o.index)]
-                for request in outputs]
+        results = [[self._completion(out, params, request.prompt_token_ids)
+                     for out in sorted(request.outputs, key=lambda o: o.index)] for request in outputs]
+        for c, row in enumerate(results):  # vLLM returns the whole call at once
+            for s, completion in enumerate(row):
+                if on_completion is not None:
+                    on_completion(c, s, completion)
+        return results
 
     @staticmethod
-    def _completion(out: Any, params: SamplingParams) -> Completion:
+    def _completion(out: Any, params: SamplingParams, prompt_ids: Any = None) -> Completion:
         finish = "length" if out.finish_reason == "length" else "stop"
         num_tokens = len(out.token_ids)
         token_ids = list(out.token_ids)
@@ -69,4 +77,5 @@ class VLLMGenerator:
             best = sorted(step.items(), key=lambda item: item[1].rank)[: params.logprobs]
             ids.append([token for token, _ in best])
             logprobs.append([float(lp.logprob) for _, lp in best])
-        return Completion(out.text, finish, num_tokens, ids, logprobs, token_ids)
+        return Completion(out.text, finish, num_tokens, ids, logprobs, token_ids,
+                          list(prompt_ids) if prompt_ids is not None else None)

@@ -5,7 +5,7 @@ code-switched sentence with three prompt templates from `synth/codeswitch/prompt
 `generate` (language pair, topic, style: insertional or alternational), `review` (the model
 judges its own output: PASS / FAIL with a reason) and `rewrite` (failed outputs are rewritten
 with the review in the prompt, up to `max_rewrites` rounds). Generation goes through
-`datamill.synth.generation.make_generator`, so results are cached and any backend works.
+`datamill.synth.factory.make_generator`, so results are cached and any backend works.
 
 Outputs: `text` (the final sentence), `source_text` (the input), `cs_review` (the last review),
 `cs_rewrites` (rounds used) and `cs_model`. A small model (the default SmolLM2-135M) mostly fails
@@ -24,7 +24,8 @@ from pydantic import Field
 
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Stage, StageParams
-from datamill.synth.generation import GeneratorSpec, SamplingParams, make_generator
+from datamill.synth.factory import make_generator
+from datamill.synth.generation import GeneratorSpec, SamplingParams
 
 LANGUAGE_NAMES = {"en": "English", "es": "Spanish", "de": "German", "fr": "French", "it": "Italian",
                   "pt": "Portuguese", "mt": "Maltese", "hi": "Hindi", "zh": "Chinese", "ar": "Arabic"}
@@ -81,7 +82,8 @@ class LLMCodeSwitch(Stage):
         self.generator = None
 
     def setup(self) -> None:
-        self.generator = make_generator(self.params.generator)
+        self.generator = make_generator(self.params.generator, getattr(self, "run_dir", None),
+                                        probe=self.params.sampling)
 
     def complete(self, prompts: pl.Series) -> pl.Series:
         """One completion (stripped) per prompt, as single user turns."""
