@@ -295,3 +295,42 @@ def test_verify_jaccard_removes_a_false_candidate_pair():
     _, verified = run_stage(MinHashDedup(verified_params), [batch])
     assert verified["dup_cluster"].to_list() == [0, 1, 2, 2]
     assert verified["_drop_reason"].to_list() == [None, None, None, "near_duplicate"]
+
+
+def test_verify_jaccard_finds_a_true_pair_in_a_bucket_headed_by_an_unrelated_document():
+    # Hand-built band hashes: one bucket holds an unrelated first document and a true pair after it.
+    stage = MinHashDedup(MinHashDedupParams(num_perm=8, bands=1, rows=8, verify_jaccard=0.7))
+    summaries = pl.DataFrame({
+        "_pos": pl.Series([0, 1, 2, 3], dtype=pl.UInt64),
+        "band_0": pl.Series([7, 7, 7, 9], dtype=pl.UInt64),
+        "text": [LIBRARY, MOON, MOON_EDITED, BREAD],
+    }).lazy()
+
+    decision = stage.reduce(summaries)
+
+    assert decision["_pos"].to_list() == [1, 2]
+    assert decision["dup_cluster"].to_list() == [1, 1]
+    assert decision["_drop_reason"].to_list() == [None, "near_duplicate"]
+
+
+def test_verify_jaccard_clusters_only_checked_pairs():
+    # A bucket of three where only the first two are similar: the third is not pulled in through the first.
+    stage = MinHashDedup(MinHashDedupParams(num_perm=8, bands=1, rows=8, verify_jaccard=0.7))
+    summaries = pl.DataFrame({
+        "_pos": pl.Series([0, 1, 2], dtype=pl.UInt64),
+        "band_0": pl.Series([5, 5, 5], dtype=pl.UInt64),
+        "text": [BREAD, BREAD_EDITED, BICYCLE],
+    }).lazy()
+
+    assert stage.reduce(summaries)["_pos"].to_list() == [0, 1]
+
+
+def test_verify_window_bounds_the_pairs_checked_in_a_huge_bucket():
+    stage = MinHashDedup(MinHashDedupParams(num_perm=8, bands=1, rows=8, verify_jaccard=0.7, verify_window=2))
+    summaries = pl.DataFrame({"_pos": pl.Series(range(10), dtype=pl.UInt64),
+                              "band_0": pl.Series([1] * 10, dtype=pl.UInt64), "text": ["x"] * 10}).lazy()
+
+    pairs = stage.bucket_pairs(summaries).sort("src", "dst")
+
+    assert pairs.filter(pl.col("src") == 9)["dst"].to_list() == [0, 7, 8]
+    assert pairs.height == 1 + 2 + 7 * 3  # src 1: {0}; src 2: {0, 1}; src 3..9: {0, s-2, s-1}

@@ -22,6 +22,8 @@ from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
 
 HASH = "_line_hash"
+PARAGRAPH_BREAK = r"\r?\n[ \t\r]*\n\s*"
+"""A blank line between paragraphs: `\n\n`, `\r\n\r\n`, or with spaces on the blank line."""
 
 
 class LineDedupParams(FilterParams):
@@ -48,7 +50,7 @@ class LineDedup(BarrierStage):
         """One row per (document, unit), in document order, with the unit's hash (null if too short)."""
         p = self.params
         pieces = pl.col("text").str.split(self._separator()) if p.unit == "line" else (
-            pl.col("text").str.replace_all(r"\n[ \t]*\n\s*", "\n\n").str.split("\n\n"))
+            pl.col("text").str.replace_all(PARAGRAPH_BREAK, "\n\n").str.split("\n\n"))
         exploded = batch.select(POSITION, pieces.alias("_unit")).explode("_unit")
         key = pl.col("_unit").str.replace_all(r"\s+", " ").str.strip_chars()
         if p.lowercase:

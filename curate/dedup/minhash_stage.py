@@ -2,10 +2,12 @@
 
 Map (`summarize`, per shard batch): shingle each document, compute its MinHash signature
 (identical to datasketch's), cut it into `bands` × `rows` and hash each band to a uint64.
-Reduce (once): documents sharing a band hash in the same band are candidates; each candidate is
-linked to the smallest position in its bucket (optionally only if the true Jaccard similarity of
-their shingle sets reaches `verify_jaccard`); connected components of those links are clusters;
-each cluster keeps one document by the `keep` rule (ties: smallest `_pos`).
+Reduce (once): documents sharing a band hash in the same band are candidates. Without
+`verify_jaccard` each candidate is linked to the smallest position in its bucket; with it, every
+pair in a bucket (each member against the bucket's first and its `verify_window` predecessors) is
+checked, and only pairs whose shingle sets reach that Jaccard similarity become links. Connected
+components of the links are clusters; each cluster keeps one document by the `keep` rule (ties:
+smallest `_pos`).
 Apply (per shard): join the decisions on `_pos`; every non-keeper gets `_drop_reason`
 "near_duplicate"; every row gets `dup_cluster` (its cluster's smallest `_pos`) and
 `dup_cluster_size` (1 for unique documents).
@@ -18,10 +20,12 @@ Memory per document:
 - map: transient, bounded per chunk of ~1M shingles (~50 B per shingle while shingling) plus
   the batch's signatures (4 B × num_perm for "affine32", 8 B for the 64-bit schemes).
 - summary (what travels to the reduce): 8 B `_pos` + 8 B per band (+ 8 B `_keep_key` unless
-  keep=first) — 128 B/document at the default 14 bands; with `verify_jaccard` also the text.
+  keep=first) — 80 B/document at the default 9 bands × 12 rows (num_perm 112, threshold 0.8);
+  with `verify_jaccard` also the text.
 - reduce: one band at a time, ~16 B/document plus polars' group-by table; then 16 B per
   candidate link, union–find arrays over linked documents only, and the keep keys of clustered
-  documents. `verify_jaccard` additionally loads the text of linked documents only and their
+  documents. `verify_jaccard` pairs each bucket member with at most `verify_window` + 1 others
+  (16 B per pair), additionally loads the text of paired documents only and their
   shingle-hash sets (16 B per shingle), and joins the links in chunks of ~4M shingle rows.
 The decision table holds clustered documents only (~30 B each).
 """
@@ -99,8 +103,15 @@ class MinHashDedupParams(MinHashParams):
     )
     verify_jaccard: float | None = Field(
         None, gt=0, le=1,
-        description="If set, a candidate link counts only if the true Jaccard similarity of the two "
-        "shingle sets is at least this (removes LSH false positives; the summaries then carry the text).",
+        description="If set, every candidate pair in a band bucket is checked and counts only if the true "
+        "Jaccard similarity of the two shingle sets is at least this; clusters are built from checked pairs "
+        "only (removes LSH false positives; the summaries then carry the text).",
+    )
+    verify_window: int = Field(
+        64, ge=1,
+        description="With verify_jaccard: each bucket member is checked against the bucket's first document "
+        "and the up to this many members before it (every pair in buckets of up to window+1 documents; "
+        "bounds the work of huge buckets).",
     )
 
 @register_stage
@@ -165,6 +176,34 @@ class MinHashDedup(BarrierStage):
             )
         return pl.concat(links, parallel=False).unique().collect()
 
+    def bucket_pairs(self, summaries: pl.LazyFrame) -> pl.DataFrame:
+        """(`src`, `dst`), `dst` < `src`: the pairs to verify. In each bucket (sorted by position)
+        every member is paired with the bucket's first member and with the `verify_window` members
+        before it, so small buckets give all their pairs; unique over all bands."""
+        window = self.params.verify_window
+        pairs = []
+        for band in self.band_columns:
+            members = (
+                summaries.select(POSITION, pl.col(band).alias("_h"))
+                .drop_nulls("_h")
+                .filter(pl.len().over("_h") > 1)
+                .sort("_h", POSITION)
+                .collect()
+            )
+            if not members.height:
+                continue
+            first = members.select(pl.col(POSITION).alias("src"), pl.col(POSITION).first().over("_h").alias("dst"))
+            pairs.append(first.filter(pl.col("src") != pl.col("dst")))
+            for back in range(1, min(window, members.height - 1) + 1):
+                same_bucket = (pl.col("_h").shift(back) == pl.col("_h")).fill_null(False)
+                pairs.append(members.select(
+                    pl.col(POSITION).alias("src"), pl.col(POSITION).shift(back).alias("dst"), same_bucket.alias("_same")
+                ).filter("_same").drop("_same"))
+        if not pairs:
+            return pl.DataFrame({"src": [], "dst": []}, schema={"src": summaries.collect_schema()[POSITION],
+                                                                "dst": summaries.collect_schema()[POSITION]})
+        return pl.concat(pairs).unique()
+
     def _verified_links(self, links: pl.DataFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
         """The links whose documents' shingle sets have Jaccard similarity >= verify_jaccard."""
         linked = pl.concat([links["src"], links["dst"]]).unique().to_frame(POSITION)
@@ -202,10 +241,10 @@ class MinHashDedup(BarrierStage):
         against `verify_jaccard` with the texts of `texts`, default `summaries`). Each bucket's
         pairs depend on that bucket alone, so the pairs of any partition of the buckets (see
         `partitioned.py`) together are exactly the pairs of the whole."""
-        links = self._candidate_links(summaries)
-        if self.params.verify_jaccard is not None and links.height:
-            links = self._verified_links(links, summaries if texts is None else texts)
-        return links
+        if self.params.verify_jaccard is None:
+            return self._candidate_links(summaries)
+        pairs = self.bucket_pairs(summaries)
+        return self._verified_links(pairs, summaries if texts is None else texts) if pairs.height else pairs
 
     def decisions(self, links: pl.DataFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
         """The decision table (see `reduce`) from duplicate pairs: their connected components,
