@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_dedup_quality import build_corpus  # noqa: E402
 
 from datamill.curate.dedup.minhash import warm_up  # noqa: E402
-from datamill.curate.executors.local import run_recipe  # noqa: E402
+from datamill.curate.executors.run import run_recipe  # noqa: E402
 from datamill.curate.engine.recipe import validate_recipe  # noqa: E402
 
 BANDS, ROWS, NGRAM = 14, 8, 5

@@ -109,7 +109,7 @@ def generate(folder: Path, docs: int, seed: int, rows_per_file: int = 100_000) -
 
 def measure(inputs: Path, out: Path, workers: int) -> dict:
     """Run the recipe here; peak memory figures in MiB."""
-    from datamill.curate.executors.local import run_recipe
+    from datamill.curate.executors.run import run_recipe
     from datamill.curate.engine.recipe import validate_recipe
 
     recipe = validate_recipe(

@@ -21,10 +21,14 @@ from pathlib import Path
 
 import polars as pl
 
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.pipeline import Pipeline
-from datamill.curate.executors.ray import run_recipe_ray
 from datamill.curate.engine.recipe import load_recipe, validate_recipe
+
+
+def run_recipe_ray(recipe, **options):
+    """The same recipe on the Ray executor."""
+    return run_recipe(recipe.model_copy(update={"executor": recipe.executor.model_copy(update={"type": "ray"})}), **options)
 
 
 def quickstart_texts(recipe) -> list[str]:

@@ -23,7 +23,7 @@ def test_fifty_megabyte_record_end_to_end(tmp_path):
                           {"type": "exact_dedup"}])
     script = textwrap.dedent(f"""
         import json
-        from datamill.curate.executors.local import run_recipe
+        from datamill.curate.executors.run import run_recipe
         from datamill.curate.engine.recipe import validate_recipe
         stats = run_recipe(validate_recipe(json.loads({json.dumps(json.dumps(recipe))})), workers=1)
         print(json.dumps({{"records": stats["output"]["records"],

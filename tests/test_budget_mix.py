@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from conftest import SENTENCES, write_jsonl
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import RecipeError, validate_recipe
 from datamill.curate.selection.ranking import Budget, select_by_rank
 

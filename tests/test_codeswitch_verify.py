@@ -3,7 +3,7 @@
 import polars as pl
 import pytest
 
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import load_recipe, resolve_recipe_path
 from datamill.synth.codeswitch.verify import CodeSwitchVerify, VerifyParams
 

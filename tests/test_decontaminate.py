@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from conftest import recipe_dict, write_jsonl
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import RecipeError, validate_recipe
 from datamill.filters.decontaminate import Decontaminate, DecontaminateParams  # registers "decontaminate"
 from datamill.filters.ngrams import ngram_hashes, normalized_words

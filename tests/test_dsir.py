@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from conftest import SENTENCES, write_jsonl
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import RecipeError, validate_recipe
 from datamill.curate.selection.dsir import HashedNgramDSIR
 from datamill.curate.selection.hashed_ngrams import ngram_buckets, word_tokens

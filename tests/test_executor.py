@@ -10,7 +10,7 @@ import polars as pl
 import pytest
 
 from conftest import make_documents, recipe_dict, write_jsonl
-from datamill.curate.executors.local import RunError, run_recipe
+from datamill.curate.executors.run import RunError, run_recipe
 from datamill.curate.engine.recipe import validate_recipe
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Stage

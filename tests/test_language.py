@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from conftest import recipe_dict, write_jsonl
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import validate_recipe
 from datamill.curate.engine.stage import DROP_REASON
 from datamill.filters.language import LanguageFilter, LanguageParams

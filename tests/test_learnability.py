@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import SENTENCES, make_documents, recipe_dict
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.models.resolve import load_causal_lm
 from datamill.curate.engine.recipe import validate_recipe
 from datamill.curate.selection.ifd import IFDParams, IFDSelect

@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 
 from conftest import make_documents, recipe_dict, write_jsonl
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import validate_recipe
 
 COOKIE = "We use cookies to improve your experience on this website."

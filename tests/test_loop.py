@@ -61,7 +61,8 @@ def test_phases_chain_an_interrupted_training_resumes_and_a_rerun_skips_everythi
     # a first attempt that stopped after the step-3 checkpoint, like a killed run
     done = loop_module.data_phases(recipe, log=lambda *_: None)
     loop_module.without_target(layout.phase("select"), layout.target, layout.phase("train_data"))
-    cfg = loop_module.train_config(recipe.train, layout.phase("train_data"), layout.phase("train"), recipe.eval)
+    cfg = loop_module.train_config(recipe.section("train"), layout.phase("train_data"), layout.phase("train"),
+                                     recipe.section("eval"))
     train(cfg.model_copy(update={"max_steps": 3}))
 
     done = run_loop(recipe, log=lambda *_: None)
@@ -87,7 +88,7 @@ def test_phases_chain_an_interrupted_training_resumes_and_a_rerun_skips_everythi
     def refuse(*args, **kwargs):
         raise AssertionError("a finished phase ran again")
 
-    monkeypatch.setattr("datamill.curate.executors.local.run_recipe", refuse)
+    monkeypatch.setattr("datamill.curate.executors.run.run_recipe", refuse)
     monkeypatch.setattr("datamill.train.train", refuse)
     monkeypatch.setattr(loop_module, "target_eval", refuse)
     again = run_loop(recipe, log=lambda *_: None)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from conftest import recipe_dict, write_jsonl
 from datamill.curate.dedup.lsh_index import MinHashLSHIndex, MinHashLSHIndexParams, load_index
 from datamill.curate.dedup.shingles import Shingler
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import validate_recipe
 
 

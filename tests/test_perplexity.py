@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_documents, recipe_dict, write_jsonl
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.models.lm_scoring import length_sorted_batches, token_losses
 from datamill.curate.models.resolve import load_causal_lm
 from datamill.curate.engine.recipe import validate_recipe

@@ -12,12 +12,17 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import make_documents, recipe_dict, write_jsonl
-from datamill.curate.executors.local import RunError, run_recipe
+from datamill.curate.executors.run import RunError, run_recipe
 from datamill.curate.engine.pipeline import Pipeline
-from datamill.curate.executors.ray import run_recipe_ray, segment_resources
+from datamill.curate.executors.ray import segment_resources
 from datamill.curate.engine.recipe import load_recipe, validate_recipe
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Stage, StageParams
+
+
+def run_recipe_ray(recipe, **options):
+    """The same recipe on the Ray executor."""
+    return run_recipe(recipe.model_copy(update={"executor": recipe.executor.model_copy(update={"type": "ray"})}), **options)
 
 ray = pytest.importorskip("ray")
 

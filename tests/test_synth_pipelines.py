@@ -240,3 +240,46 @@ def test_reflect_keeps_a_rewrite_only_when_ifd_prefers_it(tmp_path):
     assert out["prompt"].to_list() == ["Explain why rivers often flood in spring.", PAIRS[1][0], PAIRS[2][0]]
     assert out["completion"][0].startswith("In spring, snow melts") and out["completion"][1] == PAIRS[1][1]
     assert out["id"].to_list() == ["a", "b", "c"]
+
+
+def test_self_instruct_marks_only_a_cut_sentence_truncated():
+    from datamill.synth.self_instruct import parse_numbered
+
+    replies = pl.DataFrame({"text": ["Describe the long journey of a salmon from the sea back",  # cut mid-sentence
+                                     "Write a short poem about rain.",  # hit the limit right at the sentence end
+                                     "Explain tides in one paragraph.\nTides are caused by the",  # the first line is whole
+                                     "1. Name a bird.\n2. Name a tree that", "1. Name a bird.\n2. Name a tree that"],
+                            "finish_reason": ["length"] * 4 + ["stop"]})
+    got = parse_numbered(replies).select("instruction", "cut_off").rows()
+    assert got == [("Describe the long journey of a salmon from the sea back", True),
+                   ("Write a short poem about rain.", False), ("Explain tides in one paragraph.", False),
+                   ("Name a bird.", False), ("Name a tree that", True), ("Name a bird.", False),
+                   ("Name a tree that", False)]
+
+
+class Scripted:
+    """A generator whose replies to each chat are given (text, finish reason) pairs, in order."""
+
+    model_id = "scripted"
+
+    def __init__(self, replies: list[list[tuple[str, str]]]):
+        self.replies = replies
+
+    def generate(self, chats, params):
+        assert len(chats) == len(self.replies)
+        return [[Completion(text, finish, 20) for text, finish in row] for row in self.replies]
+
+
+def test_distill_drops_truncated_completions_and_reads_only_the_declared_answer():
+    """max_new_tokens cut every reasoning short of its "Answer:" line: no list number becomes a label."""
+    stage = DistillStage(DistillParams(rationale=True, vote=True, sampling=SamplingParams(n=3, max_new_tokens=24)))
+    stage.generator = Scripted([
+        [("1. Count the apples.\n2. Add the", "length")] * 3,  # all cut: the record is dropped as truncated
+        [("3 + 4 = 7.\nAnswer: 7", "stop"), ("3 + 4 = 7.\nAnswer: 7", "stop"), ("Tom had 3, then 4", "length")],
+        [("Step 1 has 2 parts and step 2 has 3.", "stop")] * 3,  # complete, but no declared answer
+    ])
+    batch = pl.DataFrame({"id": ["cut", "ok", "none"], "source": ["t"] * 3, "text": [ARITHMETIC] * 3})
+    out = stage.process(batch)
+    assert out["_drop_reason"].to_list() == ["truncated", None, "no_answer"]
+    assert out["label"].to_list() == [None, "7", None]
+    assert out["agreement"][1] == pytest.approx(2 / 3)  # the cut sample does not vote

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from conftest import write_text_corpus
 
 from datamill.curate.cli import app
-from datamill.curate.executors.local import run_recipe
+from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import resolve_recipe_path, validate_recipe
 from datamill.train import load_config, train
 from datamill.train.data import PackedRows, tokenize_corpus

@@ -19,6 +19,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import xxhash
+
+LOCK_FILES = ("run.lock", "run.owner.json")
+"""Files in state/ that belong to the run lock (see engine.lock) and survive `clear()`."""
+
 
 class RunLayout:
     def __init__(self, root: str | Path):
@@ -51,6 +56,20 @@ class RunLayout:
     def is_done(self, segment: int, shard: int) -> bool:
         return self.marker(segment, shard).exists()
 
+    def verified_done(self, segment: int, shard: int) -> bool:
+        """The shard has a done marker and every file it committed is there, unchanged (size and
+        xxh3 checksum); a shard whose files were deleted or edited since is redone."""
+        if not self.is_done(segment, shard):
+            return False
+        committed = self.read_marker(segment, shard).get("committed")
+        if committed is None:
+            return False
+        for entry in committed:
+            path = self.root / entry["path"]
+            if not path.is_file() or path.stat().st_size != entry["bytes"] or file_checksum(path) != entry["xxh3"]:
+                return False
+        return True
+
     def read_marker(self, segment: int, shard: int) -> dict[str, Any]:
         return json.loads(self.marker(segment, shard).read_text())
 
@@ -80,17 +99,25 @@ class RunLayout:
         return found
 
     def commit(self, segment: int, shard: int, moves: list[tuple[Path, Path]], marker: dict[str, Any]) -> None:
-        """Rename finished files into place, then write the done marker (the commit point)."""
+        """Rename finished files into place, then write the done marker (the commit point), which
+        lists every committed file with its size and checksum so resume can verify them."""
+        files = []
         for source, target in moves:
+            files.append({"path": target.relative_to(self.root).as_posix(), "bytes": source.stat().st_size,
+                          "xxh3": file_checksum(source)})
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(source, target)
-        write_json_atomic(self.marker(segment, shard), marker)
+        write_json_atomic(self.marker(segment, shard), {**marker, "committed": files})
         shutil.rmtree(self.tmp_dir(segment, shard), ignore_errors=True)
 
     def clear(self) -> None:
         """Delete every output of a previous run (for --fresh)."""
-        for folder in (self.shards, self.quarantine, self.removed, self.state, self.root / "plots"):
+        for folder in (self.shards, self.quarantine, self.removed, self.root / "plots"):
             shutil.rmtree(folder, ignore_errors=True)
+        if self.state.exists():  # the run lock's files stay: the lock is held while clearing
+            for path in self.state.iterdir():
+                if path.name not in LOCK_FILES:
+                    shutil.rmtree(path) if path.is_dir() else path.unlink()
         for name in ("stats.json", "report.md", "report.html"):
             (self.root / name).unlink(missing_ok=True)
 
@@ -98,6 +125,15 @@ class RunLayout:
 def shard_prefix(segment: int, shard: int) -> str:
     """File-name prefix of what segment `segment` of shard `shard` writes to quarantine/removed."""
     return f"part-{shard:05d}-seg{segment}"
+
+
+def file_checksum(path: Path) -> str:
+    """xxh3-64 of a file's bytes, read in 1 MiB blocks."""
+    digest = xxhash.xxh3_64()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json_atomic(path: Path, content: Any) -> None:

@@ -49,16 +49,20 @@ class Pipeline:
 
     def __init__(self, recipe: Recipe, base_dir: str = "."):
         self.recipe = recipe
+        self.base_dir = base_dir
         sources = source_types()
         self.sources: list[Source] = [
             sources[p.type](p, index=i, base_dir=base_dir) for i, p in enumerate(recipe.source_params())
         ]
+        for source in self.sources:
+            source.run_dir = recipe.output.dir
         self.stages: list[Stage] = []
         seen: Counter = Counter()
         types = stage_types()
         for i, (type_name, params) in enumerate(recipe.stage_params()):
             stage = types[type_name](params, seed=recipe.seed * 7919 + i)
             stage.base_dir = base_dir
+            stage.run_dir = recipe.output.dir  # where a stage keeps run-local state (the generation cache)
             seen[stage.name] += 1
             if seen[stage.name] > 1:
                 stage.name = f"{stage.name}_{seen[stage.name]}"
@@ -138,6 +142,7 @@ class ShardRun:
             source = self.pipeline.sources[self.spec.source_index]
             for part in source.read(self.spec, batch_rows):
                 self.stats.records_read += part.lines_read
+                self.stats.skipped.update(part.skipped)
                 if part.quarantine.height:
                     self._quarantine(part.quarantine)
                 records = part.records.with_columns(approx_tokens(pl.col("text")).alias(TOKENS))

@@ -12,16 +12,19 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 import typing
+from collections.abc import Callable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from datamill.curate.loop.loop import LOOP_SECTIONS, AblateSpec, EvalSpec, PhaseSpec, section_problems
+from datamill.curate.engine.plugins import load_plugins
 from datamill.curate.engine.registry import source_types, stage_types
 from datamill.curate.engine.source import SourceParams
 from datamill.curate.engine.stage import StageParams
@@ -61,8 +64,37 @@ class ExecutorSpec(BaseModel):
     batch_rows: int = Field(1000, ge=1, description="Records per batch handed to stages.")
 
 
+@dataclass(frozen=True)
+class RecipeSection:
+    """A top-level recipe section that a feature adds (`train:`, `eval:`, `synth:`…).
+
+    `model` validates the section (None keeps the mapping as written); `check(value, where)` returns
+    further `key.path: problem` lines. Sections run after curation: they never change the fingerprint.
+    """
+
+    model: type[BaseModel] | None = None
+    check: Callable[[Any, str], list[str]] | None = None
+    description: str = ""
+
+
+_sections: dict[str, RecipeSection] = {}
+
+
+def register_section(name: str, section: RecipeSection) -> None:
+    """Let recipes carry a top-level `name:` section (called by the feature that reads it)."""
+    if name in Recipe.model_fields:
+        raise ValueError(f"recipe section {name!r} would shadow a core recipe key")
+    _sections[name] = section
+
+
+def recipe_sections() -> dict[str, RecipeSection]:
+    load_plugins()
+    return dict(_sections)
+
+
 class Recipe(BaseModel):
-    """A validated recipe: sources and stages are already typed Params objects."""
+    """A validated recipe: sources and stages are already typed Params objects; registered
+    sections (`recipe.section("train")`) are held validated in `sections`."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -72,13 +104,44 @@ class Recipe(BaseModel):
     stages: list[dict[str, Any]] = Field(default_factory=list)
     output: OutputSpec
     executor: ExecutorSpec = Field(default_factory=ExecutorSpec)
-    # phases after curation (datamill.curate.loop.loop); none of them changes the fingerprint
-    synth: PhaseSpec | None = None
-    select: PhaseSpec | None = None
-    train: dict[str, Any] | None = Field(None, description="datamill.train's config; data comes from the loop.")
-    eval: EvalSpec | None = None
-    ablate: AblateSpec | None = None
+    sections: dict[str, Any] = Field(default_factory=dict, description="Registered sections, by name.")
     _base_dir: str | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gather_sections(cls, data: Any) -> Any:
+        """Registered top-level keys (`train:`…) go into `sections`; null sections are left out."""
+        if not isinstance(data, dict):
+            return data
+        table = recipe_sections()
+        found = {k: v for k, v in data.items() if k in table}
+        if not found:
+            return data
+        rest = {k: v for k, v in data.items() if k not in table}
+        merged = {**(rest.get("sections") or {}), **found}
+        return {**rest, "sections": {k: v for k, v in merged.items() if v is not None}}
+
+    @model_validator(mode="after")
+    def _typed_sections(self) -> Recipe:
+        table = recipe_sections()
+        for name, value in self.sections.items():
+            if name not in table:
+                raise ValueError(f"{name}: no datamill feature reads this section")
+            model = table[name].model
+            if model is not None and not isinstance(value, model):
+                self.sections[name] = model.model_validate(value)
+        return self
+
+    def section(self, name: str) -> Any:
+        """The validated section `name`, or None when the recipe has none."""
+        return self.sections.get(name)
+
+    def with_sections(self, **sections: Any) -> Recipe:
+        """A copy with these sections set (None removes one)."""
+        merged = {**self.sections, **sections}
+        copy = self.model_copy(update={"sections": {k: v for k, v in merged.items() if v is not None}})
+        copy._base_dir = self._base_dir
+        return copy
 
     @property
     def base_dir(self) -> str:
@@ -101,8 +164,7 @@ class Recipe(BaseModel):
         for key in ("workers", "address"):
             content["executor"].pop(key, None)
         content["executor"]["type"] = "local"  # the value every fingerprint was made with
-        for section in LOOP_SECTIONS:
-            content.pop(section)
+        content.pop("sections")
         return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -143,7 +205,24 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         raise RecipeError(str(path), [f"not UTF-8 text: {err}"]) from None
     recipe = validate_recipe(raw, where=str(path), overrides=overrides)
     recipe._base_dir = str(path.resolve().parent)
+    if problems := path_problems(recipe):
+        raise RecipeError(str(path), problems)
     return recipe
+
+
+def path_problems(recipe: Recipe) -> list[str]:
+    """Missing inputs (each source's and stage's `check_paths`) and an output dir that cannot be
+    written, by key path: found before anything is written."""
+    problems = [f"sources[{i}].{p}" for i, params in enumerate(recipe.source_params())
+                for p in params.check_paths(recipe.base_dir)]
+    problems += [f"stages[{i}].{p}" for i, (_, params) in enumerate(recipe.stage_params())
+                 for p in params.check_paths(recipe.base_dir)]
+    folder = Path(recipe.output.dir).expanduser().absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a folder" if not existing.is_dir() else "is not writable"
+        problems.append(f"output.dir: cannot write {str(folder)!r}: {str(existing)!r} {why}")
+    return problems
 
 
 def _yaml_line(err: yaml.YAMLError) -> str:
@@ -156,21 +235,35 @@ def validate_recipe(raw: Any, *, where: str = "recipe", overrides: dict[str, Any
     if not isinstance(raw, dict):
         raise RecipeError(where, [f"the recipe must be a mapping of keys, got {type(raw).__name__}"])
     raw = _apply_overrides(raw, overrides or {})
+    table = recipe_sections()
+    core = {k: v for k, v in raw.items() if k not in table}
     problems: list[str] = []
     try:
-        recipe = Recipe.model_validate(raw)
+        Recipe.model_validate(core)
     except ValidationError as err:
         problems.extend(_format_errors(err, Recipe, prefix=""))
-        recipe = None
     problems.extend(_check_entries(raw.get("sources"), "sources", source_types(), keep_type=True))
-    problems.extend(_check_entries(raw.get("stages"), "stages", stage_types(), keep_type=False))
-    for phase in ("synth", "select"):
-        if isinstance(raw.get(phase), dict):
-            problems.extend(_check_entries(raw[phase].get("stages"), f"{phase}.stages", stage_types(), keep_type=False))
-    problems.extend(section_problems(raw))
-    if problems or recipe is None:
+    problems.extend(stage_entry_problems(raw.get("stages"), "stages"))
+    for name, section in table.items():
+        if raw.get(name) is not None:
+            problems.extend(_section_problems(name, section, raw[name]))
+    if problems:
         raise RecipeError(where, problems)
-    return recipe
+    return Recipe.model_validate(raw)
+
+
+def _section_problems(name: str, section: RecipeSection, value: Any) -> list[str]:
+    if section.model is not None:
+        try:
+            section.model.model_validate(value)
+        except ValidationError as err:
+            return _format_errors(err, section.model, prefix=name)
+    return section.check(value, name) if section.check is not None else []
+
+
+def stage_entry_problems(entries: Any, section: str) -> list[str]:
+    """`section[i].key: problem` lines for a list of stage entries (`stages`, `synth.stages`…)."""
+    return _check_entries(entries, section, stage_types(), keep_type=False)
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -233,7 +326,10 @@ def _describe(e: dict[str, Any], model: type[BaseModel], loc: tuple) -> str:
     shown = repr(value) if not isinstance(value, dict) else "{...}"
     if kind == "extra_forbidden":
         owner = _owner_model(model, loc[:-1])
-        allowed = ", ".join(owner.model_fields) if owner else "?"
+        keys = list(owner.model_fields) if owner else ["?"]
+        if owner is Recipe:
+            keys = [k for k in keys if k != "sections"] + list(recipe_sections())
+        allowed = ", ".join(keys)
         return f"unknown key; allowed keys: {allowed}"
     if kind == "missing":
         return "required key is missing"

@@ -1,56 +1,20 @@
 """Name→class tables for stage and source types; recipes pick entries by their `type:` name.
 
 Recipes can never name code: only types registered here exist. Modules that define stages or
-sources are listed in `_STAGE_MODULES` / `_SOURCE_MODULES` and imported on first lookup; they
-must import heavy libraries (torch, fasttext…) lazily, inside `setup()`.
+sources are plug-ins (the `datamill.plugins` entry points, see `engine.plugins`), imported on the
+first lookup; they must import heavy libraries (torch, fasttext…) lazily, inside `setup()`.
 """
 
 from __future__ import annotations
 
-import importlib
 from typing import TypeVar
 
+from datamill.curate.engine.plugins import load_plugins
 from datamill.curate.engine.source import Source
 from datamill.curate.engine.stage import Stage
 
-_STAGE_MODULES = (
-    "datamill.curate.engine.stages",
-    "datamill.curate.dedup.exact",
-    "datamill.curate.dedup.lines",
-    "datamill.curate.dedup.minhash_stage",
-    "datamill.curate.dedup.lsh_index",
-    "datamill.curate.dedup.semantic",
-    "datamill.filters.decontaminate",
-    "datamill.filters.language",
-    "datamill.filters.gopher",
-    "datamill.filters.c4",
-    "datamill.filters.fineweb",
-    "datamill.filters.perplexity",
-    "datamill.curate.selection.dsir",
-    "datamill.curate.selection.budget",
-    "datamill.curate.selection.mix",
-    "datamill.curate.selection.rho",
-    "datamill.curate.selection.ifd",
-    "datamill.curate.selection.lobass",
-    "datamill.curate.selection.ds_weight",
-    "datamill.synth.distill",
-    "datamill.synth.reflect",
-    "datamill.synth.codeswitch.switch",
-    "datamill.synth.codeswitch.transliterate",
-    "datamill.synth.codeswitch.verify",
-    "datamill.synth.codeswitch.llm",
-)
-_SOURCE_MODULES = (
-    "datamill.curate.sources.jsonl",
-    "datamill.curate.sources.tables",
-    "datamill.curate.sources.installed_docs",
-    "datamill.synth.self_instruct",
-)
-
 _stages: dict[str, type[Stage]] = {}
 _sources: dict[str, type[Source]] = {}
-_loaded = False
-
 StageT = TypeVar("StageT", bound=type[Stage])
 SourceT = TypeVar("SourceT", bound=type[Source])
 
@@ -76,19 +40,11 @@ def _register(table: dict, cls: type) -> None:
     table[name] = cls
 
 
-def _load() -> None:
-    global _loaded
-    if not _loaded:
-        for module in _STAGE_MODULES + _SOURCE_MODULES:
-            importlib.import_module(module)
-        _loaded = True
-
-
 def stage_types() -> dict[str, type[Stage]]:
-    _load()
+    load_plugins()
     return dict(sorted(_stages.items()))
 
 
 def source_types() -> dict[str, type[Source]]:
-    _load()
+    load_plugins()
     return dict(sorted(_sources.items()))

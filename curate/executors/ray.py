@@ -2,11 +2,12 @@
 
 Every segment of the pipeline becomes one Ray Dataset: the shards the local executor plans
 (`Source.plan()`, saved in state/plan.pkl) are its rows, and one `map_batches` call runs the
-segment's Stage objects over each shard with the local executor's `ShardRun` (so error bisection
+segment's Stage objects over each shard with the same `ShardRun` as the local executor (so error bisection
 → quarantine, drop counting, removed/, the atomic commit and the done markers are the same code).
 A segment whose stages load models in `setup()` or want GPUs runs in an actor pool (models load
 once per actor, `num_cpus`/`num_gpus` from the stages' `Resources`); other segments run as tasks.
-Barrier stages summarize in the segment before them, reduce on the driver, then apply.
+Barrier stages summarize in the segment before them, reduce on the driver, then apply
+(the shared orchestration in `executors.run`).
 
 A worker that dies (killed, out of memory) is restarted by Ray and its shard re-run from scratch:
 a shard's files only appear by rename with its done marker, so a retry never duplicates output.
@@ -15,78 +16,68 @@ The run directory must be on a filesystem every node and the driver see (NFS, a 
 
 from __future__ import annotations
 
-import time
 import warnings
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import numpy as np
 
-from datamill.curate.executors.local import (
-    finish_run,
-    ProgressCallback,
-    RunError,
-    _check_same_recipe,
-    _load_or_make_plan,
-    _phase_name,
-    _reduce_barrier,
-)
 from datamill.curate.engine.layout import RunLayout
-from datamill.curate.engine.pipeline import Pipeline, Segment, ShardRun
+from datamill.curate.engine.pipeline import Pipeline, Segment
 from datamill.curate.engine.recipe import Recipe
 from datamill.curate.engine.source import ShardSpec
 from datamill.curate.engine.stage import Resources, Stage
+from datamill.curate.executors.run import Executor, RunError, ShardProgress, register_executor
+from datamill.curate.executors.workers import ShardFailed, records_seen, run_shard_reporting
 
 MAX_RESTARTS = 3
 """How often Ray restarts a dead actor / retries a shard whose worker died, before the run fails."""
 
 
-class ShardFailed(RuntimeError):
-    """A shard that raised outside any stage's batch (source read, stage setup, writing)."""
+@register_executor
+class RayExecutor(Executor):
+    """Each segment one Ray Dataset over the shards to do (see the module docstring)."""
 
+    type_name = "ray"
 
-def run_recipe_ray(
-    recipe: Recipe,
-    *,
-    workers: int | None = None,
-    resume: bool = True,
-    base_dir: str | Path | None = None,
-    address: str | None = None,
-    progress: ProgressCallback | None = None,
-) -> dict[str, Any]:
-    """Run `recipe` on Ray (the running one, `address`, or a new local cluster); return its stats."""
-    import ray
+    def __init__(self, recipe: Recipe, pipeline: Pipeline, specs: list[ShardSpec], layout: RunLayout,
+                 workers: int | None):
+        super().__init__(recipe, pipeline, specs, layout, workers)
+        self.run_dir = str(layout.root.resolve())
+        self.started_ray = False
+        self.used = 1
 
-    started_wall, started = datetime.now(timezone.utc), time.perf_counter()
-    layout = RunLayout(recipe.output.dir)
-    if not resume:
-        layout.clear()
-    _check_same_recipe(layout, recipe)
-    pipeline = Pipeline(recipe, str(Path(recipe.base_dir if base_dir is None else base_dir).resolve()))
-    specs = _load_or_make_plan(layout, pipeline)
-    notify = progress or (lambda *args: None)
-    run_dir = str(layout.root.resolve())
-
-    started_ray = _connect(address or recipe.executor.address)
-    try:
+    def __enter__(self) -> RayExecutor:
+        self.started_ray = _connect(self.recipe.executor.address)
         _quiet_ray_data()
-        used = 1
-        for segment in pipeline.segments:
-            if segment.barrier is not None:
-                _reduce_barrier(layout, segment.index, segment.barrier)
-            todo = [i for i in range(len(specs)) if not layout.is_done(segment.index, i)]
-            phase = _phase_name(pipeline, segment.index)
-            notify(phase, len(specs) - len(todo), len(specs), 0)
-            if todo:
-                used = max(used, _run_segment(segment, todo, specs, pipeline, run_dir,
-                                              workers or recipe.executor.workers, phase, notify))
-    finally:
-        if started_ray:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.started_ray:
+            import ray
+
             ray.shutdown()
 
-    return finish_run(layout, pipeline, recipe, executor="ray", workers=used,
-                      started_wall=started_wall, started=started)
+    @property
+    def workers_used(self) -> int:
+        return self.used
+
+    def map_shards(self, segment: Segment, shards: list[int]) -> Iterator[ShardProgress]:
+        import ray
+        from ray.util.annotations import RayDeprecationWarning
+
+        needs, stateful = segment_resources(segment)
+        size = min(len(shards), self.workers or _cluster_slots(needs))
+        self.used = max(self.used, size)
+        items = ray.data.from_items([{"segment": segment.index, "shard": i} for i in shards],
+                                    override_num_blocks=len(shards))
+        with warnings.catch_warnings():  # retry limits have no named parameter yet (Ray 2.60)
+            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", RayDeprecationWarning)
+            done = _map_shards(items, stateful, size, needs, self.pipeline, self.specs, self.run_dir)
+        try:
+            for row in done.iter_rows():
+                yield ShardProgress(records=int(row["records"]), finished=True)
+        except Exception as err:
+            raise RunError(_root_message(err)) from err
 
 
 def _connect(address: str | None) -> bool:
@@ -122,28 +113,6 @@ def segment_resources(segment: Segment) -> tuple[Resources, bool]:
     gpus = max([s.resources.gpus for s in stages], default=0.0)
     stateful = any(type(s).setup is not Stage.setup or s.resources.gpus > 0 for s in stages)
     return Resources(cpus=cpus, gpus=gpus), stateful
-
-
-def _run_segment(segment: Segment, todo: list[int], specs: list[ShardSpec], pipeline: Pipeline, run_dir: str,
-                 workers: int | None, phase: str, notify: ProgressCallback) -> int:
-    import ray
-    from ray.util.annotations import RayDeprecationWarning
-
-    needs, stateful = segment_resources(segment)
-    size = min(len(todo), workers or _cluster_slots(needs))
-    shards = ray.data.from_items([{"segment": segment.index, "shard": i} for i in todo],
-                                 override_num_blocks=len(todo))
-    with warnings.catch_warnings():  # retry limits have no named parameter yet (Ray 2.60)
-        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", RayDeprecationWarning)
-        done = _map_shards(shards, stateful, size, needs, pipeline, specs, run_dir)
-    finished = len(specs) - len(todo)
-    try:
-        for row in done.iter_rows():
-            finished += 1
-            notify(phase, finished, len(specs), int(row["records"]))
-    except Exception as err:
-        raise RunError(_root_message(err)) from err
-    return size
 
 
 def _map_shards(shards, stateful: bool, size: int, needs: Resources, pipeline: Pipeline,
@@ -195,15 +164,10 @@ def _run_shard_batch(pipeline: Pipeline, layout: RunLayout, specs: list[ShardSpe
                      batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     records = []
     for segment, shard in zip(batch["segment"].tolist(), batch["shard"].tolist()):
-        if layout.is_done(segment, shard):  # a retry after the commit: nothing left to do
-            records.append(_records_seen(layout.read_marker(segment, shard)))
+        if layout.verified_done(segment, shard):  # a retry after the commit: nothing left to do
+            records.append(records_seen(layout.read_marker(segment, shard)))
             continue
-        try:
-            marker = ShardRun(pipeline, layout, segment, shard, specs[shard]).run()
-        except Exception as err:
-            raise ShardFailed(f"shard {shard} ({specs[shard].description}) failed: "
-                              f"{type(err).__name__}: {err}") from err
-        records.append(_records_seen(marker))
+        records.append(records_seen(run_shard_reporting(pipeline, layout, segment, shard, specs[shard])))
     return {"shard": batch["shard"], "records": np.asarray(records, dtype=np.int64)}
 
 
@@ -223,7 +187,3 @@ class _ShardActor:
         return _run_shard_batch(self.pipeline, self.layout, self.specs, batch)
 
 
-
-def _records_seen(marker: dict[str, Any]) -> int:
-    """Records a shard took in: read from the source (segment 0) or from the previous segment."""
-    return marker["records_read"] or max((s["records_in"] for s in marker["stages"].values()), default=0)

@@ -49,9 +49,9 @@ def arm_corpora(recipe, root: Path, spec: AblateSpec, *, workers, resume: bool, 
     if "curated" in spec.arms:
         arms["curated"] = (Path(done["curate"]["dir"]), curate_s, f"{len(recipe.stages)} recipe stage(s)")
     if "selected" in spec.arms:
-        if recipe.select is not None:
+        if recipe.section("select") is not None:
             extra = sum(done[name]["seconds"] for name in ("synth", "select") if name in done)
-            names = ", ".join(s["type"] for s in recipe.select.stages)
+            names = ", ".join(s["type"] for s in recipe.section("select").stages)
             arms["selected"] = (Path(done[done["last"]]["dir"]), curate_s + extra, f"recipe select: {names}")
         else:
             stages = default_selection(LoopLayout(recipe).target, spec)
@@ -74,10 +74,11 @@ def run_ablation(recipe, *, workers: int | None = None, resume: bool = True, log
     """Build every arm's corpus, train every arm × seed, score each on the target; write the report."""
     from datamill.curate.report.ablation import render_ablation
 
-    if recipe.train is None:
+    if recipe.section("train") is None:
         raise LoopError(f"{recipe.name}: `datamill ablate` needs a `train:` section (model, seq_len, tokens)")
-    spec = recipe.ablate or AblateSpec()
-    recipe = recipe.model_copy(update={"eval": recipe.eval or EvalSpec()})
+    spec = recipe.section("ablate") or AblateSpec()
+    recipe = recipe.with_sections(eval=recipe.section("eval") or EvalSpec())
+    train_spec, eval_spec = recipe.section("train"), recipe.section("eval")
     root = Path(recipe.output.dir) / "ablate"
     if not resume:
         import shutil
@@ -94,9 +95,9 @@ def run_ablation(recipe, *, workers: int | None = None, resume: bool = True, log
         log(f"{arm}: {data['records']:,} training records ({data['dropped_as_target']} dropped as target)")
         arm_runs = []
         for seed in spec.seeds:
-            cfg = train_config(recipe.train, data_dir, root / arm / f"seed-{seed}", recipe.eval, seed=seed)
+            cfg = train_config(train_spec, data_dir, root / arm / f"seed-{seed}", eval_spec, seed=seed)
             trained = train_phase(cfg, root / arm / f"seed-{seed}.train.json", resume=resume, log=log)
-            scored = eval_phase(cfg, target_dir, recipe.eval, root / arm / f"seed-{seed}.eval.json", resume=resume,
+            scored = eval_phase(cfg, target_dir, eval_spec, root / arm / f"seed-{seed}.eval.json", resume=resume,
                                 log=log, keep_last_checkpoint=False)
             arm_runs.append({"arm": arm, "seed": seed, "steps": trained["steps"], "tokens": trained["tokens"],
                              "train_seconds": trained["seconds"], "eval_seconds": scored["seconds"],
@@ -114,8 +115,8 @@ def run_ablation(recipe, *, workers: int | None = None, resume: bool = True, log
                      "curation_seconds": curation_s,
                      "train_seconds": float(np.mean([r["train_seconds"] for r in arm_runs])),
                      "eval_seconds": float(np.mean([r["eval_seconds"] for r in arm_runs]))})
-    result = {"recipe": recipe.name, "seeds": spec.seeds, "model": recipe.train.get("model"),
-              "seq_len": recipe.train.get("seq_len"), "target": {**done["target"], "dir": str(target_dir)},
+    result = {"recipe": recipe.name, "seeds": spec.seeds, "model": train_spec.get("model"),
+              "seq_len": train_spec.get("seq_len"), "target": {**done["target"], "dir": str(target_dir)},
               "arms": arms, "runs": runs, "verdict": verdict(arms)}
     (root / "ablation.json").write_text(json.dumps(result, indent=2))
     result["report"] = {k: str(v) for k, v in render_ablation(result, root).items()}

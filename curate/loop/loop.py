@@ -30,8 +30,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-LOOP_SECTIONS = ("synth", "select", "train", "eval", "ablate")
-"""Recipe sections that run after curation; they never change the curation fingerprint."""
+from datamill.curate.engine.recipe import RecipeSection, register_section, stage_entry_problems
 
 TARGET_FILE = "target.parquet"
 
@@ -72,21 +71,30 @@ class AblateSpec(BaseModel):
     select_min_words: int = Field(20, ge=0, description="Without a `select` section: DSIR's min_words.")
 
 
-def section_problems(raw: dict[str, Any]) -> list[str]:
-    """`key.path: problem` lines for the train section (the other sections are pydantic fields)."""
+def train_section_problems(section: Any, where: str) -> list[str]:
+    """`key.path: problem` lines for the train section (the trainer's own config, data set later)."""
     from datamill.train.config import TrainConfig, format_validation_error
 
-    section = raw.get("train")
-    if section is None:
-        return []
     if not isinstance(section, dict):
-        return [f"train: expected a mapping of training settings, got {type(section).__name__}"]
+        return [f"{where}: expected a mapping of training settings, got {type(section).__name__}"]
     data = {"path": "<set by the loop>", **(section.get("data") or {})}
     try:
         TrainConfig.model_validate({**section, "data": data})
     except ValidationError as err:
-        return format_validation_error(err, "train").splitlines()
+        return format_validation_error(err, where).splitlines()
     return []
+
+
+def phase_stage_problems(section: Any, where: str) -> list[str]:
+    """Each stage entry of a `synth:`/`select:` section checked like the recipe's own `stages`."""
+    return stage_entry_problems(section.get("stages"), f"{where}.stages") if isinstance(section, dict) else []
+
+
+for _phase in ("synth", "select"):
+    register_section(_phase, RecipeSection(PhaseSpec, phase_stage_problems, "more stages after curation"))
+register_section("train", RecipeSection(None, train_section_problems, "datamill.train's config; data comes from the loop"))
+register_section("eval", RecipeSection(EvalSpec, None, "held-out target text and how the model is scored"))
+register_section("ablate", RecipeSection(AblateSpec, None, "`datamill ablate`: raw vs curated vs selected"))
 
 
 # ---- folders and markers ------------------------------------------------------------------------
@@ -168,7 +176,7 @@ def stage_run(recipe, name: str, sources: list[dict], stages: list[dict], out_di
 
 def run_stages(recipe, name: str, marker: Path, *, workers: int | None, resume: bool, log) -> dict:
     """Run a curation recipe (resumable shard by shard) unless its marker says it is done."""
-    from datamill.curate.executors.local import run_recipe
+    from datamill.curate.executors.run import run_recipe
 
     key = recipe.fingerprint()
     done = finished(marker, key) if resume else None
@@ -356,16 +364,17 @@ def data_phases(recipe, *, workers: int | None = None, resume: bool = True, log:
     layout = LoopLayout(recipe)
     if not resume:
         shutil.rmtree(layout.root, ignore_errors=True)
-    plain = recipe.model_copy(update={name: None for name in LOOP_SECTIONS})
+    plain = recipe.with_sections(**{name: None for name in recipe.sections})
+    target_spec = recipe.section("eval")
     done = {"curate": run_stages(plain, "curate", layout.marker("curate"), workers=workers, resume=resume, log=log)}
-    if recipe.eval is not None:
-        key = digest({"curate": done["curate"]["key"], "eval": recipe.eval.model_dump(), "seed": recipe.seed})
+    if target_spec is not None:
+        key = digest({"curate": done["curate"]["key"], "eval": target_spec.model_dump(), "seed": recipe.seed})
         done["target"] = finished(layout.marker("target"), key) or mark(
-            layout.marker("target"), key, **carve_target(layout.curated, layout.target, recipe.eval, recipe.seed))
+            layout.marker("target"), key, **carve_target(layout.curated, layout.target, target_spec, recipe.seed))
         log(f"target: {done['target']['docs']} held-out documents in {layout.target / TARGET_FILE}")
     previous = layout.curated
     for name in ("synth", "select"):
-        spec = getattr(recipe, name)
+        spec = recipe.section(name)
         if spec is None:
             continue
         sources = [corpus_source(previous, recipe.output.format, name)]
@@ -381,17 +390,18 @@ def run_loop(recipe, *, workers: int | None = None, resume: bool = True, log: Ca
     """Run every phase the recipe has, skipping finished ones; returns what each phase did."""
     layout = LoopLayout(recipe)
     done = data_phases(recipe, workers=workers, resume=resume, log=log)
-    if recipe.train is None:
+    train_spec, eval_spec = recipe.section("train"), recipe.section("eval")
+    if train_spec is None:
         return done
     last = done[done["last"]]
     data_dir = Path(last["dir"])
-    if recipe.eval is not None:
+    if eval_spec is not None:
         key = digest({"corpus": last["key"], "target": done["target"]["key"]})
         marker, data_dir = layout.marker("train_data"), layout.phase("train_data")
         done["train_data"] = finished(marker, key) or mark(marker, key, **without_target(
             Path(last["dir"]), layout.target, data_dir))
-    cfg = train_config(recipe.train, data_dir, Path(recipe.train.get("out_dir") or layout.phase("train")), recipe.eval)
+    cfg = train_config(train_spec, data_dir, Path(train_spec.get("out_dir") or layout.phase("train")), eval_spec)
     done["train"] = train_phase(cfg, layout.marker("train"), resume=resume, log=log)
-    if recipe.eval is not None:
-        done["eval"] = eval_phase(cfg, layout.target, recipe.eval, layout.marker("eval"), resume=resume, log=log)
+    if eval_spec is not None:
+        done["eval"] = eval_phase(cfg, layout.target, eval_spec, layout.marker("eval"), resume=resume, log=log)
     return done

@@ -14,7 +14,8 @@ import polars as pl
 from matplotlib.figure import Figure as MplFigure
 
 from datamill.curate.report.plots import DPI, STAGE_COLOR, compact
-from datamill.curate.report.render import Block, Code, Facts, Figure, Heading, Table, count, percent
+from datamill.curate.report.render import (
+    Block, Code, Facts, Figure, Heading, Table, count, percent, register_report_section)
 
 CS_COLUMNS = ("cs_ratio", "switch_points", "matrix_lang", "cs_langs")
 PLOT_NAME = "codeswitch"
@@ -75,7 +76,8 @@ def plot_codeswitch(frame: pl.DataFrame, path: Path) -> Path | None:
     return path
 
 
-def codeswitch_blocks(run_dir: Path, plots_dir: Path) -> list[Block]:
+@register_report_section("codeswitch")
+def codeswitch_blocks(run_dir: Path, stats: dict, plots_dir: Path) -> list[Block]:
     """The section's blocks; empty when the output has no `cs_ratio` column."""
     target = plots_dir / f"{PLOT_NAME}.png"
     target.unlink(missing_ok=True)

@@ -12,11 +12,13 @@ import base64
 import html
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Union
 
+from datamill.curate.engine.plugins import load_plugins
 from datamill.curate.report.plots import draw_all
 
 PLOT_TITLES = {
@@ -140,7 +142,10 @@ def source_blocks(stats: dict[str, Any]) -> list[Block]:
         rows.append(["total", "", *(count(sum(s[key] for s in sources)) for key in
                                      ("shards", "records_read", "records_ok", "quarantined"))])
     headers = ["source", "type", "shards", "records read", "records ok", "quarantined"]
-    return blocks + [Table(headers, rows, numeric_from=2)]
+    skipped = [Para(f"Skipped by source {s['name']} (read and counted, not documents): " + ", ".join(
+        f"{reason} {count(n)}" for reason, n in s["skipped"].items()) + ".")
+        for s in sources if s.get("skipped")]
+    return blocks + [Table(headers, rows, numeric_from=2), *skipped]
 
 
 def funnel_blocks(stats: dict[str, Any]) -> list[Block]:
@@ -345,6 +350,32 @@ def to_html(blocks: list[Block], title: str) -> str:
     return "\n".join(parts)
 
 
+ReportSection = Callable[[Path, dict[str, Any], Path], list[Block]]
+"""(run dir, stats, plots dir) -> the section's blocks, empty when the run has nothing for it."""
+
+_sections: dict[str, ReportSection] = {}
+
+
+def register_report_section(name: str):
+    """Decorator: a feature adds its own section to every report (code-switching, classifiers…);
+    sections are appended after the core report, in name order."""
+
+    def add(function: ReportSection) -> ReportSection:
+        _sections[name] = function
+        return function
+
+    return add
+
+
+def section_blocks(run_dir: Path, stats: dict[str, Any], plots_dir: Path) -> list[Block]:
+    """The blocks of every registered report section, in name order."""
+    load_plugins()
+    blocks: list[Block] = []
+    for name in sorted(_sections):
+        blocks += _sections[name](run_dir, stats, plots_dir)
+    return blocks
+
+
 def render_report(run_dir: Path) -> dict[str, Path]:
     """Write report.md, report.html and plots/*.png for the run in `run_dir`.
 
@@ -354,10 +385,7 @@ def render_report(run_dir: Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     stats = json.loads((run_dir / "stats.json").read_text(encoding="utf-8"))
     plots = draw_all(stats, run_dir / "plots")
-    blocks = report_blocks(stats, plots)
-    from datamill.curate.report.codeswitch import codeswitch_blocks  # optional section
-
-    blocks += codeswitch_blocks(run_dir, run_dir / "plots")
+    blocks = report_blocks(stats, plots) + section_blocks(run_dir, stats, run_dir / "plots")
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     md_path.write_text(to_markdown(blocks), encoding="utf-8")
     html_path.write_text(to_html(blocks, f"datamill report: {stats['recipe']}"), encoding="utf-8")
