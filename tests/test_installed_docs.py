@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import json.decoder
+import sys
 from importlib import metadata
 
 import orjson
@@ -243,3 +244,37 @@ def test_recipes_find_the_source_by_its_type_name():
 
     assert source_types()["installed_docs"] is InstalledDocs
     assert InstalledDocsParams.model_validate({"type": "installed_docs", "limit": 10}).limit == 10
+
+
+def fake_distribution(site, name: str, version: str, readme: str) -> None:
+    info = site / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n\n{readme}\n")
+
+
+def test_workers_read_the_planned_distributions_whatever_their_sys_path_holds(tmp_path, monkeypatch):
+    planned_site, worker_site = tmp_path / "planned", tmp_path / "worker"
+    fake_distribution(planned_site, "alpha-mill", "1.0", "Alpha grinds grain into flour for the valley.")
+    fake_distribution(planned_site, "gamma-mill", "2.0", "Gamma saws timber beside the weir.")
+    fake_distribution(worker_site, "alpha-mill", "1.0", "A different README that shadows alpha in the worker.")
+    fake_distribution(worker_site, "beta-mill", "0.5", "Beta is installed only where the worker runs.")
+    stdlib_only = [p for p in sys.path if "site-packages" not in p]
+    monkeypatch.setattr("sys.path", [str(planned_site), *stdlib_only])
+    source = make_source(include=["packages"])
+    shards = source.plan()
+
+    planned_records, *_ = read_all(source, shards)
+    monkeypatch.setattr("sys.path", [str(worker_site), str(planned_site), *stdlib_only])
+    worker_records, worker_quarantine, *_ = read_all(source, shards)
+    for folder in planned_site.glob("gamma*"):
+        (folder / "METADATA").unlink()
+        folder.rmdir()
+    after_removal, quarantine, *_ = read_all(source, shards)
+
+    mills = pl.col("id").str.ends_with("-mill==1.0") | pl.col("id").str.ends_with("-mill==2.0")
+    assert planned_records.filter(mills)["id"].to_list() == ["pkg:alpha-mill==1.0", "pkg:gamma-mill==2.0"]
+    assert_frame_equal(worker_records, planned_records)
+    assert worker_quarantine.height == 0
+    assert after_removal.filter(mills)["id"].to_list() == ["pkg:alpha-mill==1.0"]
+    assert quarantine["reason"].to_list() == ["missing_distribution"]
+    assert "gamma-mill==2.0 was planned from" in quarantine["detail"][0]

@@ -7,6 +7,11 @@ a long description (its README, from `importlib.metadata`) becomes one more reco
 and varied (prose, reST, Markdown, HTML badges) with real near and exact duplicates (the generated
 `encodings/cp*.py` codecs, "Internal function." all over tkinter), so curation stages have work.
 A file that cannot be parsed goes to quarantine (reason `unparsable_python`).
+
+The input is fixed when the run is planned: the plan (saved with the run) lists the stdlib files
+and, for each distribution, its name, version and metadata folder. Workers read exactly those,
+so a worker whose `sys.path` holds other distributions (Ray's workers do) reads the same records;
+a planned distribution that is gone or changed in a worker is quarantined as `missing_distribution`.
 """
 
 from __future__ import annotations
@@ -110,6 +115,8 @@ class PackageDoc:
     version: str
     text: str
     content_type: str | None
+    folder: str | None = None
+    """The distribution's metadata folder (`*.dist-info` / `*.egg-info`) found at planning."""
 
 
 def docstrings(tree: ast.Module, min_chars: int) -> list[Docstring]:
@@ -175,7 +182,9 @@ def package_doc(dist: metadata.Distribution, min_chars: int) -> PackageDoc | Non
     text = text.strip()
     if not text or text == "UNKNOWN" or len(text) < min_chars:
         return None
-    return PackageDoc(normalized_name(name), name, version, text, meta.get("Description-Content-Type"))
+    folder = getattr(dist, "_path", None)  # PathDistribution's metadata folder (no public accessor)
+    return PackageDoc(normalized_name(name), name, version, text, meta.get("Description-Content-Type"),
+                      None if folder is None else str(Path(folder).resolve()))
 
 
 def installed_packages(min_chars: int) -> list[PackageDoc]:
@@ -274,9 +283,9 @@ class InstalledDocs(Source):
             packages = installed_packages(self.params.min_chars)[:remaining]
             for start in range(0, len(packages), self.params.packages_per_shard):
                 chunk = packages[start : start + self.params.packages_per_shard]
-                keys = [[doc.key, doc.version] for doc in chunk]
+                planned = [{"key": doc.key, "version": doc.version, "folder": doc.folder} for doc in chunk]
                 description = f"packages {chunk[0].key} … {chunk[-1].key} ({len(chunk)} distributions)"
-                shards.append(ShardSpec(self.index, description, {"kind": "packages", "packages": keys}))
+                shards.append(ShardSpec(self.index, description, {"kind": "packages", "packages": planned}))
         return shards
 
     def _count_docstrings(self, root: Path, files: list[str], limit: int) -> list[int]:
@@ -331,25 +340,31 @@ class InstalledDocs(Source):
         yield from batch.rest()
 
     def _read_packages(self, payload: dict, batch_rows: int) -> Iterator[SourceBatch]:
+        """Exactly the distributions of the plan, read from the metadata folders found then (never
+        from what this process' `sys.path` holds); one gone or changed is `missing_distribution`."""
         batch = BatchBuilder(self.name, PACKAGE_FIELDS, self.params)
-        for key, version in payload["packages"]:
-            doc = self._find_package(key, version)
+        for planned in payload["packages"]:
+            key, version, folder = planned["key"], planned["version"], planned["folder"]
+            doc, why = self._planned_package(key, version, folder)
             if doc is None:
                 batch.quarantine.append(quarantine_row(
-                    self.name, f"{key}=={version}", None, "missing_distribution",
-                    f"{key}=={version} was planned but is no longer installed with a description", None))
+                    self.name, folder or f"{key}=={version}", None, "missing_distribution",
+                    f"{key}=={version} was planned from {folder} but {why}", None))
                 continue
             batch.add(f"pkg:{doc.key}=={doc.version}", doc.text, kind="package", name=doc.name,
                       version=doc.version, content_type=doc.content_type)
             yield from batch.full_batches(batch_rows)
         yield from batch.rest()
 
-    def _find_package(self, key: str, version: str) -> PackageDoc | None:
-        """The first distribution on `sys.path` with this normalized name and version, as planned."""
-        for dist in metadata.distributions(name=key):
-            try:
-                if dist.version == version:
-                    return package_doc(dist, self.params.min_chars)
-            except (OSError, TypeError, ValueError):
-                continue
-        return None
+    def _planned_package(self, key: str, version: str, folder: str | None) -> tuple[PackageDoc | None, str]:
+        """The planned distribution's description, or None and why it cannot be read."""
+        if folder is None or not Path(folder).is_dir():
+            return None, "that folder is gone"
+        try:
+            doc = package_doc(metadata.PathDistribution(Path(folder)), self.params.min_chars)
+        except (OSError, TypeError, ValueError) as error:
+            return None, f"its metadata cannot be read ({error})"
+        if doc is None or (doc.key, doc.version) != (key, version):
+            found = "no description" if doc is None else f"{doc.key}=={doc.version}"
+            return None, f"it now holds {found}"
+        return doc, ""
