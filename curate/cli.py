@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from datamill.curate.engine.recipe import RecipeError, builtin_recipe_names, load_recipe
+from datamill.recipes import builtin_recipe_names
 from datamill.train.cli import train as train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -81,7 +81,7 @@ def run(
 def validate(recipe: str = typer.Argument(..., help=RECIPE_HELP)) -> None:
     """Check a recipe without running it."""
     parsed = _load_or_exit(recipe, {})
-    console.print(f"[green]ok[/] {parsed.name}: {len(parsed.sources)} source(s), {len(parsed.stages)} stage(s) "
+    Console().print(f"[green]ok[/] {parsed.name}: {len(parsed.sources)} source(s), {len(parsed.stages)} stage(s) "
                   f"→ {parsed.output.dir}")
 
 
@@ -96,14 +96,14 @@ def stages() -> None:
         out.rule(title)
         for name, cls in table_of_types.items():
             doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-            table = Table(title=f"[bold]{name}[/] — {doc}", title_justify="left", show_edge=False)
+            table = Table(title=f"[bold]{name}[/] — {escape(doc)}", title_justify="left", show_edge=False)
             for column in ("parameter", "type", "default", "description"):
                 table.add_column(column)
             for row in describe_params(cls.Params):
                 if row["name"] == "type":
                     continue
                 default = "required" if row["required"] else repr(row["default"])
-                table.add_row(row["name"], row["type"], default, row["description"])
+                table.add_row(*(escape(text) for text in (row["name"], row["type"], default, row["description"])))
             out.print(table)
 
 
@@ -195,6 +195,8 @@ app.command("train")(train_command)
 
 
 def _load_or_exit(recipe: str, overrides: dict):
+    from datamill.curate.engine.recipe import RecipeError, load_recipe
+
     try:
         return load_recipe(recipe, overrides)
     except RecipeError as err:
@@ -241,7 +243,11 @@ def _print_summary(stats: dict) -> None:
         f"({out['tokens']:,} tokens) in {out['files']} file(s); {q:,} quarantined{damage_note}"
     )
     root = Path(stats["run_dir"])
-    console.print(f"corpus: {root / 'shards'}\nreport: {root / 'report.html'}")
+    if out["files"]:
+        console.print(f"corpus: {root / 'shards'}")
+    else:
+        console.print("corpus: [yellow]no records were kept[/], so no shard files were written")
+    console.print(f"report: {root / 'report.html'}")
 
 
 def main() -> None:

@@ -249,6 +249,8 @@ class BatchBuilder:
 
 @register_source
 class InstalledDocs(Source):
+    """Docstrings of the Python standard library and READMEs of installed packages (offline text)."""
+
     type_name = "installed_docs"
     Params = InstalledDocsParams
     params: InstalledDocsParams

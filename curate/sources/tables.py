@@ -124,6 +124,8 @@ class ParquetSource(FileSource):
 
 @register_source
 class HfSource(Source):
+    """A Hugging Face dataset: a `save_to_disk` folder, local data files or a Hub id (`datasets`)."""
+
     type_name = "hf"
     Params = HfParams
     params: HfParams
