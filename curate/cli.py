@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from datamill.curate.engine.recipe import RecipeError, builtin_recipe_names, load_recipe
+from datamill.recipes import builtin_recipe_names
 from datamill.train.cli import train as train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -195,6 +195,8 @@ app.command("train")(train_command)
 
 
 def _load_or_exit(recipe: str, overrides: dict):
+    from datamill.curate.engine.recipe import RecipeError, load_recipe
+
     try:
         return load_recipe(recipe, overrides)
     except RecipeError as err:

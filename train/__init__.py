@@ -1,6 +1,17 @@
-"""Train causal LMs on a datamill corpus: `train(config) -> TrainResult`, or `datamill train CONFIG`."""
+"""Train causal LMs on a datamill corpus: `train(config) -> TrainResult`, or `datamill train CONFIG`.
 
-from datamill.train.config import TrainConfig, TrainConfigError, load_config
-from datamill.train.loop import TrainResult, train
+The names below are loaded on first use, so `datamill --help` does not pay for importing torch.
+"""
 
-__all__ = ["TrainConfig", "TrainConfigError", "TrainResult", "load_config", "train"]
+from importlib import import_module
+
+_HOMES = {"TrainConfig": "config", "TrainConfigError": "config", "load_config": "config",
+          "TrainResult": "loop", "train": "loop"}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'datamill.train' has no attribute {name!r}")
+    return getattr(import_module(f"datamill.train.{_HOMES[name]}"), name)

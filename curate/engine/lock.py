@@ -29,6 +29,14 @@ class RunLock:
         self._lock: FileLock | None = None
 
     def __enter__(self) -> RunLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        """Take the lock now or raise RunLocked naming the holder."""
         try:
             self.state.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -42,9 +50,8 @@ class RunLock:
         owner = {"pid": os.getpid(), "host": socket.gethostname(),
                  "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (self.state / "run.owner.json").write_text(json.dumps(owner))
-        return self
 
-    def __exit__(self, *exc) -> None:
+    def release(self) -> None:
         (self.state / "run.owner.json").unlink(missing_ok=True)
         if self._lock is not None:
             self._lock.release()

@@ -28,6 +28,7 @@ from datamill.curate.engine.plugins import load_plugins
 from datamill.curate.engine.registry import source_types, stage_types
 from datamill.curate.engine.source import SourceParams
 from datamill.curate.engine.stage import StageParams
+from datamill.recipes import builtin_recipe_names
 
 
 class RecipeError(ValueError):
@@ -175,11 +176,6 @@ def _without_type(entry: dict[str, Any]) -> dict[str, Any]:
 BUILTIN_RECIPES = "datamill.recipes"
 
 
-def builtin_recipe_names() -> list[str]:
-    folder = resources.files(BUILTIN_RECIPES)
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
-
-
 def resolve_recipe_path(name_or_path: str | Path) -> Path:
     """A recipe file path, or the name of a recipe that ships with datamill (e.g. `quickstart`)."""
     path = Path(name_or_path)
@@ -195,7 +191,9 @@ def load_recipe(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     """Read, parse and fully validate a recipe; `overrides` are applied to the raw mapping first."""
     path = resolve_recipe_path(name_or_path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml_bounded(path.read_text(encoding="utf-8"))
+    except YamlTooLarge as err:
+        raise RecipeError(str(path), [str(err)]) from None
     except yaml.constructor.ConstructorError as err:
         raise RecipeError(str(path), [f"line {_yaml_line(err)}: {err.problem}; recipes cannot contain "
                                       "Python tags or any other code"]) from None
@@ -223,6 +221,47 @@ def path_problems(recipe: Recipe) -> list[str]:
         why = "is not a folder" if not existing.is_dir() else "is not writable"
         problems.append(f"output.dir: cannot write {str(folder)!r}: {str(existing)!r} {why}")
     return problems
+
+
+MAX_EXPANDED_NODES = 100_000
+"""A recipe whose YAML aliases would expand to more nodes than this is refused before expansion."""
+
+
+class YamlTooLarge(ValueError):
+    """YAML whose aliases expand past MAX_EXPANDED_NODES (a "billion laughs" document)."""
+
+
+def read_yaml_bounded(text: str) -> Any:
+    """`yaml.safe_load`, but the node graph is measured first: each alias counts as the whole
+    subtree it repeats, so a few hundred bytes of nested aliases cannot expand into gigabytes."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _expanded_size(node, {})
+        if size > MAX_EXPANDED_NODES:
+            raise YamlTooLarge(f"its aliases expand to more than {MAX_EXPANDED_NODES:,} values ({size:,}); "
+                               "recipes may use anchors and aliases, but not to multiply content")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int]) -> int:
+    """Values in `node` once every alias is expanded; shared nodes are measured once (memo by id)."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    sizes[id(node)] = 1  # a node that contains itself counts once (safe_load refuses to build it anyway)
+    if isinstance(node, yaml.SequenceNode):
+        total = 1 + sum(_expanded_size(child, sizes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        total = 1 + sum(_expanded_size(k, sizes) + _expanded_size(v, sizes) for k, v in node.value)
+    else:
+        total = 1
+    sizes[id(node)] = min(total, 1 << 62)
+    return sizes[id(node)]
 
 
 def _yaml_line(err: yaml.YAMLError) -> str:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar, TypeVar
 import polars as pl
 
 from datamill.curate.engine.layout import RunLayout, write_json_atomic
-from datamill.curate.engine.lock import RunLock
+from datamill.curate.engine.lock import RunLock, RunLocked
 from datamill.curate.engine.pipeline import Pipeline, Segment
 from datamill.curate.engine.plugins import load_plugins
 from datamill.curate.engine.recipe import Recipe
@@ -112,33 +112,48 @@ def run_recipe(
     if kind is None:
         raise RunError(f"executor.type {recipe.executor.type!r} is not installed; "
                        f"known: {', '.join(executor_types())}")
-    started_wall, started = datetime.now(timezone.utc), time.perf_counter()
     layout = RunLayout(recipe.output.dir)
-    with RunLock(layout.root):
-        if not resume:
-            layout.clear()
-        check_same_recipe(layout, recipe)
-        pipeline = Pipeline(recipe, str(Path(recipe.base_dir if base_dir is None else base_dir).resolve()))
-        specs = load_or_make_plan(layout, pipeline)
-        notify = progress or (lambda *args: None)
-        if address is not None:
-            recipe = recipe.model_copy(update={"executor": recipe.executor.model_copy(update={"address": address})})
-        with kind(recipe, pipeline, specs, layout, workers or recipe.executor.workers) as executor:
-            for segment in pipeline.segments:
-                if segment.barrier is not None:
-                    reduce_barrier(layout, segment.index, segment.barrier, executor.reduce)
-                todo = [i for i in range(len(specs)) if not layout.verified_done(segment.index, i)]
-                phase = phase_name(pipeline, segment.index)
-                done = len(specs) - len(todo)
-                notify(phase, done, len(specs), 0)
-                if not todo:
-                    continue
-                for step in executor.map_shards(segment, todo):
-                    done += step.finished
-                    notify(phase, done, len(specs), step.records)
-            used = executor.workers_used
-        return finish_run(layout, pipeline, recipe, executor=recipe.executor.type, workers=used,
-                          started_wall=started_wall, started=started)
+    lock = RunLock(layout.root)
+    try:
+        lock.acquire()
+    except RunLocked as err:
+        raise RunError(str(err)) from None
+    try:
+        return _run_locked(recipe, layout, kind, workers=workers, resume=resume, base_dir=base_dir,
+                           progress=progress, address=address)
+    finally:
+        lock.release()
+
+
+def _run_locked(recipe: Recipe, layout: RunLayout, kind: type[Executor], *, workers, resume, base_dir,
+                progress, address) -> dict[str, Any]:
+    started_wall, started = datetime.now(timezone.utc), time.perf_counter()
+    if not resume:
+        layout.clear()
+    check_same_recipe(layout, recipe)
+    pipeline = Pipeline(recipe, str(Path(recipe.base_dir if base_dir is None else base_dir).resolve()))
+    specs = load_or_make_plan(layout, pipeline)
+    notify = progress or (lambda *args: None)
+    if address is not None:
+        recipe = recipe.model_copy(update={"executor": recipe.executor.model_copy(update={"address": address})})
+    with kind(recipe, pipeline, specs, layout, workers or recipe.executor.workers) as executor:
+        for segment in pipeline.segments:
+            if segment.barrier is not None:
+                reduce_barrier(layout, segment.index, segment.barrier, executor.reduce)
+            todo = [i for i in range(len(specs)) if not layout.verified_done(segment.index, i)]
+            phase = phase_name(pipeline, segment.index)
+            done = len(specs) - len(todo)
+            notify(phase, done, len(specs), 0)
+            if not todo:
+                continue
+            for step in executor.map_shards(segment, todo):
+                done += step.finished
+                notify(phase, done, len(specs), step.records)
+        used = executor.workers_used
+    return finish_run(layout, pipeline, recipe, executor=recipe.executor.type, workers=used,
+                      started_wall=started_wall, started=started)
+
+
 
 
 def finish_run(layout: RunLayout, pipeline: Pipeline, recipe: Recipe, *, executor: str, workers: int,
