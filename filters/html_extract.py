@@ -35,6 +35,7 @@ from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import DROP_REASON, Stage, StageParams
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
+WARM_UP_PAGE = "<html><head><title>t</title></head><body><p>A short paragraph.</p><script>x=1</script></body></html>"
 
 
 class HtmlExtractParams(StageParams):
@@ -85,6 +86,7 @@ class HtmlExtract(Stage):
     def setup(self) -> None:
         self._extract = trafilatura_extractor(self.params) if self.params.engine == "trafilatura" else \
             resiliparse_extractor(self.params)
+        self._extract(WARM_UP_PAGE)  # the first call loads lazily imported parts (~1 s): not a page's time
 
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self._extract is None:

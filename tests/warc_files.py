@@ -23,12 +23,12 @@ def warc_record(warc_type: str, url: str, block: bytes, content_type: str, extra
         "WARC-Type": warc_type,
         "WARC-Target-URI": url,
         "WARC-Date": DATE,
-        "WARC-Record-ID": rid or record_id(url, warc_type),
+        "WARC-Record-ID": record_id(url, warc_type) if rid is None else rid,
         **(extra or {}),
         "Content-Type": content_type,
         "Content-Length": str(len(block)),
     }
-    head = "WARC/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    head = "WARC/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items() if v != "") + "\r\n"
     return head.encode() + block + b"\r\n\r\n"
 
 
