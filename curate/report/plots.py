@@ -8,7 +8,10 @@ global figure state), so plotting works headless and inside worker processes.
 
 from __future__ import annotations
 
+import json
 import math
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -193,22 +196,96 @@ def plot_length_histogram(stats: dict[str, Any], path: Path) -> Path | None:
     return save(figure, path)
 
 
+ID_LIKE = re.compile(r"(^|_)(id|ids|hash|hashes|cluster|pos|position|index|seed)$")
+"""Numeric columns that name things rather than measure them (`dup_cluster` is a position):
+their histograms say nothing and are not drawn."""
+RULE = re.compile(r'col\("([^"]+)"\)\) (?:<|<=|>|>=) \(dyn (?:int|float): ([-+0-9.eE]+|inf)\)')
+"""A drop rule comparing a column with a number, as polars prints it: `[(col("ppl")) > (dyn float: 50)]`."""
+
+
 def drawable_scores(stats: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
-    """Score histograms that have matching edges/counts and at least one count."""
+    """Score histograms that have matching edges/counts, at least one count, and a column that is
+    a measurement (not an id, hash or cluster label)."""
     return {
         name: hist
         for name, hist in stats["histograms"].get("scores", {}).items()
-        if is_histogram(hist["edges"], hist["counts"])
+        if is_histogram(hist["edges"], hist["counts"]) and not ID_LIKE.search(name.rsplit(".", 1)[-1])
     }
 
 
-def plot_score_histograms(stats: dict[str, Any], path: Path) -> Path | None:
-    """Small multiples: one histogram per score column, three per row."""
+def is_log_binned(edges: list[float]) -> bool:
+    """Edges that are positive, evenly spaced in log and span more than two decades."""
+    values = np.asarray(edges, dtype=float)
+    if len(values) < 3 or values[0] <= 0 or values[-1] / values[0] <= 100:
+        return False
+    ratios = values[1:] / values[:-1]
+    return bool(np.allclose(ratios, ratios[0], rtol=1e-6))
+
+
+def rule_thresholds(rules: list[tuple[str, Any]]) -> dict[str, list[float]]:
+    """Column → the numbers a filter's drop rules compare it with (`ppl > 50` → {ppl: [50]})."""
+    found: dict[str, list[float]] = {}
+    for _, condition in rules:
+        for column, number in RULE.findall(str(condition)):
+            found.setdefault(column, []).append(float(number))
+    return found
+
+
+def recipe_thresholds(run_dir: str | Path) -> dict[str, list[float]]:
+    """`stage.column` → thresholds of the run's filters, from the recipe saved in its state/
+    (empty when there is none or it cannot be read)."""
+    saved = Path(run_dir) / "state" / "recipe.json"
+    if not saved.is_file():
+        return {}
+    try:
+        from datamill.curate.engine.pipeline import Pipeline
+        from datamill.curate.engine.recipe import Recipe
+        from datamill.curate.engine.stage import Filter
+
+        pipeline = Pipeline(Recipe.model_validate(json.loads(saved.read_text())["recipe"]))
+        return {
+            f"{stage.name}.{column}": values
+            for stage in pipeline.stages if isinstance(stage, Filter)
+            for column, values in rule_thresholds(stage.drop_rules()).items()
+        }
+    except Exception:  # an old or hand-edited recipe.json only costs the threshold lines
+        return {}
+
+
+@dataclass(frozen=True)
+class ScorePanel:
+    """One panel of the score grid: what is drawn, decided apart from drawing it."""
+
+    name: str
+    edges: np.ndarray
+    counts: list[float]
+    log_x: bool
+    thresholds: list[float]
+
+
+def score_panels(stats: dict[str, Any], thresholds: dict[str, list[float]] | None = None) -> list[ScorePanel]:
+    """The panels of the score grid: measurement columns only, a log x axis for log-binned
+    (heavy-tailed) scores, and the thresholds inside the drawn range (default: from the run's recipe)."""
     scores = drawable_scores(stats)
-    if not scores:
+    if thresholds is None:
+        thresholds = recipe_thresholds(stats["run_dir"]) if scores and stats.get("run_dir") else {}
+    panels = []
+    for name, hist in scores.items():
+        edges = np.asarray(hist["edges"], dtype=float)
+        log_x = is_log_binned(hist["edges"])
+        shown = [t for t in thresholds.get(name, []) if edges[0] <= t <= edges[-1] and (t > 0 or not log_x)]
+        panels.append(ScorePanel(name, edges, hist["counts"], log_x, shown))
+    return panels
+
+
+def plot_score_histograms(stats: dict[str, Any], path: Path,
+                          thresholds: dict[str, list[float]] | None = None) -> Path | None:
+    """Small multiples: one histogram per score column, three per row (see `score_panels`)."""
+    panels = score_panels(stats, thresholds)
+    if not panels:
         return None
-    columns = min(3, len(scores))
-    rows = math.ceil(len(scores) / columns)
+    columns = min(3, len(panels))
+    rows = math.ceil(len(panels) / columns)
     figure = Figure(figsize=(PANEL_WIDTH * columns, PANEL_HEIGHT * rows + GRID_TOP + GRID_BOTTOM))
     # Fixed margins in inches instead of constrained layout, which costs ~0.2 s per panel.
     width, height = figure.get_size_inches()
@@ -216,16 +293,20 @@ def plot_score_histograms(stats: dict[str, Any], path: Path) -> Path | None:
     figure.subplots_adjust(left=0.55 / width, right=1 - 0.15 / width, bottom=GRID_BOTTOM / height,
                            top=1 - GRID_TOP / height, wspace=0.22, hspace=PANEL_GAP / axes_height)
     grid = figure.subplots(rows, columns, squeeze=False).ravel()
-    for axes, (name, hist) in zip(grid, scores.items()):
-        axes.stairs(hist["counts"], np.asarray(hist["edges"], dtype=float), fill=True,
-                    color=STAGE_COLOR, alpha=0.85)
-        axes.set_title(two_line_title(name), fontsize=9)
-        axes.set_xlabel(f"n = {compact(sum(hist['counts']))} values", fontsize=8)
+    for axes, panel in zip(grid, panels):
+        axes.stairs(panel.counts, panel.edges, fill=True, color=STAGE_COLOR, alpha=0.85)
+        if panel.log_x:
+            axes.set_xscale("log")
+        for threshold in panel.thresholds:
+            axes.axvline(threshold, color=OUTPUT_COLOR, linestyle="--", linewidth=1.4)
+        axes.set_title(two_line_title(panel.name), fontsize=9)
+        notes = (" · log x" if panel.log_x else "") + (" · dashed: threshold" if panel.thresholds else "")
+        axes.set_xlabel(f"n = {compact(sum(panel.counts))} values{notes}", fontsize=8)
         axes.yaxis.set_major_formatter(FuncFormatter(lambda y, _: compact(y)))
         axes.tick_params(labelsize=8)
         axes.grid(alpha=0.3)
         axes.set_axisbelow(True)
-    for axes in grid[len(scores):]:
+    for axes in grid[len(panels):]:
         axes.set_visible(False)
     figure.suptitle("Score distributions", fontsize=12, y=1 - 0.12 / height)
     return save(figure, path)
