@@ -141,3 +141,12 @@ def test_a_stage_without_a_partitioned_reduce_is_named(tmp_path):
     from datamill.curate.dedup.semantic import SemanticDedup
 
     assert partition_reducer(object.__new__(SemanticDedup)) is None
+
+
+@pytest.mark.parametrize("stage", [MinHashDedup(), ExactDedup()], ids=["minhash", "exact"])
+def test_a_corpus_without_duplicates_gives_the_same_empty_decision_table(stage, tmp_path):
+    unique = pl.DataFrame({"text": real_paragraphs(60)}).with_row_index(POSITION)
+    files = write_summaries(stage, unique, tmp_path / "summaries", shards=2)
+    whole = stage.reduce(pl.scan_parquet(files))
+    decision = reduce_partitioned(stage, files, tmp_path / "work", partitions=4)
+    assert whole.height == 0 and decision.schema == whole.schema and decision.equals(whole)
