@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from datamill.curate.engine.layout import RunLayout, shard_prefix
 from datamill.curate.engine.recipe import Recipe
-from datamill.curate.engine.records import QUARANTINE_SCHEMA, TOKENS, approx_tokens
+from datamill.curate.engine.records import QUARANTINE_SCHEMA, TOKENS, approx_tokens, record_schema
 from datamill.curate.engine.registry import source_types, stage_types
 from datamill.curate.engine.sinks import ShardWriter, public_columns
 from datamill.curate.engine.source import ShardSpec, Source
@@ -56,6 +56,13 @@ class Pipeline:
         ]
         for source in self.sources:
             source.run_dir = recipe.output.dir
+        declared: dict[str, str] = {}
+        for source in self.sources:
+            for name, kind in source.params.columns.items():
+                declared.setdefault(name, kind)
+        self.record_schema = record_schema(declared)
+        """Every source's records get every declared column (nulls where a source has none), so all
+        shards of a run share one schema."""
         self.stages: list[Stage] = []
         seen: Counter = Counter()
         types = stage_types()
@@ -145,7 +152,11 @@ class ShardRun:
                 self.stats.skipped.update(part.skipped)
                 if part.quarantine.height:
                     self._quarantine(part.quarantine)
-                records = part.records.with_columns(approx_tokens(pl.col("text")).alias(TOKENS))
+                schema = self.pipeline.record_schema
+                missing = [pl.lit(None, dtype=kind).alias(name) for name, kind in schema.items()
+                           if name not in part.records.columns]
+                records = part.records.with_columns(*missing, approx_tokens(pl.col("text")).alias(TOKENS))
+                records = records.select(*schema, pl.exclude(*schema))
                 self.stats.records_ok += records.height
                 self.stats.add_lengths("input", records)
                 yield records
