@@ -20,8 +20,8 @@ from pydantic import Field, model_validator
 
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.registry import register_stage
-from datamill.curate.selection.ranking import SELECTED, Budget, apply_selection, select_by_rank
-from datamill.curate.engine.stage import POSITION, BarrierStage, FilterParams
+from datamill.curate.engine.stage import POSITION, FilterParams
+from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, select_by_rank
 
 
 class BudgetParams(FilterParams):
@@ -41,25 +41,22 @@ def score_summary(stage: str, batch: pl.DataFrame, score: str, per_source: bool)
 
 
 @register_stage
-class BudgetStage(BarrierStage):
+class BudgetStage(RankingBarrier):
     """Keep the top rows by a score column: a row count, a fraction, or a token budget."""
 
     type_name = "budget"
     Params: ClassVar = BudgetParams
     inputs = ()
+    reason = "over_budget"
     params: BudgetParams
 
     def summarize(self, batch: pl.DataFrame) -> pl.DataFrame:
         return score_summary(self.name, batch, self.params.score, self.params.per_source)
 
-    def reduce(self, summaries: pl.LazyFrame) -> pl.DataFrame:
+    def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
         p = self.params
-        ranked = select_by_rank(summaries.collect(), p.score, p.budget, descending=p.keep == "highest",
-                                group_by="source" if p.per_source else None)
-        return ranked.select(POSITION, SELECTED).sort(POSITION)
-
-    def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
-        return apply_selection(batch, decision, reason="over_budget")
+        return select_by_rank(table, p.score, p.budget, descending=p.keep == "highest",
+                              group_by="source" if p.per_source else None)
 
 
 class PercentileBandParams(FilterParams):
@@ -76,22 +73,22 @@ class PercentileBandParams(FilterParams):
 
 
 @register_stage
-class PercentileBand(BarrierStage):
+class PercentileBand(RankingBarrier):
     """Keep the middle percentiles of a score over the whole corpus (perplexity bands); drop both tails."""
 
     type_name = "percentile_band"
     Params: ClassVar = PercentileBandParams
     inputs = ()
+    reason = "outside_band"
     params: PercentileBandParams
 
     def summarize(self, batch: pl.DataFrame) -> pl.DataFrame:
         return score_summary(self.name, batch, self.params.score, self.params.per_source)
 
-    def reduce(self, summaries: pl.LazyFrame) -> pl.DataFrame:
+    def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
         """A row's percentile is 100·rank/(n−1) among the rows with a score (ties broken by `_pos`);
         rows without a score (null, NaN) are outside every band."""
         p = self.params
-        table = summaries.collect()
         value = pl.col(p.score).cast(pl.Float64)
         group = ["source"] if p.per_source else None
         scored = table.filter(value.is_not_null() & value.is_not_nan()).sort(
@@ -105,7 +102,4 @@ class PercentileBand(BarrierStage):
         percentile = pl.when(last > 0).then(100.0 * rank / last).otherwise(50.0)
         inside = scored.select(POSITION, percentile.is_between(p.lower, p.upper).alias(SELECTED))
         return (table.select(POSITION).join(inside, on=POSITION, how="left")
-                .with_columns(pl.col(SELECTED).fill_null(False)).sort(POSITION))
-
-    def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
-        return apply_selection(batch, decision, reason="outside_band")
+                .with_columns(pl.col(SELECTED).fill_null(False)))

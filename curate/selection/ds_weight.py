@@ -32,11 +32,11 @@ import polars as pl
 from pydantic import Field
 
 from datamill.curate.engine.registry import register_stage
-from datamill.curate.selection.ranking import SELECTED, Budget, select_by_rank
+from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, select_by_rank
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format,
 )
-from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, Resources
+from datamill.curate.engine.stage import POSITION, Resources
 
 MAX_WEIGHT = 2.0
 MAX_SHIFT = 5.0
@@ -57,13 +57,14 @@ class DSWeightParams(LMScoreParams):
 
 
 @register_stage
-class DSWeightSelect(BarrierStage):
+class DSWeightSelect(RankingBarrier):
     """Scores `ds_weight` against a small valid set and drops the highest-shift self-consistent records."""
 
     type_name: ClassVar[str] = "ds_weight"
     Params: ClassVar[type[DSWeightParams]] = DSWeightParams
     inputs: ClassVar[tuple[str, ...]] = ("text", "prompt", "completion", "messages")
     outputs: ClassVar[tuple[str, ...]] = SCORES
+    carried: ClassVar[tuple[str, ...]] = SCORES
     resources: ClassVar[Resources] = Resources(cpus=1, gpus=0)
 
     params: DSWeightParams
@@ -108,10 +109,10 @@ class DSWeightSelect(BarrierStage):
             "_valid_rows": pl.Series([self.valid_rows] * batch.height, dtype=pl.Int64),
         })
 
-    def reduce(self, summaries: pl.LazyFrame) -> pl.DataFrame:
-        table = summaries.collect()
+    def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
         if table.height == 0:
-            return pl.DataFrame(schema={POSITION: pl.Int64, **{c: pl.Float64 for c in SCORES}, DROP_REASON: pl.String})
+            return pl.DataFrame(schema={POSITION: pl.Int64, **{c: pl.Float64 for c in SCORES}, SELECTED: pl.Boolean,
+                                        "_consistent": pl.Boolean})
         valid_rows, valid_loss = int(table["_valid_rows"][0]), float(table["_valid_loss"][0])
         if valid_rows > self.params.max_valid_fraction * table.height:
             raise ValueError(
@@ -123,17 +124,14 @@ class DSWeightSelect(BarrierStage):
         scored = scored.with_columns(pl.when(candidates).then(-pl.col("ds_shift")).alias("_closeness"))
         n_candidates = scored.select(candidates.sum()).item()
         keep = n_candidates - int(np.floor(self.params.drop_fraction * n_candidates + 0.5))
-        ranked = select_by_rank(scored, "_closeness", Budget(count=keep), descending=True)
-        reason = (
+        return select_by_rank(scored, "_closeness", Budget(count=keep), descending=True)
+
+    def drop_reason(self) -> pl.Expr:
+        return (
             pl.when(~pl.col("_consistent")).then(pl.lit("not_self_consistent"))
             .when(pl.col("ds_shift").is_null()).then(pl.lit("ds_unscored"))
             .when(~pl.col(SELECTED)).then(pl.lit("distribution_shift"))
-            .otherwise(pl.lit(None, dtype=pl.String))
         )
-        return ranked.select(POSITION, *SCORES, reason.alias(DROP_REASON)).sort(POSITION)
-
-    def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
-        return batch.join(decision, on=POSITION, how="left", maintain_order="left")
 
 
 def ds_weight(loss: pl.Expr, valid_loss: float) -> pl.Expr:

@@ -38,8 +38,8 @@ from datamill.curate.selection.hashed_ngrams import (
     ngram_buckets,
     sum_by_document,
 )
-from datamill.curate.selection.ranking import SELECTED, Budget, apply_selection, gumbel_noise, select_by_rank
-from datamill.curate.engine.stage import POSITION, BarrierStage, FilterParams
+from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, gumbel_noise, select_by_rank
+from datamill.curate.engine.stage import POSITION, FilterParams
 
 LOGW = "dsir_logw"
 EPSILON = 1e-8
@@ -157,12 +157,14 @@ class DsirParams(FilterParams):
 
 
 @register_stage
-class Dsir(BarrierStage):
+class Dsir(RankingBarrier):
     """Keep a budget of documents resampled by importance weight towards a target set (DSIR)."""
 
     type_name = "dsir"
     Params: ClassVar = DsirParams
     outputs = (LOGW,)
+    carried = (LOGW,)
+    reason = "dsir_not_selected"
     params: DsirParams
 
     def __init__(self, params: DsirParams | None = None, *, seed: int = 0):
@@ -185,8 +187,8 @@ class Dsir(BarrierStage):
         total = buckets.list.len().cast(pl.Int64)
         return ((total + n * (n - 1) // 2) // n).cast(pl.UInt32)
 
-    def reduce(self, summaries: pl.LazyFrame) -> pl.DataFrame:
-        table = summaries.sort(POSITION).collect()
+    def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
+        table = table.sort(POSITION)
         target = pl.concat([read_texts(entry, self.base_dir) for entry in self.params.target])
         if target.len() == 0:
             raise ValueError(f"stage {self.name!r}: the target sources hold no text")
@@ -195,8 +197,4 @@ class Dsir(BarrierStage):
         key = pl.col(LOGW) if self.params.sampling == "top_k" else pl.col(LOGW) + pl.col(_NOISE)
         eligible = pl.col(_WORDS) >= self.params.min_words
         scored = table.select(POSITION, TOKENS, _WORDS, _NOISE).with_columns(pl.Series(LOGW, logw))
-        ranked = select_by_rank(scored.with_columns(pl.when(eligible).then(key).alias("_key")), "_key", self.params.budget)
-        return ranked.select(POSITION, LOGW, SELECTED).sort(POSITION)
-
-    def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
-        return apply_selection(batch, decision, reason="dsir_not_selected")
+        return select_by_rank(scored.with_columns(pl.when(eligible).then(key).alias("_key")), "_key", self.params.budget)

@@ -33,11 +33,11 @@ from pydantic import Field
 
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.registry import register_stage
-from datamill.curate.selection.ranking import SELECTED, Budget, select_by_rank
+from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, select_by_rank
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format,
 )
-from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, Resources
+from datamill.curate.engine.stage import POSITION, Resources
 
 SCORES = ("ifd", "ifd_cond_loss", "ifd_direct_loss")
 
@@ -54,13 +54,14 @@ class IFDParams(LMScoreParams):
 
 
 @register_stage
-class IFDSelect(BarrierStage):
+class IFDSelect(RankingBarrier):
     """Scores IFD = loss(response | instruction) / loss(response) and keeps the hardest useful records."""
 
     type_name: ClassVar[str] = "ifd"
     Params: ClassVar[type[IFDParams]] = IFDParams
     inputs: ClassVar[tuple[str, ...]] = ("prompt", "completion", "messages")
     outputs: ClassVar[tuple[str, ...]] = SCORES
+    carried: ClassVar[tuple[str, ...]] = SCORES
     resources: ClassVar[Resources] = Resources(cpus=1, gpus=0)
 
     params: IFDParams
@@ -93,21 +94,18 @@ class IFDSelect(BarrierStage):
     def summarize(self, batch: pl.DataFrame) -> pl.DataFrame:
         return self.score(batch).select(POSITION, *SCORES, TOKENS)
 
-    def reduce(self, summaries: pl.LazyFrame) -> pl.DataFrame:
-        table = summaries.collect()
-        eligible = pl.col("ifd").is_not_null() & (pl.col("ifd") < self.params.max_ifd)
-        ranked = table.with_columns(pl.when(eligible).then(pl.col("ifd")).alias("_eligible_ifd"))
-        if self.params.budget is None:
-            ranked = ranked.with_columns(eligible.alias(SELECTED))
-        else:
-            ranked = select_by_rank(ranked, "_eligible_ifd", self.params.budget, descending=True)
-        reason = (
-            pl.when(pl.col("ifd").is_null()).then(pl.lit("ifd_no_response"))
-            .when(~eligible).then(pl.lit("ifd_too_high"))
-            .when(~pl.col(SELECTED)).then(pl.lit("ifd_below_budget"))
-            .otherwise(pl.lit(None, dtype=pl.String))
-        )
-        return ranked.select(POSITION, *SCORES, reason.alias(DROP_REASON)).sort(POSITION)
+    def eligible(self) -> pl.Expr:
+        return pl.col("ifd").is_not_null() & (pl.col("ifd") < self.params.max_ifd)
 
-    def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
-        return batch.join(decision, on=POSITION, how="left", maintain_order="left")
+    def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
+        ranked = table.with_columns(pl.when(self.eligible()).then(pl.col("ifd")).alias("_eligible_ifd"))
+        if self.params.budget is None:
+            return ranked.with_columns(self.eligible().alias(SELECTED))
+        return select_by_rank(ranked, "_eligible_ifd", self.params.budget, descending=True)
+
+    def drop_reason(self) -> pl.Expr:
+        return (
+            pl.when(pl.col("ifd").is_null()).then(pl.lit("ifd_no_response"))
+            .when(~self.eligible()).then(pl.lit("ifd_too_high"))
+            .when(~pl.col(SELECTED)).then(pl.lit("ifd_below_budget"))
+        )

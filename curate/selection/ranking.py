@@ -1,14 +1,12 @@
 """Global ranking under a budget: keep the best rows by a score, by count, fraction or tokens.
 
 Shared by every selection stage (DSIR, budget, learnability scores). A selection stage is a
-barrier: `summarize` keeps `_pos`, the score and the token count of each row, `reduce` calls
-`select_by_rank` once over all shards, and `apply` calls `apply_selection` per shard.
+`RankingBarrier`: `summarize` keeps `_pos`, the score and the token count of each row, `ranking`
+calls `select_by_rank` once over all shards, and the base class writes the decision (drop reason
+per row) that each shard joins.
 
-    from datamill.curate.selection.ranking import Budget, select_by_rank, apply_selection
-
-    decision = select_by_rank(table, "ifd", Budget(fraction=0.3), descending=True)
+    ranked = select_by_rank(table, "ifd", Budget(fraction=0.3), descending=True)
     # -> table + `_rank` (0 = best in its group) + `_selected` (bool)
-    batch = apply_selection(batch, decision.select(POSITION, "_selected"), reason="below_budget")
 
 Rules, the same for every stage:
 - Ties are broken by the `tie_break` column (default `_pos`, the dataset order), smaller first, so a
@@ -23,13 +21,13 @@ Rules, the same for every stage:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datamill.curate.engine.records import TOKENS
-from datamill.curate.engine.stage import DROP_REASON, POSITION
+from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage
 
 RANK = "_rank"
 """Column `select_by_rank` adds: 0-based position in the ranking of the row's group."""
@@ -120,16 +118,6 @@ def select_by_rank(
     ).drop("_score")
 
 
-def apply_selection(batch: pl.DataFrame, decision: pl.DataFrame, reason: str) -> pl.DataFrame:
-    """Join `decision` (`_pos`, `_selected`, any score columns) onto `batch`; unselected rows get `reason`.
-
-    The stage's `action` (drop / flag) is honoured by the executor through `_drop_reason`.
-    """
-    joined = batch.join(decision, on=POSITION, how="left", maintain_order="left")
-    drop = pl.when(pl.col(SELECTED).fill_null(False)).then(pl.lit(None, dtype=pl.String)).otherwise(pl.lit(reason))
-    return joined.with_columns(drop.alias(DROP_REASON)).drop(SELECTED)
-
-
 def uniform_from_hash(column: str | pl.Expr, seed: int) -> pl.Expr:
     """A reproducible uniform number in (0, 1) per row, from a seeded hash of a column (e.g. `id`).
 
@@ -144,3 +132,33 @@ def gumbel_noise(column: str | pl.Expr, seed: int) -> pl.Expr:
     """Standard Gumbel noise per row from a seeded hash: adding it to log-weights and taking the
     top k samples k rows without replacement with probability proportional to the weights."""
     return -(-uniform_from_hash(column, seed).log()).log()
+
+
+class RankingBarrier(BarrierStage):
+    """A barrier that ranks the whole corpus once and keeps a budget of rows (budget, percentile
+    bands, DSIR, IFD, DS weight, classifier top fractions).
+
+    A subclass writes `summarize` (what each row contributes) and `ranking` (the collected summaries
+    with `_selected` added, usually through `select_by_rank`); the base class turns that into the
+    decision table — `_pos`, the `carried` score columns, and the drop reason (`reason` for rows
+    outside the budget, or the subclass's own `drop_reason`) — and joins it onto each shard's rows.
+    """
+
+    reason: ClassVar[str] = "not_selected"
+    carried: ClassVar[tuple[str, ...]] = ()
+    """Columns of the ranking that the decision writes onto every row (scores computed in `reduce`)."""
+
+    def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
+        raise NotImplementedError
+
+    def drop_reason(self) -> pl.Expr:
+        """Why a row goes (null for a kept row), evaluated on the ranking."""
+        return pl.when(~pl.col(SELECTED)).then(pl.lit(self.reason))
+
+    def reduce(self, summaries: pl.LazyFrame) -> pl.DataFrame:
+        ranked = self.ranking(summaries.collect())
+        reason = self.drop_reason().cast(pl.String).alias(DROP_REASON)
+        return ranked.select(POSITION, *self.carried, reason).sort(POSITION)
+
+    def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
+        return batch.join(decision, on=POSITION, how="left", maintain_order="left")
