@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from conftest import recipe_dict, write_jsonl
-from datamill.curate.dedup.embeddings import embedding_series, load_embedder, pooling_mode, resolve_embedding_model
+from datamill.curate.models.embeddings import embedding_series, load_embedder, pooling_mode, resolve_embedding_model
 from datamill.curate.dedup.semantic import greedy_near_duplicates  # importing it registers semantic_dedup
 from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import validate_recipe

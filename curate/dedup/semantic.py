@@ -90,13 +90,13 @@ class SemanticDedup(BarrierStage):
     embedder: Any = None
 
     def setup(self) -> None:
-        from datamill.curate.dedup.embeddings import load_embedder
+        from datamill.curate.models.embeddings import load_embedder
 
         p = self.params
         self.embedder = load_embedder(p.model, p.max_tokens, p.batch_tokens)
 
     def summarize(self, batch: pl.DataFrame) -> pl.DataFrame:
-        from datamill.curate.dedup.embeddings import embedding_series
+        from datamill.curate.models.embeddings import embedding_series
 
         if self.embedder is None:
             raise RuntimeError(f"stage {self.name!r}: setup() must load the model before summarize()")

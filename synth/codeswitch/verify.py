@@ -13,7 +13,7 @@ matrix language model), `cs_ratio` (share of labelled tokens in other languages)
 (neighbouring labelled tokens in different languages), `cs_langs` (languages seen). With a
 `source_text` column (what `codeswitch_lexicon` and `codeswitch_llm` write), also
 `cs_length_ratio` (output / source characters) and, with `min_similarity`, `cs_similarity` (cosine
-of MiniLM sentence embeddings, `curate/dedup/embeddings.py`).
+of MiniLM sentence embeddings, `curate/models/embeddings.py`).
 
 Drop reasons: `not_mixed` (too few tokens in a second language or too few switch points),
 `length_drift` and `meaning_drift` (the text no longer says what the source said).
@@ -77,7 +77,7 @@ class CodeSwitchVerify(Filter):
     def setup(self) -> None:
         self._lid.setup()
         if self.params.min_similarity is not None:
-            from datamill.curate.dedup.embeddings import load_embedder
+            from datamill.curate.models.embeddings import load_embedder
 
             self._embedder = load_embedder(self.params.embedding_model)
 
