@@ -1,0 +1,284 @@
+"""The `url_filter` stage: drop (or flag) rows whose `url` is on a block-list, unless an allow-list names it.
+
+Lists are files the user names (none ship with datamill), in the formats block-lists come in:
+
+- `domains`: one domain per line (`#` comments; hosts-file lines `0.0.0.0 example.com` work too).
+  A domain blocks itself and every subdomain: `example.com` blocks `a.b.example.com`, not
+  `notexample.com`.
+- `urls`: one URL per line, matched exactly after normalizing both sides (scheme, `www.`, case of
+  the host and a trailing `/` ignored), as in UT1's `urls` files.
+- `substrings`: a URL containing any line (case-insensitive) matches (Aho-Corasick).
+- `regex`: one regular expression per line (Rust `regex` syntax: no look-around), searched in the URL.
+- `ut1`: the UT1 blacklists folder (`<category>/domains`, `<category>/urls`); `categories` picks
+  some (default: all); the reason is the category.
+- `adblock`: AdBlock Plus filter lists as Dolma's URL taggers use (OISD, Brave, EasyList style):
+  `||domain^` rules become domain entries, other network rules are translated to regexes
+  (`||`, `|`, `*`, `^`), `@@` exceptions go to the allow side. Cosmetic rules (`##`) and rules
+  with `$` options are skipped (a page URL has no request type to match them against).
+
+Every block list gives its reason (`name`, by default the file name or UT1 category), the first
+matching list in order names a row's reason; a row matching any allow list is kept. Matching is
+vectorized: hosts are expanded to their parent domains and joined against the domain table,
+normalized URLs joined against the URL table, substrings and regexes run as polars expressions.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import DROP_REASON, FilterParams, Stage
+
+MAX_LABELS = 12
+"""Parent domains tried per host (a.b.c.example.com has 5)."""
+HOST = r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?//(?:[^@/?#]*@)?([^:/?#]+)"
+HOSTS_FILE_LINE = re.compile(r"^(?:0\.0\.0\.0|127\.0\.0\.1|::1?)\s+(\S+)")
+
+
+class UrlList(BaseModel):
+    """One list file (or UT1 folder) and how to read it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="File (optionally .gz), or the UT1 blacklists folder; relative to the recipe.")
+    format: Literal["domains", "urls", "substrings", "regex", "adblock", "ut1"] = "domains"
+    categories: list[str] | None = Field(None, description="ut1: the categories to use (default: all).")
+    name: str | None = Field(None, description="Reason in the report (default: file name; ut1: the category).")
+
+    @model_validator(mode="after")
+    def _categories_only_for_ut1(self) -> UrlList:
+        if self.categories is not None and self.format != "ut1":
+            raise ValueError("`categories` is for format ut1")
+        return self
+
+
+class UrlFilterParams(FilterParams):
+    block: list[UrlList] = Field(min_length=1, description="Block-lists, in order of precedence.")
+    allow: list[UrlList] = Field(default_factory=list, description="Allow-lists: a URL on one is never blocked.")
+    url_column: str = Field("url", description="Column holding the page URL.")
+    missing_url: Literal["keep", "drop"] = Field("keep", description="Rows without a URL: keep, or drop as `no_url`.")
+
+
+class Rules:
+    """Compiled lists of one side (block or allow): tables to join and expressions to run."""
+
+    def __init__(self) -> None:
+        self.domains: list[tuple[str, str, int]] = []
+        self.urls: list[tuple[str, str, int]] = []
+        self.substrings: list[tuple[list[str], str, int]] = []
+        self.regexes: list[tuple[str, str, int]] = []
+
+    def add_lines(self, kind: str, lines: list[str], reason: str, order: int, where: str) -> None:
+        if kind == "domains":
+            self.domains += [(d, reason, order) for d in domain_entries(lines)]
+        elif kind == "urls":
+            self.urls += [(normalize_url(u), reason, order) for u in entries(lines)]
+        elif kind == "substrings":
+            words = [w.lower() for w in entries(lines)]
+            if words:
+                self.substrings.append((words, reason, order))
+        elif kind == "regex":
+            patterns = entries(lines)
+            for i, pattern in enumerate(patterns):
+                check_regex(pattern, f"{where} entry {i + 1}")
+            if patterns:
+                self.regexes.append(("|".join(f"(?:{p})" for p in patterns), reason, order))
+
+    def match(self, frame: pl.DataFrame) -> pl.Series:
+        """Per row of `frame` (columns `_row`, `_url`, `_host`, `_key`): the reason of the first
+        matching list, or null."""
+        found = []
+        if self.domains:
+            table = pl.DataFrame(self.domains, schema={"_suffix": pl.String, "_reason": pl.String,
+                                                       "_order": pl.Int64}, orient="row")
+            table = table.group_by("_suffix").agg(pl.all().sort_by("_order").first())
+            suffixes = frame.select("_row", parent_domains(pl.col("_host")).alias("_suffix")).explode("_suffix")
+            found.append(suffixes.join(table, on="_suffix").select("_row", "_reason", "_order"))
+        if self.urls:
+            table = pl.DataFrame(self.urls, schema={"_key": pl.String, "_reason": pl.String, "_order": pl.Int64},
+                                 orient="row").group_by("_key").agg(pl.all().sort_by("_order").first())
+            found.append(frame.select("_row", "_key").join(table, on="_key").select("_row", "_reason", "_order"))
+        lowered = pl.col("_url").str.to_lowercase()
+        for words, reason, order in self.substrings:
+            hit = frame.filter(lowered.str.contains_any(words, ascii_case_insensitive=True).fill_null(False))
+            found.append(hit.select("_row", pl.lit(reason).alias("_reason"), pl.lit(order, dtype=pl.Int64).alias("_order")))
+        for pattern, reason, order in self.regexes:
+            hit = frame.filter(pl.col("_url").str.contains(pattern).fill_null(False))
+            found.append(hit.select("_row", pl.lit(reason).alias("_reason"), pl.lit(order, dtype=pl.Int64).alias("_order")))
+        reasons = pl.Series("_reason", [None] * frame.height, dtype=pl.String)
+        if not found:
+            return reasons
+        first = (pl.concat(found).sort("_order").group_by("_row").agg(pl.col("_reason").first()))
+        return frame.select("_row").join(first, on="_row", how="left", maintain_order="left")["_reason"]
+
+    def __len__(self) -> int:
+        return len(self.domains) + len(self.urls) + len(self.substrings) + len(self.regexes)
+
+
+@register_stage
+class UrlFilter(Stage):
+    """Drops rows whose URL is on a block-list (domain with subdomains, exact URL, substring, regex,
+    UT1 category, AdBlock rule) unless an allow-list names it; the reason is the list."""
+
+    type_name: ClassVar[str] = "url_filter"
+    Params: ClassVar[type[UrlFilterParams]] = UrlFilterParams
+    inputs: ClassVar[tuple[str, ...]] = ("url",)
+    params: UrlFilterParams
+
+    def __init__(self, params: UrlFilterParams | None = None, *, seed: int = 0):
+        super().__init__(params, seed=seed)
+        self.block: Rules | None = None
+        self.allow: Rules | None = None
+
+    def setup(self) -> None:
+        self.block, self.allow = Rules(), Rules()
+        for order, spec in enumerate(self.params.block):
+            load_list(spec, self.base_dir, self.block, self.allow, order)
+        for spec in self.params.allow:
+            load_list(spec, self.base_dir, self.allow, self.allow, 0)
+
+    def process(self, batch: pl.DataFrame) -> pl.DataFrame:
+        if self.block is None:
+            self.setup()
+        column = self.params.url_column
+        if column not in batch.columns:
+            raise ValueError(f"url_filter: the batch has no column {column!r} (set `url_column`)")
+        frame = batch.select(pl.col(column).cast(pl.String).alias("_url")).with_row_index("_row").with_columns(
+            host_of(pl.col("_url")).alias("_host"), url_key(pl.col("_url")).alias("_key"))
+        blocked = self.block.match(frame)
+        allowed = self.allow.match(frame).is_not_null() if len(self.allow) else pl.Series([False] * batch.height)
+        reason = pl.when(pl.lit(allowed)).then(None).otherwise(pl.lit(blocked))
+        if self.params.missing_url == "drop":
+            missing = frame["_url"].is_null() | (frame["_url"].str.strip_chars() == "")
+            reason = pl.when(pl.lit(missing)).then(pl.lit("no_url")).otherwise(reason)
+        return batch.with_columns(reason.cast(pl.String).alias(DROP_REASON))
+
+
+def load_list(spec: UrlList, base_dir: str, block: Rules, allow: Rules, order: int) -> None:
+    """Read one list into `block` (and, for AdBlock exceptions, `allow`)."""
+    path = Path(base_dir) / spec.path
+    if spec.format == "ut1":
+        if not path.is_dir():
+            raise FileNotFoundError(f"url_filter: UT1 folder {spec.path!r} not found (looked in {path.resolve()})")
+        available = sorted(p.name for p in path.iterdir() if p.is_dir())
+        wanted = spec.categories if spec.categories is not None else available
+        unknown = [c for c in wanted if c not in available]
+        if unknown:
+            raise ValueError(f"url_filter: UT1 categories {unknown} not in {spec.path!r} (it has {available})")
+        for category in wanted:
+            for kind in ("domains", "urls"):
+                for file in sorted((path / category).glob(f"{kind}*")):
+                    if file.name in (kind, f"{kind}.gz"):
+                        block.add_lines(kind, read_lines(file), spec.name or f"ut1:{category}", order, str(file))
+        return
+    if not path.is_file():
+        raise FileNotFoundError(f"url_filter: list {spec.path!r} not found (looked in {path.resolve()})")
+    reason = spec.name or path.name.removesuffix(".gz")
+    lines = read_lines(path)
+    if spec.format == "adblock":
+        blocked, excepted = adblock_rules(lines)
+        for kind, items in blocked.items():
+            block.add_lines(kind, items, reason, order, str(path))
+        for kind, items in excepted.items():
+            allow.add_lines(kind, items, reason, 0, str(path))
+        return
+    block.add_lines(spec.format, lines, reason, order, str(path))
+
+
+def read_lines(path: Path) -> list[str]:
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        return handle.read().decode("utf-8", "replace").splitlines()
+
+
+def entries(lines: list[str]) -> list[str]:
+    return [s for line in lines if (s := line.strip()) and not s.startswith("#")]
+
+
+def domain_entries(lines: list[str]) -> list[str]:
+    out = []
+    for line in entries(lines):
+        hosts = HOSTS_FILE_LINE.match(line)
+        domain = (hosts.group(1) if hosts else line.split()[0]).lower().strip(".")
+        if domain.startswith("*."):
+            domain = domain[2:]
+        if domain and domain not in ("localhost", "localhost.localdomain", "broadcasthost"):
+            out.append(domain.removeprefix("www."))
+    return out
+
+
+def check_regex(pattern: str, where: str) -> None:
+    try:
+        pl.select(pl.lit("").str.contains(pattern))
+    except pl.exceptions.ComputeError as error:
+        raise ValueError(f"url_filter: bad regex in {where}: {pattern!r} ({error})") from None
+
+
+def host_of(url: pl.Expr) -> pl.Expr:
+    """The URL's host, lowercased, without `www.` and a trailing dot (a bare `host/path` works too)."""
+    with_scheme = pl.when(url.str.contains("://")).then(url).otherwise(pl.lit("//") + url)
+    return with_scheme.str.extract(HOST).str.to_lowercase().str.strip_chars_end(".").str.replace(r"^www\.", "")
+
+
+def url_key(url: pl.Expr) -> pl.Expr:
+    """A URL without scheme, `www.`, host case and trailing `/`, for exact matching."""
+    host = host_of(url)
+    rest = url.str.replace(r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?//", "").str.replace(r"^[^/?#]*", "")
+    return (host + rest).str.strip_chars_end("/")
+
+
+def normalize_url(url: str) -> str:
+    return pl.select(url_key(pl.lit(url))).item()
+
+
+def parent_domains(host: pl.Expr) -> pl.Expr:
+    """`a.b.example.com` → [a.b.example.com, b.example.com, example.com, com]."""
+    labels = host.str.split(".")
+    return pl.concat_list([labels.list.slice(k).list.join(".") for k in range(MAX_LABELS)]).list.eval(
+        pl.element().filter(pl.element() != "")).list.unique(maintain_order=True)
+
+
+def adblock_rules(lines: list[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """AdBlock Plus network rules as ({domains, regex} to block, {domains, regex} to allow)."""
+    block: dict[str, list[str]] = {"domains": [], "regex": []}
+    allow: dict[str, list[str]] = {"domains": [], "regex": []}
+    for raw in lines:
+        rule = raw.strip()
+        if not rule or rule.startswith(("!", "[")) or "##" in rule or "#@#" in rule or "#?#" in rule or "#$#" in rule:
+            continue
+        side = block
+        if rule.startswith("@@"):
+            side, rule = allow, rule[2:]
+        if "$" in rule:
+            continue
+        plain_domain = re.fullmatch(r"\|\|([a-z0-9.-]+)\^?\|?", rule.lower())
+        if plain_domain:
+            side["domains"].append(plain_domain.group(1))
+        else:
+            is_regex = rule.startswith("/") and rule.endswith("/") and len(rule) > 2
+            pattern = rule[1:-1] if is_regex else adblock_to_regex(rule)
+            try:
+                check_regex(pattern, "")
+            except ValueError:
+                continue  # a JavaScript-only regex feature: the rule is skipped
+            side["regex"].append(pattern)
+    return block, allow
+
+
+def adblock_to_regex(rule: str) -> str:
+    """One AdBlock pattern as a regex over the full URL (case-insensitive)."""
+    start, end = "", ""
+    if rule.startswith("||"):
+        start, rule = r"^[a-z][a-z0-9+.-]*://(?:[^/?#]*\.)?", rule[2:]
+    elif rule.startswith("|"):
+        start, rule = "^", rule[1:]
+    if rule.endswith("|"):
+        end, rule = "$", rule[:-1]
+    body = "".join(".*" if c == "*" else r"(?:[^\w.%-]|$)" if c == "^" else re.escape(c) for c in rule)
+    return f"(?i){start}{body}{end}"
