@@ -170,18 +170,18 @@ class EmbeddingHeadClassifier:
     kind = "embedding"
 
     def __init__(self, folder: Path, card: dict[str, Any], *, device: str | None = None,
-                 max_tokens: int | None = None, batch_tokens: int = 16384):
+                 max_tokens: int | None = None, batch_tokens: int = 16384, embedder: Any = None):
         from safetensors.numpy import load_file
 
-        from datamill.curate.dedup.embeddings import SentenceEmbedder, resolve_embedding_model
+        from datamill.curate.models.embeddings import SentenceEmbedder, resolve_embedding_model
 
         self.path = folder
         self.card = card
         head = load_file(str(folder / HEAD_FILE))
         self.weight, self.bias = head["weight"].astype(np.float64), head["bias"].astype(np.float64)
-        self.embedder = SentenceEmbedder(resolve_embedding_model(card["encoder"]), device=device,
-                                         max_tokens=max_tokens or card.get("max_tokens", 256),
-                                         batch_tokens=batch_tokens)
+        self.embedder = embedder or SentenceEmbedder(
+            resolve_embedding_model(card["encoder"]), device=device,
+            max_tokens=max_tokens or card.get("max_tokens", 256), batch_tokens=batch_tokens)
         self.regression = card["task"] == "regression"
         self.labels = [str(x) for x in card.get("labels", [])]
         self.default_preprocess: Preprocess = card.get("preprocess", "none")

@@ -39,7 +39,8 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datamill.filters.classifier_models import (
-    CARD, FASTTEXT_FILE, HEAD_FILE, LABEL_PREFIX, Prediction, Preprocess, load_classifier, preprocess,
+    CARD, FASTTEXT_FILE, HEAD_FILE, LABEL_PREFIX, EmbeddingHeadClassifier, Prediction, Preprocess, load_classifier,
+    preprocess,
 )
 
 
@@ -269,10 +270,12 @@ def train_classifier(table: pl.DataFrame, settings: TrainSettings, out: str | Pa
     texts = preprocess(table["text"], settings.text_preprocess)
     train_rows, held_rows = split_holdout(label_array, settings.holdout, settings.seed, stratify=not regression)
     fit_rows = train_rows if regression else balance_rows(train_rows, label_array, settings.balance, settings.seed)
+    embedded = None
     if settings.kind == "fasttext":
         model_files = fit_fasttext(texts, label_array, fit_rows, settings, out)
     else:
-        model_files = fit_embedding_head(table["text"], texts, label_array, fit_rows, settings, out)
+        embedded = embed_rows(texts, np.concatenate([fit_rows, held_rows]), settings.embedding)
+        model_files = fit_embedding_head(embedded, label_array, fit_rows, settings, out)
     card = {
         "kind": settings.kind,
         "task": settings.task,
@@ -288,12 +291,18 @@ def train_classifier(table: pl.DataFrame, settings: TrainSettings, out: str | Pa
             **({} if regression else {"per_class": class_counts(label_array, train_rows, fit_rows, held_rows)}),
         },
         "files": model_files,
+        "out": str(out),
         **card_model_fields(settings, label_array),
     }
     write_card(out, card)
-    model = load_classifier(out)
-    held_texts = texts.gather(held_rows).to_list()
-    prediction = model.predict(held_texts, None if regression else card.get("positive"))
+    chosen = None if regression else card.get("positive")
+    if embedded is None:
+        prediction = load_classifier(out).predict(texts.gather(held_rows).to_list(), chosen)
+    else:  # the saved head on the embeddings already computed (the same numbers the stage computes)
+        vectors, embedder = embedded
+        model = EmbeddingHeadClassifier(out, card, embedder=embedder)
+        prediction = model.predict_embeddings(np.stack([vectors[r] for r in held_rows]) if len(held_rows)
+                                              else np.zeros((0, embedder.dim)), chosen)
     card["metrics"] = (regression_metrics(label_array[held_rows], prediction, settings.score_range) if regression
                        else classification_metrics(label_array[held_rows], prediction, card["labels"], card.get("positive")))
     card["seconds"] = round(time.perf_counter() - started, 2)
@@ -351,16 +360,22 @@ def fit_fasttext(texts: pl.Series, labels: np.ndarray, rows: np.ndarray, setting
     return [FASTTEXT_FILE]
 
 
-def fit_embedding_head(raw: pl.Series, texts: pl.Series, labels: np.ndarray, rows: np.ndarray,
+def embed_rows(texts: pl.Series, rows: np.ndarray, e: EmbeddingSettings) -> tuple[dict[int, np.ndarray], Any]:
+    """Embeddings of the given rows (each distinct row once), by row, and the embedder."""
+    from datamill.curate.models.embeddings import SentenceEmbedder, resolve_embedding_model
+
+    embedder = SentenceEmbedder(resolve_embedding_model(e.encoder), max_tokens=e.max_tokens, batch_tokens=e.batch_tokens)
+    unique = np.unique(rows)
+    vectors = embedder.embed(texts.gather(unique).to_list())
+    return dict(zip(unique.tolist(), vectors)), embedder
+
+
+def fit_embedding_head(embedded: tuple[dict[int, np.ndarray], Any], labels: np.ndarray, rows: np.ndarray,
                        settings: TrainSettings, out: Path) -> list[str]:
     from safetensors.numpy import save_file
 
-    from datamill.curate.dedup.embeddings import SentenceEmbedder, resolve_embedding_model
-
     e = settings.embedding
-    embedder = SentenceEmbedder(resolve_embedding_model(e.encoder), max_tokens=e.max_tokens, batch_tokens=e.batch_tokens)
-    unique_rows, inverse = np.unique(rows, return_inverse=True)  # oversampled rows are embedded once
-    vectors = embedder.embed(texts.gather(unique_rows).to_list())[inverse].astype(np.float64)
+    vectors = np.stack([embedded[0][r] for r in rows.tolist()]).astype(np.float64)
     if settings.task == "regression":
         from sklearn.linear_model import Ridge
 
