@@ -47,3 +47,6 @@ def test_a_run_that_keeps_nothing_does_not_point_at_a_corpus(tmp_path):
     assert result.exit_code == 0, result.output
     assert "corpus: no records were kept" in plain(result.output)
     assert "/shards" not in result.output
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert not (tmp_path / "out" / "quarantine").exists()
+    assert str(tmp_path / "out" / "quarantine") not in report

@@ -192,11 +192,10 @@ def reason_blocks(stats: dict[str, Any]) -> list[Block]:
 
 def quarantine_blocks(stats: dict[str, Any]) -> list[Block]:
     quarantine = stats["quarantine"]
-    blocks: list[Block] = [
-        Heading("Quarantine"),
-        Facts([("Records quarantined", count(quarantine["total"])),
-               ("Directory", run_path(stats, quarantine["dir"]))]),
-    ]
+    facts = [("Records quarantined", count(quarantine["total"]))]
+    if quarantine["total"]:  # no quarantined record, no quarantine/ folder to point at
+        facts.append(("Directory", run_path(stats, quarantine["dir"])))
+    blocks: list[Block] = [Heading("Quarantine"), Facts(facts)]
     if not quarantine["by_reason"]:
         return blocks + [Para("No input was quarantined.")]
     rows: list[list[Cell]] = [
