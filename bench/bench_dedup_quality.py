@@ -26,12 +26,17 @@ Methods, all with threshold 0.8 and 112 permutations (datasketch's optimal layou
 A removed document is a true positive if it is a true duplicate. Timings are for one process on
 a shared machine (noisy); they are not the point of this benchmark.
 
-    python bench/bench_dedup_quality.py [--docs 20000] [--planted 2000] [--seed 0]
+    python bench/bench_dedup_quality.py [--docs 20000] [--planted 2000] [--seed 0] [--text debian]
+
+`--text debian` uses Debian changelog entries and copyright paragraphs instead of docstrings:
+real text whose near-duplicates (licence texts edited per package) are natural, not planted.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
+import re
 import sys
 import time
 from pathlib import Path
@@ -70,9 +75,22 @@ def perturb(text: str, rng: np.random.Generator, vocabulary: np.ndarray) -> str:
     return " ".join(words)
 
 
-def build_corpus(docs: int = 20000, planted: int = 2000, seed: int = 0) -> pl.DataFrame:
+def debian_texts(docs: int) -> list[str]:
+    """Real near-duplicate-rich text: Debian changelog entries and copyright paragraphs (licence
+    texts repeat across packages with small edits), at least 8 words each, in file order."""
+    found = []
+    for path in sorted(Path("/usr/share/doc").glob("*/changelog.Debian.gz")):
+        text = gzip.decompress(path.read_bytes()).decode("utf-8", "replace")
+        found.extend(re.split(r"\n(?=\S[^\n]*\(\S+\)[^\n]*; urgency=)", text))
+    for path in sorted(Path("/usr/share/doc").glob("*/copyright")):
+        found.extend(re.split(r"\n\s*\n", path.read_text("utf-8", "replace")))
+    texts = [t.strip() for t in found if len(t.split()) >= 8]
+    return texts[:docs]
+
+
+def build_corpus(docs: int = 20000, planted: int = 2000, seed: int = 0, text: str = "docstrings") -> pl.DataFrame:
     """`id`, `text`, `origin` ("real" or "planted"), shuffled; row order is dataset order."""
-    real = installed_docstrings(docs)
+    real = installed_docstrings(docs) if text == "docstrings" else debian_texts(docs)
     rng = np.random.default_rng(seed)
     lengths = np.array([len(t.split()) for t in real])
     vocabulary = np.unique(np.concatenate([np.array(t.split()) for t in real[:2000]]))
@@ -166,11 +184,14 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=20000)
     parser.add_argument("--planted", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--text", choices=("docstrings", "debian"), default="docstrings",
+                        help="docstrings: stdlib/site-packages docstrings; debian: /usr/share/doc changelog "
+                        "entries and copyright paragraphs")
     args = parser.parse_args()
     warm_up()
-    corpus = build_corpus(args.docs, args.planted, args.seed)
+    corpus = build_corpus(args.docs, args.planted, args.seed, args.text)
     frame = corpus.with_columns(pl.int_range(0, pl.len(), dtype=pl.UInt64).alias(POSITION))
-    print(f"corpus: {corpus.height} documents ({args.planted} planted), threshold {THRESHOLD}, num_perm {NUM_PERM}")
+    print(f"corpus: {corpus.height} {args.text} documents ({args.planted} planted), threshold {THRESHOLD}, num_perm {NUM_PERM}")
 
     start = time.perf_counter()
     truth, candidates = true_duplicates(corpus["text"])
