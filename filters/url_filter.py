@@ -64,6 +64,20 @@ class UrlFilterParams(FilterParams):
     url_column: str = Field("url", description="Column holding the page URL.")
     missing_url: Literal["keep", "drop"] = Field("keep", description="Rows without a URL: keep, or drop as `no_url`.")
 
+    def check_paths(self, base_dir: str) -> list[str]:
+        problems = []
+        for side in ("block", "allow"):
+            for i, spec in enumerate(getattr(self, side)):
+                path = Path(base_dir) / spec.path
+                if not (path.is_dir() if spec.format == "ut1" else path.is_file()):
+                    kind = "folder" if spec.format == "ut1" else "file"
+                    problems.append(f"{side}[{i}].path: no {kind} {spec.path!r} (looked in {Path(base_dir).resolve()})")
+                elif spec.format == "ut1" and spec.categories:
+                    missing = [c for c in spec.categories if not (path / c).is_dir()]
+                    if missing:
+                        problems.append(f"{side}[{i}].categories: {missing} not in {spec.path!r}")
+        return problems
+
 
 class Rules:
     """Compiled lists of one side (block or allow): tables to join and expressions to run."""

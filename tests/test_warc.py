@@ -300,3 +300,27 @@ def test_run_from_warc_is_the_same_with_two_workers_and_after_sigkill(tmp_path):
     proc = datamill(recipe, "--workers", "2")
     assert proc.wait() == 0, proc.stdout.read().decode()
     assert snapshot(killed) == expected
+
+
+def test_packaged_web_recipe_validates_next_to_a_crawl(tmp_path):
+    from importlib import resources
+
+    from datamill.curate.engine.recipe import RecipeError, load_recipe
+
+    text = resources.files("datamill.recipes").joinpath("web.yaml").read_text()
+    (tmp_path / "web.yaml").write_text(text)
+    with pytest.raises(RecipeError, match="paths_file"):
+        load_recipe(tmp_path / "web.yaml")
+    segment = tmp_path / "commoncrawl" / "crawl-data" / "CC-MAIN-2024-10" / "warc"
+    segment.mkdir(parents=True)
+    write_warc(segment / "a.warc.gz", crawl(1))
+    (tmp_path / "warc.paths.gz").write_bytes(gzip.compress(b"crawl-data/CC-MAIN-2024-10/warc/a.warc.gz\n"))
+    with pytest.raises(RecipeError, match=r"stages\[1\]\.block\[0\]\.path: no folder 'blocklists/ut1'"):
+        load_recipe(tmp_path / "web.yaml")
+    (tmp_path / "blocklists" / "ut1" / "adult").mkdir(parents=True)
+    with pytest.raises(RecipeError, match=r"block\[0\]\.categories: \['phishing', 'malware'\]"):
+        load_recipe(tmp_path / "web.yaml")
+    for category in ("phishing", "malware"):
+        (tmp_path / "blocklists" / "ut1" / category).mkdir()
+    recipe = load_recipe(tmp_path / "web.yaml")
+    assert [t for t, _ in recipe.stage_params()][:3] == ["html_extract", "url_filter", "language"]
