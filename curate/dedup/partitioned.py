@@ -11,22 +11,22 @@ The decision table is identical (same rows, values, order and types) to the sing
 `stage.reduce(summaries)` for every P, because a partition owns whole groups:
 
 - `minhash_dedup`: a band value h belongs to partition ⌊h·P / 2⁶⁴⌋ (the same ranges in every
-  band), so each LSH bucket (band, h) lies in one partition. A partition's frame is `_pos` plus
-  the band columns, a value of another partition set to null, and only rows with at least one
-  value left. `MinHashDedup.links` over it gives the duplicate pairs of its buckets (verified
-  against `verify_jaccard` with the texts of the full summaries, which stay where they are);
-  the pairs of all partitions are the pairs of the whole, and `MinHashDedup.decisions` (connected
-  components, one keeper per cluster) turns them into the decision table. Only pairs travel
-  to the combine — far fewer than documents on real data.
+  band), so each LSH bucket (band, h) lies in one partition. A partition's frame has one row per
+  band value it owns: `_pos`, `band` (0-based index), `hash`. `MinHashDedup.links` runs over
+  those rows laid out as band columns (one row per value, its band's column set, the others
+  null) and gives the duplicate pairs of the partition's buckets (verified against
+  `verify_jaccard` with the texts of the full summaries, which stay where they are); the pairs
+  of all partitions are the pairs of the whole, and `MinHashDedup.decisions` (connected
+  components, one keeper per cluster) turns them into the decision table. Only pairs travel to
+  the combine — far fewer than documents on real data.
 - `exact_dedup`: rows go to the partition of their `h0` range, so equal hashes meet in one
   partition, whose decision rows are `ExactDedup.reduce` of its rows; the combine concatenates
   them in `_pos` order.
 
-Memory of one partition (MinHash, 64-bit band values): the rows holding a value of the
-partition, 8 B `_pos` + 8 B per band each (a document falls in about min(P, bands) partitions
-out of P; with 9 bands and P = 64 that is 13% of the documents), plus polars' group-by table of
-one band at a time; the combine holds the pairs (16 B each) and union–find arrays over the
-documents that have a pair.
+Memory of one partition (MinHash, 64-bit band values): 18 B per band value it owns (about
+bands/P of every document's values), plus polars' group-by table of one band at a time; the
+combine holds the pairs (16 B each, a pair found in buckets of several partitions counts once per
+partition) and union–find arrays over the documents that have a pair.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ from typing import Protocol
 import polars as pl
 
 from datamill.curate.dedup.exact import ExactDedup
-from datamill.curate.dedup.minhash_stage import MinHashDedup
+from datamill.curate.dedup.minhash_stage import BAND_PREFIX, MinHashDedup
 from datamill.curate.engine.stage import POSITION, BarrierStage
 
 _HALF = 1 << 32
+BAND, HASH = "band", "hash"
 
 
 def hash_partition(hashes: pl.Expr, partitions: int) -> pl.Expr:
@@ -74,15 +75,25 @@ class MinHashPartitions:
 
     def split(self, summary: pl.DataFrame, partitions: int) -> list[pl.DataFrame]:
         bands = self.stage.band_columns
-        owned = summary.select(POSITION, *bands, *(hash_partition(pl.col(b), partitions).alias(f"_p_{b}") for b in bands))
-        frames = []
-        for p in range(partitions):
-            frame = owned.select(POSITION, *(pl.when(pl.col(f"_p_{b}") == p).then(pl.col(b)).alias(b) for b in bands))
-            frames.append(frame.filter(pl.any_horizontal(pl.col(b).is_not_null() for b in bands)))
-        return frames
+        values = (
+            summary.select(POSITION, *bands)
+            .unpivot(index=POSITION, on=bands, variable_name=BAND, value_name=HASH)
+            .drop_nulls(HASH)
+            .select(POSITION, pl.col(BAND).str.strip_prefix(BAND_PREFIX).cast(pl.UInt16), HASH)
+        )
+        owner = values.select(hash_partition(pl.col(HASH), partitions)).to_series()
+        return [values.filter(owner == p) for p in range(partitions)]
 
     def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
-        return self.stage.links(partition, texts=summaries)
+        values = partition.collect()
+        # one row per (document, band value) of this partition, the band's column set and the
+        # others null: each band's buckets are exactly those of the band's values here
+        bands = pl.concat(
+            [values.lazy().filter(pl.col(BAND) == i).select(POSITION, pl.col(HASH).alias(name))
+             for i, name in enumerate(self.stage.band_columns)],
+            how="diagonal",
+        )
+        return self.stage.links(bands, texts=summaries)
 
     def combine(self, results: pl.LazyFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
         return self.stage.decisions(results.select("src", "dst").collect(), summaries)
