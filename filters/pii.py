@@ -49,17 +49,19 @@ IPV4 = r"(?:(?:25[0-5]|2[0-4][0-9]|[01]?[0-9][0-9]?)\.){3}(?:25[0-5]|2[0-4][0-9]
 _H = r"[0-9A-Fa-f]{1,4}"
 IPV6 = "|".join([
     rf"(?:{_H}:){{7}}{_H}",
-    rf"(?:{_H}:){{1,6}}:{_H}",
-    rf"(?:{_H}:){{1,5}}(?::{_H}){{1,2}}",
-    rf"(?:{_H}:){{1,4}}(?::{_H}){{1,3}}",
-    rf"(?:{_H}:){{1,3}}(?::{_H}){{1,4}}",
-    rf"(?:{_H}:){{1,2}}(?::{_H}){{1,5}}",
     rf"{_H}:(?::{_H}){{1,6}}",
+    rf"(?:{_H}:){{1,2}}(?::{_H}){{1,5}}",
+    rf"(?:{_H}:){{1,3}}(?::{_H}){{1,4}}",
+    rf"(?:{_H}:){{1,4}}(?::{_H}){{1,3}}",
+    rf"(?:{_H}:){{1,5}}(?::{_H}){{1,2}}",
+    rf"(?:{_H}:){{1,6}}:{_H}",
     rf"(?:{_H}:){{1,7}}:",
 ])
-PHONE = r"\+\d{1,3}(?:[-. ]?\(?\d{1,4}\)?){2,5}|(?:\+?1[-. ]?)?\(?\d{3}\)?[-. ]*\d{3}[-. ]?\d{4}"
+"""Full and `::`-compressed forms; the forms with more groups after `::` come first because the
+regex engine takes the first alternative that matches, not the longest."""
+PHONE = r"\+\d{1,3}(?:[-. ]?(?:\(\d{1,4}\)|\d{1,5})){2,5}|(?:\+?1[-. ]?)?(?:\(\d{3}\)|\d{3})[-. ]*\d{3}[-. ]?\d{4}"
 """International numbers with a leading `+`, or Dolma's `\\(?(\\d{3})\\)?[-\\. ]*(\\d{3})[-. ]?(\\d{4})`."""
-CREDIT_CARD = r"\d{4}(?:[- ]?\d{4}){2}[- ]?\d{1,7}"
+CREDIT_CARD = r"\d{4}(?:[- ]?\d{4}){2}[- ]?\d{1,7}|\d{4}[- ]?\d{6}[- ]?\d{4,5}"
 IBAN = r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?"
 
 PATTERNS: dict[str, str] = {"email": EMAIL, "ipv6": IPV6, "ipv4": IPV4, "iban": IBAN, "credit_card": CREDIT_CARD,
@@ -79,6 +81,13 @@ NON_PUBLIC_IPV4 = (
 """Private, loopback, link-local, shared, documentation, benchmarking, multicast and reserved
 ranges: the addresses `ipaddress.ip_address(x).is_global` rejects."""
 NON_PUBLIC_IPV6 = r"(?i)^(?::|f[cd]|fe[89ab]|ff|2001:0*db8:)"
+NUMBERING_WORDS = (r"(?i)(?:\bversion|\bver\.?|\bv|\brelease|\brev\.?|\bbuild|\barticle|\bart\.|\bsection|"
+                   r"\bsec\.|\bchapter|\bch\.|\bclause|\brule|\bstep|\boid|§)\s*$")
+"""Words after which a dotted number is a version or a section number, not an IPv4 address."""
+PHONE_WORDS = r"(?i)\b(?:call|phone|tel|telephone|fax|mobile|cell|dial|ring|text|sms|whatsapp|contact|hotline)\b"
+"""An undivided run of 10+ digits is a phone number only after one of these words."""
+CONTEXT_CHARS = 32
+"""Characters of text on each side of a candidate that its checks look at."""
 SENTINELS = ("\x00", "\x01", "\x02", "\ufdd0", "\ufdd1")
 _IDX, _SEG, _POS = "_pii_row", "_pii_seg", "_pii_pos"
 
@@ -165,16 +174,19 @@ def find_pii(texts: pl.Series, types: list[str], pattern: str, only_public_ips: 
         .with_columns(pl.int_range(pl.len()).over(_IDX).alias(_POS))
     )
     seg = pl.col(_SEG)
-    prev = seg.shift(1).over(_IDX).fill_null("")
-    nxt = seg.shift(-1).over(_IDX).fill_null("")
-    is_candidate = (pl.col(_POS) % 2) == 1
+    # context: the end of the text before a candidate and the start of the text after it
+    segments = segments.with_columns(
+        seg.str.slice(-CONTEXT_CHARS).shift(1).over(_IDX).fill_null("").alias("_prev"),
+        seg.str.slice(0, CONTEXT_CHARS).shift(-1).over(_IDX).fill_null("").alias("_next"),
+    )
+    candidates = segments.filter((pl.col(_POS) % 2) == 1)
     kind = pl.lit(None, dtype=pl.String)
     for t in reversed(types):
         kind = pl.when(seg.str.contains(f"^(?:{PATTERNS[t]})$")).then(pl.lit(t)).otherwise(kind)
-    segments = segments.with_columns(
-        pl.when(is_candidate).then(kind).alias("_kind"), prev.alias("_prev"), nxt.alias("_next"))
+    candidates = candidates.with_columns(kind.alias("_kind"))
     valid = _valid(pl.col("_kind"), seg, pl.col("_prev"), pl.col("_next"), only_public_ips)
-    segments = segments.with_columns(pl.when(is_candidate & valid).then(pl.col("_kind")).alias("_type"))
+    found = candidates.filter(valid).select(_IDX, _POS, pl.col("_kind").alias("_type"))
+    segments = segments.join(found, on=[_IDX, _POS], how="left", maintain_order="left")
 
     masked_seg = seg
     for t in types:
@@ -200,7 +212,7 @@ def _valid(kind: pl.Expr, seg: pl.Expr, prev: pl.Expr, nxt: pl.Expr, only_public
     email_ok = tld.str.contains(r"^[a-z][a-z0-9-]*[a-z0-9]$") & ~tld.is_in(FILE_EXTENSIONS)
 
     ipv4_ok = (~last.str.contains(r"^[\w.]$") & ~nxt.str.contains(r"^(?:\w|\.\d)")
-               & ~prev.str.contains(r"(?i)(?:\bversion|\bver\.?|\bv|\brelease|\brev\.?)\s*$"))
+               & ~prev.str.contains(NUMBERING_WORDS))
     if only_public_ips:
         ipv4_ok &= ~seg.str.contains(NON_PUBLIC_IPV4) & (seg != "255.255.255.255")
 
@@ -209,9 +221,12 @@ def _valid(kind: pl.Expr, seg: pl.Expr, prev: pl.Expr, nxt: pl.Expr, only_public
     if only_public_ips:
         ipv6_ok &= ~seg.str.contains(NON_PUBLIC_IPV6)
 
-    phone_ok = (~last.str.contains(r"^[\w+./-]$") & ~nxt.str.contains(r"^(?:\w|[-./]\d)")
-                & n_digits.is_between(10, 15)
-                & ~prev.str.slice(-24).str.to_lowercase().str.contains(r"isbn|doi"))
+    international = seg.str.starts_with("+")
+    unformatted = seg.str.contains(r"^\d+$")
+    phone_ok = (~last.str.contains(r"^[\w+./#-]$") & ~nxt.str.contains(r"^(?:\w|[-./]\d)")
+                & n_digits.is_between(10, 15).or_(international & n_digits.is_between(8, 15))
+                & ~prev.str.slice(-24).str.to_lowercase().str.contains(r"isbn|doi")
+                & (~unformatted | prev.str.slice(-30).str.contains(PHONE_WORDS)))
 
     card_ok = ~glued_before & ~nxt.str.contains(r"^(?:\w|[- ]\d)") & n_digits.is_between(13, 19) & _luhn(digits)
 
