@@ -1,12 +1,14 @@
 """Compare datamill's heuristic filters with datatrove's on the same real documents: agreement and speed.
 
-Corpus (offline, real text): every installed distribution's long description and its paragraphs,
-then the docstrings (parsed with `ast`) of the standard library and of the installed packages, each
-docstring alone and all docstrings of a file joined as one longer text. A seeded sample of
-`--docs` of them is scored by both implementations.
+Corpus (offline, real text; `--corpus real`, the default): rendered man pages (English and
+translated), Debian changelogs and copyright files, licences, READMEs and other docs under
+/usr/share/doc, plus 17 kinds of synthetic junk made from them (see `real_text.py`; needs
+`apt-get install -y man-db groff` where man is missing). `--corpus docstrings`: installed
+distributions' long descriptions and the docstrings of the standard library and site-packages.
+A seeded sample of `--docs` of them is scored by both implementations.
 
     pip install datatrove spacy   # datatrove's English word tokenizer is spacy.blank("en"), no download
-    python bench/bench_heuristics.py --docs 20000
+    python bench/bench_heuristics.py --docs 12000
 
 Prints, per family, how often both keep / both drop / only one drops, how often the first drop
 reason agrees when both drop, the docs/s of each and their ratio, and for every class of
@@ -32,6 +34,9 @@ import polars as pl
 from datamill.filters.c4 import C4Quality
 from datamill.filters.fineweb import FineWebQuality
 from datamill.filters.gopher import GopherQuality, GopherRepetition
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_text  # noqa: E402
 
 REASON_PREFIX = {"gopher_quality": "", "gopher_repetition": "gopher_", "c4": "c4_", "fineweb": "fineweb_"}
 """What we prepend to datatrove's reason names (ours are named per family)."""
@@ -88,7 +93,7 @@ def package_descriptions() -> list[str]:
     return texts
 
 
-def corpus(n_docs: int, seed: int) -> list[str]:
+def docstring_corpus(n_docs: int, seed: int) -> list[str]:
     """A seeded sample of n_docs distinct real texts (files are read until there are 2 x n_docs)."""
     texts = dict.fromkeys(package_descriptions())
     for path in python_files():
@@ -160,7 +165,7 @@ def ours_name(family: str, reason: str | None) -> str | None:
     return reason if reason.startswith(prefix) else prefix + reason
 
 
-def compare(family: str, texts, theirs, ours, their_texts, our_texts, timing) -> None:
+def compare(family: str, texts, kinds, theirs, ours, their_texts, our_texts, timing) -> None:
     n = len(texts)
     theirs = [ours_name(family, r) for r in theirs]
     both_keep = sum(a is None and b is None for a, b in zip(theirs, ours))
@@ -189,23 +194,32 @@ def compare(family: str, texts, theirs, ours, their_texts, our_texts, timing) ->
     for (a, b), count in classes.most_common():
         sample = texts[examples[(a, b)]][:100].replace("\n", "\\n")
         print(f"  {count:6d}  datatrove={a}  datamill={b}  e.g. {sample!r}")
+    by_kind = Counter(kinds[i] for i in range(n) if theirs[i] != ours[i])
+    if by_kind:
+        total = Counter(kinds)
+        print("  disagreements by kind: " + ", ".join(f"{k} {c}/{total[k]}" for k, c in by_kind.most_common()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=20_000)
+    parser.add_argument("--docs", type=int, default=12_000)
+    parser.add_argument("--corpus", choices=["real", "docstrings"], default="real")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-rows", type=int, default=5_000)
     parser.add_argument("--families", nargs="*", default=list(REASON_PREFIX))
     args = parser.parse_args()
 
-    texts = corpus(args.docs, args.seed)
+    if args.corpus == "real":
+        kinds, texts = map(list, zip(*real_text.corpus(args.docs, args.seed)))
+    else:
+        texts = docstring_corpus(args.docs, args.seed)
+        kinds = ["docstring"] * len(texts)
     print(f"{len(texts)} documents, {sum(map(len, texts)):,} characters")
     theirs_all, ours_all = datatrove_filters(), our_filters()
     for family in args.families:
         dt_reasons, dt_texts, dt_time = run_datatrove(theirs_all[family], texts)
         our_reasons, our_texts, our_time = run_ours(ours_all[family], texts, args.batch_rows)
-        compare(family, texts, dt_reasons, our_reasons, dt_texts, our_texts, (dt_time, our_time))
+        compare(family, texts, kinds, dt_reasons, our_reasons, dt_texts, our_texts, (dt_time, our_time))
 
 
 if __name__ == "__main__":

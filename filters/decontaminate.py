@@ -2,24 +2,27 @@
 
 Like GPT-3's and TÜLU 3's decontamination: every benchmark named in the recipe is read through the
 registered sources (any source type: jsonl, parquet, hf…), the chosen `fields` of each eval record
-are normalized (lowercase, punctuation and symbols removed, whitespace collapsed) and cut into word
-n-grams (default 13 words), and a training record is contaminated by a benchmark when it contains
+are normalized (lowercase, every run of punctuation and symbols replaced by a space, so that
+"epsilon,zeta" and "epsilon/zeta" read as "epsilon zeta"; see `datamill.filters.ngrams`) and cut
+into word n-grams (default 13 words), and a training record is contaminated by a benchmark when it contains
 at least `min_overlap` distinct n-grams of it. N-grams are compared by 64-bit hash (see
 `datamill.filters.ngrams`: a rolling hash over polars' seeded word hashes, the same in every
 process and run of one installation); all benchmarks' hashes form one table, joined per batch.
 
-Short eval texts (fewer than `ngram` words, at least `min_item_tokens`) are indexed whole: a training
-record that contains the whole text, as a phrase, counts one shared n-gram. This is a choice, not a
-copy: open-instruct's n-gram search (`decontamination/search.py`, `get_ngram_mapping`) and
-datatrove's `NGramsDecontIndexer` give such texts no n-grams at all, so they never match; only
-open-instruct's default full-field mode (an Elasticsearch phrase match of the whole field) catches
-them, and indexing the whole text is that phrase match. Texts below `min_item_tokens` words
-("Who wrote Hamlet?") are left out: such phrases occur by chance. `min_item_tokens: <ngram>`
-gives the open-instruct / datatrove n-gram behaviour.
+Eval texts shorter than `ngram` words have no n-gram and never match by default, as in
+open-instruct's n-gram search (`decontamination/search.py`, `get_ngram_mapping`) and datatrove's
+`NGramsDecontIndexer`. `short_items: true` indexes those with at least `min_item_tokens` words
+whole (open-instruct's full-field mode, an Elasticsearch phrase match of the whole field): a
+training record containing the whole text as a phrase counts one shared n-gram. It is opt-in
+because a generic question ("What is the name of the largest city in the world?") then removes
+every document that asks it; `contaminated_items` shows which eval items do the removing.
 
 Columns: `contamination_ngrams` (the largest number of distinct shared n-grams with any one
-benchmark, 0 if none) and `contaminated_by` (names of the benchmarks that reach `min_overlap`, in
-recipe order; empty if none). Drop reason: `contaminated:<first benchmark in contaminated_by>`.
+benchmark, 0 if none), `contaminated_by` (names of the benchmarks that reach `min_overlap`, in
+recipe order; empty if none) and `contaminated_items` (the eval items of those benchmarks that
+share n-grams with the record, as "<benchmark>#<record number in its source, from 0>", most shared
+first). Drop reason: `contaminated:<first benchmark in contaminated_by>`. `item_hits(frame)` counts
+the records each eval item hit, worst first.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from datamill.filters.ngrams import DOC, HASH, LENGTH, N_WORDS, ngram_hashes, no
 READ_BATCH_ROWS = 10_000
 NGRAMS = "contamination_ngrams"
 CONTAMINATED_BY = "contaminated_by"
+CONTAMINATED_ITEMS = "contaminated_items"
 
 
 class Benchmark(BaseModel):
@@ -106,11 +110,13 @@ class DecontaminateParams(FilterParams):
     min_overlap: int = Field(
         1, ge=1, description="Distinct shared n-grams with one benchmark that make a record contaminated."
     )
+    short_items: bool = Field(
+        False,
+        description="Also index eval texts shorter than `ngram` words (but at least `min_item_tokens`) "
+        "whole, as a phrase: catches short questions, and generic ones with them.",
+    )
     min_item_tokens: int = Field(
-        8,
-        ge=1,
-        description="Eval texts shorter than `ngram` words but at least this long are indexed whole; "
-        "shorter ones are not indexed.",
+        8, ge=1, description="With `short_items`: the fewest words an eval text needs to be indexed whole."
     )
     lowercase: bool = Field(True, description="Compare lowercased text.")
     strip_punctuation: bool = Field(True, description="Remove punctuation and symbols before comparing.")
@@ -134,7 +140,7 @@ class Decontaminate(Filter):
 
     type_name = "decontaminate"
     Params: ClassVar = DecontaminateParams
-    outputs = (NGRAMS, CONTAMINATED_BY)
+    outputs = (NGRAMS, CONTAMINATED_BY, CONTAMINATED_ITEMS)
     params: DecontaminateParams
 
     def __init__(self, params: DecontaminateParams | None = None, *, seed: int = 0):
@@ -145,13 +151,13 @@ class Decontaminate(Filter):
 
     # --- setup: the n-gram index of every benchmark --------------------------------------
     def setup(self) -> None:
-        """Read every benchmark and build one table (hash, benchmark order, benchmark name)."""
+        """Read every benchmark and build one table (hash, benchmark order, benchmark name, item)."""
         tables, lengths = [], {self.params.ngram}
         for order, benchmark in enumerate(self.params.benchmarks):
             hashes = self._benchmark_hashes(benchmark)
             lengths.update(hashes[LENGTH].unique().to_list())
             tables.append(
-                hashes.select(HASH).unique().with_columns(
+                hashes.select(HASH, "_item").unique().with_columns(
                     pl.lit(order, dtype=pl.UInt32).alias("_order"), pl.lit(benchmark.name).alias("_benchmark")
                 )
             )
@@ -159,13 +165,15 @@ class Decontaminate(Filter):
         self.lengths = sorted(lengths)
 
     def _benchmark_hashes(self, benchmark: Benchmark) -> pl.DataFrame:
-        """(length, hash) of every indexed n-gram of one benchmark."""
-        texts, read, quarantined, first_problem = self._read_texts(benchmark)
-        n, shortest = self.params.ngram, min(self.params.min_item_tokens, self.params.ngram)
+        """(length, hash, item) of every indexed n-gram of one benchmark (item: the eval record's number)."""
+        texts, items, read, quarantined, first_problem = self._read_texts(benchmark)
+        n = self.params.ngram
+        shortest = min(self.params.min_item_tokens, n) if self.params.short_items else n
         words = self._words(texts)
         grams = ngram_hashes(words, range(shortest, n + 1))
-        # full n-grams, plus the single whole-text n-gram of texts shorter than n words
-        kept = grams.filter((pl.col(LENGTH) == n) | (pl.col(LENGTH) == pl.col(N_WORDS))).select(LENGTH, HASH)
+        # full n-grams, plus (short_items) the single whole-text n-gram of texts shorter than n words
+        kept = grams.filter((pl.col(LENGTH) == n) | (pl.col(LENGTH) == pl.col(N_WORDS)))
+        kept = kept.select(LENGTH, HASH, items.gather(kept[DOC]).alias("_item"))
         if kept.height == 0:
             problem = f"; first problem: {first_problem}" if first_problem else ""
             raise ValueError(
@@ -175,13 +183,14 @@ class Decontaminate(Filter):
             )
         return kept
 
-    def _read_texts(self, benchmark: Benchmark) -> tuple[pl.Series, int, int, str | None]:
-        """Every indexed field of every eval record as one String Series (nulls and blanks left out)."""
+    def _read_texts(self, benchmark: Benchmark) -> tuple[pl.Series, pl.Series, int, int, str | None]:
+        """Every indexed field of every eval record as one String Series (nulls and blanks left out),
+        and the number of the record each text comes from (UInt32, counted over readable records)."""
         params = benchmark.source_params()
         fields = benchmark.indexed_fields(params)
         source = source_types()[params.type](params, index=0, base_dir=self.base_dir)
         columns = ["text", *fields[1:]]
-        parts, read, quarantined, first_problem = [], 0, 0, None
+        parts, parts_n, read, quarantined, first_problem = [], [], 0, 0, None
         try:
             for shard in source.plan():
                 for batch in source.read(shard, READ_BATCH_ROWS):
@@ -189,12 +198,17 @@ class Decontaminate(Filter):
                     quarantined += batch.quarantine.height
                     if first_problem is None and batch.quarantine.height:
                         first_problem = batch.quarantine["detail"][0]
-                    parts.append(batch.records.select(pl.concat_list(columns).alias("_t")).explode("_t")["_t"])
+                    records = batch.records.select(
+                        pl.concat_list(columns).alias("_t"),
+                        pl.int_range(pl.len(), dtype=pl.UInt32).alias("_item") + sum(p.height for p in parts_n),
+                    )
+                    parts_n.append(records)
+                    parts.append(records.explode("_t"))
         except (OSError, ValueError, KeyError) as err:
             raise ValueError(f"benchmark {benchmark.name!r}: cannot read its source: {err}") from err
-        texts = pl.concat(parts) if parts else pl.Series("_t", [], dtype=pl.String)
-        texts = texts.filter(texts.is_not_null() & (texts.str.strip_chars() != ""))
-        return texts, read, quarantined, first_problem
+        table = pl.concat(parts) if parts else pl.DataFrame(schema={"_t": pl.String, "_item": pl.UInt32})
+        table = table.filter(pl.col("_t").is_not_null() & (pl.col("_t").str.strip_chars() != ""))
+        return table["_t"], table["_item"], read, quarantined, first_problem
 
     def _words(self, texts: pl.Series) -> pl.Series:
         p = self.params
@@ -208,28 +222,57 @@ class Decontaminate(Filter):
             self.setup()
         p = self.params
         grams = ngram_hashes(self._words(batch["text"]), self.lengths)
-        hits = (
-            grams.select(DOC, HASH)
-            .join(self.index, on=HASH, how="inner")
-            .group_by(DOC, "_order", "_benchmark")
+        matches = grams.select(DOC, HASH).unique().join(self.index, on=HASH, how="inner")
+        per_benchmark = (
+            matches.group_by(DOC, "_order", "_benchmark")
             .agg(pl.col(HASH).n_unique().cast(pl.UInt32).alias("_shared"))
-            .sort(DOC, "_order")
+            .with_columns((pl.col("_shared") >= p.min_overlap).alias("_hit"))
+        )
+        hits = (
+            per_benchmark.sort(DOC, "_order")
             .group_by(DOC, maintain_order=True)
             .agg(
                 pl.col("_shared").max().alias(NGRAMS),
-                pl.col("_benchmark").filter(pl.col("_shared") >= p.min_overlap).alias(CONTAMINATED_BY),
+                pl.col("_benchmark").filter(pl.col("_hit")).alias(CONTAMINATED_BY),
             )
         )
+        items = (
+            matches.join(per_benchmark.filter("_hit").select(DOC, "_order"), on=[DOC, "_order"], how="semi")
+            .group_by(DOC, "_order", "_benchmark", "_item")
+            .agg(pl.len().alias("_n"))
+            .sort(DOC, "_n", "_order", "_item", descending=[False, True, False, False])
+            .group_by(DOC, maintain_order=True)
+            .agg(pl.format("{}#{}", "_benchmark", "_item").alias(CONTAMINATED_ITEMS))
+        )
+        no_names = pl.lit([], dtype=pl.List(pl.String))
         per_record = (
             pl.DataFrame({DOC: np.arange(batch.height, dtype=np.uint32)})
             .join(hits, on=DOC, how="left", maintain_order="left")
+            .join(items, on=DOC, how="left", maintain_order="left")
             .select(
                 pl.col(NGRAMS).fill_null(0),
-                pl.col(CONTAMINATED_BY).fill_null(pl.lit([], dtype=pl.List(pl.String))),
+                pl.col(CONTAMINATED_BY).fill_null(no_names),
+                pl.col(CONTAMINATED_ITEMS).fill_null(no_names),
             )
         )
-        return batch.with_columns(per_record[NGRAMS], per_record[CONTAMINATED_BY])
+        return batch.with_columns(per_record.get_columns())
 
     def drop_rules(self) -> list[tuple[str, pl.Expr]]:
         first = pl.col(CONTAMINATED_BY).list.first()
         return [(f"contaminated:{b.name}", first == b.name) for b in self.params.benchmarks]
+
+
+def item_hits(scored: pl.DataFrame) -> pl.DataFrame:
+    """How many records each eval item hit (`contaminated_items` of the stage's output, dropped and
+    flagged records both): columns benchmark, item, records, most records first."""
+    return (
+        scored.select(pl.col(CONTAMINATED_ITEMS).explode().drop_nulls().alias("_name"))
+        .group_by("_name")
+        .agg(pl.len().alias("records"))
+        .select(
+            pl.col("_name").str.extract(r"^(.*)#\d+$").alias("benchmark"),
+            pl.col("_name").str.extract(r"#(\d+)$").cast(pl.UInt32).alias("item"),
+            "records",
+        )
+        .sort("records", "benchmark", "item", descending=[True, False, False])
+    )

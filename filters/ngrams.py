@@ -1,7 +1,8 @@
 """Hash every word n-gram of a polars text column: normalized words, then rolling 64-bit n-gram hashes.
 
-Text is normalized the way `datamill.curate.dedup.shingles.Shingler` does it (lowercase, drop
-punctuation and symbols, collapse whitespace) and split into whitespace-separated words. Each word
+Text is normalized (lowercase; every run of punctuation and symbols, Unicode P and S, becomes a
+space, so glued marks split words: "epsilon,zeta" and "epsilon/zeta" give the words of
+"epsilon, zeta") and split into whitespace-separated words. Each word
 is hashed with polars' own `hash(seed=0)` (64 bits), and an n-gram's hash is the Rabin-Karp
 polynomial of its word hashes, `g(1) = h1`, `g(k) = g(k-1) * P + hk` in wrapping UInt64 arithmetic
 (P: the 64-bit FNV prime). One pass up to the longest wanted length yields every shorter length on
@@ -20,8 +21,6 @@ from collections.abc import Iterable
 
 import polars as pl
 
-from datamill.curate.dedup.shingles import Shingler
-
 DOC = "doc"
 """Output column: position of the document in the input series (UInt32)."""
 N_WORDS = "n_words"
@@ -38,8 +37,11 @@ MULTIPLIER = 0x100000001B3
 
 def normalized_words(text: pl.Expr, *, lowercase: bool = True, strip_punctuation: bool = True) -> pl.Expr:
     """The words of `text` after normalization, as list[str] (null text gives null)."""
-    normalizer = Shingler(kind="word", lowercase=lowercase, punctuation=strip_punctuation, whitespace=False)
-    return normalizer.normalized(text).str.extract_all(r"\S+")
+    if lowercase:
+        text = text.str.to_lowercase()
+    if strip_punctuation:
+        text = text.str.replace_all(r"[\p{P}\p{S}]+", " ")
+    return text.str.extract_all(r"\S+")
 
 
 def ngram_hashes(words: pl.Series, lengths: Iterable[int]) -> pl.DataFrame:

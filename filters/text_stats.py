@@ -21,10 +21,14 @@ differ by 1%; the filters' keep/drop decisions agree far more often (see bench/b
 
 from __future__ import annotations
 
+import functools
 import re
+from types import ModuleType
 
 import numpy as np
 import polars as pl
+
+from datamill.curate.engine.utf8_buffer import utf8_buffer
 
 PUNCTUATION = "!/—”:％１〈&(、━\\【#%「」，】；+^]~“《„';’{|∶´[=-`*．（–？！：$～«〉,><》)?）。…@_.\"}►»" + "".join(
     chr(code) for low, high in ((0, 9), (11, 13), (13, 32), (127, 160)) for code in range(low, high)
@@ -169,6 +173,14 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)
 """Odd 64-bit multiplier of the rolling n-gram hash (wraps around, as uint64 arithmetic does)."""
 
 
+@functools.cache
+def repetition_kernels() -> ModuleType:
+    """`datamill.filters.repetition_kernels`, imported (and numba-compiled) on first use."""
+    from datamill.filters import repetition_kernels as kernels
+
+    return kernels
+
+
 def ngram_char_counts(tokens: pl.Series, top_ns: list[int], dup_ns: list[int]) -> pl.DataFrame:
     """Gopher's n-gram repetition numerators for every document (row) of a list[str] Series.
 
@@ -177,11 +189,11 @@ def ngram_char_counts(tokens: pl.Series, top_ns: list[int], dup_ns: list[int]) -
     and `dup_<n>` (characters, spaces excluded, of the n-grams that repeat an earlier n-gram).
     Documents with fewer than n tokens get 0.
 
-    `dup_<n>` follows datatrove's left-to-right scan, which jumps n tokens after each repeat: a
-    maximal run of consecutive repeating positions a..b counts the tokens a .. a+ceil((b-a+1)/n)*n-1.
-    Two approximations remain, both rare in practice: a run that starts inside the jump of the
-    previous run is not shortened, and an n-gram whose only earlier occurrence was jumped over
-    still counts as a repeat. N-grams are compared by a 64-bit rolling hash of their tokens.
+    `dup_<n>` is datatrove's left-to-right scan exactly (`repetition_kernels.duplicate_chars`):
+    n-grams keyed by their tokens joined without a separator, a repeat counted in full and the
+    scan jumping n tokens past it, jumped n-grams never entering the visited set. The top n-grams
+    are compared by a 64-bit rolling hash of their tokens (tokens hold no whitespace, so equal
+    token tuples are equal space-joined strings).
     """
     n_docs = tokens.len()
     n_tok = tokens.list.len().cast(pl.Int64).to_numpy()
@@ -195,21 +207,27 @@ def ngram_char_counts(tokens: pl.Series, top_ns: list[int], dup_ns: list[int]) -
 
     out = {}
     gram_hash = token_hash.copy()
+    if dup_ns:
+        kernels = repetition_kernels()
+        concat_keys, concat_powers = kernels.token_hashes(*utf8_buffer(flat))
+        token_keys, token_powers = concat_keys.copy(), concat_powers.copy()
     for n in range(1, max([*top_ns, *dup_ns], default=0) + 1):
         starts = len(flat) - n + 1
         if n > 1 and starts > 0:
             with np.errstate(over="ignore"):
                 gram_hash[:starts] = gram_hash[:starts] * _MIX + token_hash[n - 1 :]
+            if dup_ns:
+                kernels.roll(concat_keys, concat_powers, token_keys, token_powers, n)
         if n not in top_ns and n not in dup_ns:
             continue
         rows = np.flatnonzero(remaining >= n)  # positions where an n-gram starts
-        last = rows + n - 1
-        gram_chars = before[last] + token_len[last] - before[rows]  # without the joining spaces
         if n in top_ns:
+            last = rows + n - 1
+            gram_chars = before[last] + token_len[last] - before[rows]  # without the joining spaces
             out[f"top_{n}"] = _top_ngram_chars(doc[rows], gram_hash[rows], gram_chars + (n - 1), n_docs)
         if n in dup_ns:
-            out[f"dup_{n}"] = _repeated_ngram_chars(
-                doc[rows], gram_hash[rows], rows, before, token_len, n, n_docs
+            out[f"dup_{n}"] = pl.Series(
+                kernels.duplicate_chars(concat_keys[rows], doc[rows], rows, n, before, token_len, n_docs)
             )
     return pl.DataFrame(out) if out else pl.DataFrame(height=n_docs)
 
@@ -226,27 +244,3 @@ def _top_ngram_chars(doc: np.ndarray, gram: np.ndarray, chars: np.ndarray, n_doc
     values = np.zeros(n_docs, dtype=np.int64)
     values[top["doc"].to_numpy()] = (top["count"].cast(pl.Int64) * top["chars"]).to_numpy()
     return pl.Series(values)
-
-
-def _repeated_ngram_chars(
-    doc: np.ndarray,
-    gram: np.ndarray,
-    rows: np.ndarray,
-    before: np.ndarray,
-    token_len: np.ndarray,
-    n: int,
-    n_docs: int,
-) -> pl.Series:
-    """Per doc: characters covered by datatrove's jump-by-n scan over repeated n-grams."""
-    with np.errstate(over="ignore"):
-        key = gram * _MIX + doc.astype(np.uint64)
-    repeated = ~pl.Series(key).is_first_distinct().to_numpy()
-    continues = np.zeros_like(repeated)
-    continues[1:] = repeated[:-1] & (doc[1:] == doc[:-1])
-    run_start = repeated & ~continues
-    run_id = np.cumsum(run_start) - 1
-    run_length = np.bincount(run_id[repeated], minlength=int(run_start.sum()))
-    first = rows[run_start]  # token index where each run starts
-    last = first + (run_length + n - 1) // n * n - 1
-    chars = before[last] + token_len[last] - before[first]
-    return pl.Series(np.bincount(doc[run_start], weights=chars, minlength=n_docs).astype(np.int64))

@@ -10,7 +10,7 @@ import pytest
 from conftest import recipe_dict, write_jsonl
 from datamill.curate.executors.run import run_recipe
 from datamill.curate.engine.recipe import RecipeError, validate_recipe
-from datamill.filters.decontaminate import Decontaminate, DecontaminateParams  # registers "decontaminate"
+from datamill.filters.decontaminate import Decontaminate, DecontaminateParams, item_hits  # registers "decontaminate"
 from datamill.filters.ngrams import ngram_hashes, normalized_words
 
 BAKERY = (
@@ -38,7 +38,7 @@ MATH = [
 ]
 IRON = "Which chemical element has the symbol Fe on the periodic table, and what is its atomic number?"
 BERLIN = "In which year did the Berlin Wall fall, marking the start of German reunification?"
-SHORTEST_DAY = "Which planet in our solar system has the shortest day?"  # 10 words: indexed whole
+SHORTEST_DAY = "Which planet in our solar system has the shortest day?"  # 10 words: whole with short_items
 MONA_LISA = "Who painted the Mona Lisa?"  # 5 words: too short to index
 TRIVIA = [{"question": q} for q in (IRON, BERLIN, SHORTEST_DAY, MONA_LISA)]
 
@@ -89,15 +89,17 @@ def test_verbatim_questions_are_caught_and_paraphrases_are_not(evals):
         "math_verbatim": (["math"], "contaminated:math"),
         "trivia_restyled": (["trivia"], "contaminated:trivia"),
         "both": (["math", "trivia"], "contaminated:math"),
-        "short_item": (["trivia"], "contaminated:trivia"),
+        "short_item": ([], None),  # shorter than 13 words: matched only with short_items
         "generic_phrase": ([], None),
         "paraphrase_ages": ([], None),
         "paraphrase_bakery": ([], None),
         "unrelated": ([], None),
     }
-    # the bakery question has 30 words after normalization: 18 distinct 13-grams
-    assert rows["math_verbatim"]["contamination_ngrams"] == 18
-    assert rows["short_item"]["contamination_ngrams"] == 1
+    # the bakery question has 31 words after normalization ("$1.50" is "1 50"): 19 distinct 13-grams
+    assert rows["math_verbatim"]["contamination_ngrams"] == 19
+    assert rows["math_verbatim"]["contaminated_items"] == ["math#0"]
+    assert rows["both"]["contaminated_items"] == ["math#1", "trivia#0"]
+    assert rows["short_item"]["contamination_ngrams"] == 0
     assert rows["unrelated"]["contamination_ngrams"] == 0
 
 
@@ -109,7 +111,7 @@ def test_listed_order_decides_the_drop_reason(evals):
 
 
 def test_min_overlap_counts_distinct_shared_ngrams(evals):
-    fourteen_words = "muffins for $3 each and cookies for $1.50 each. On Saturday it sold 42"
+    fourteen_words = "for $3 each and cookies for $1.50 each. On Saturday it sold 42"
     docs = {
         "partial": f"I only remember the shop had {fourteen_words} of something, nothing more.",
         "repeated": f"{BAKERY} Once more, slowly: {BAKERY}",
@@ -119,16 +121,55 @@ def test_min_overlap_counts_distinct_shared_ngrams(evals):
     assert loose["partial"]["contamination_ngrams"] == 2 and loose["partial"]["contaminated_by"] == ["math"]
     assert strict["partial"]["contamination_ngrams"] == 2 and strict["partial"]["contaminated_by"] == []
     assert strict["partial"]["_drop_reason"] is None
-    assert strict["repeated"]["contamination_ngrams"] == 18  # a repeat adds no new n-grams
+    assert strict["repeated"]["contamination_ngrams"] == 19  # a repeat adds no new n-grams
     assert strict["repeated"]["contaminated_by"] == ["math"]
 
 
-def test_short_items_follow_min_item_tokens(evals):
+def test_short_items_are_matched_whole_only_when_asked(evals):
     docs = {"short_item": DOCS["short_item"], "generic_phrase": DOCS["generic_phrase"]}
-    strict = scored(benchmarks(evals), docs, min_item_tokens=13)  # open-instruct's n-gram behaviour
-    assert strict["short_item"]["contaminated_by"] == []
-    loose = scored(benchmarks(evals), docs, min_item_tokens=5)
+    default = scored(benchmarks(evals), docs)  # open-instruct's and datatrove's n-gram behaviour
+    assert default["short_item"]["contaminated_by"] == []
+    whole = scored(benchmarks(evals), docs, short_items=True)  # 8 words at least
+    assert whole["short_item"]["contaminated_by"] == ["trivia"]
+    assert whole["short_item"]["contamination_ngrams"] == 1
+    assert whole["short_item"]["contaminated_items"] == ["trivia#2"]
+    assert whole["generic_phrase"]["contaminated_by"] == []  # 5 words: below min_item_tokens
+    loose = scored(benchmarks(evals), docs, short_items=True, min_item_tokens=5)
     assert loose["generic_phrase"]["contaminated_by"] == ["trivia"]
+
+
+GREEK = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron"
+
+
+def test_glued_punctuation_does_not_hide_an_ngram(tmp_path):
+    write_jsonl(tmp_path / "greek.jsonl", [{"question": GREEK}])
+    source = {"type": "jsonl", "path": str(tmp_path / "greek.jsonl"), "text_field": "question"}
+    glued = {
+        sep: "Notes: " + GREEK.replace("epsilon zeta", f"epsilon{sep}zeta") + " end."
+        for sep in (",", "/", ".", ";", "-", "(", "—", "+", ", ")
+    }
+    glued["apart"] = "Notes: alpha beta gamma delta epsilon zetaeta theta iota kappa lambda mu nu xi omicron"
+    rows = scored([{"name": "greek", "source": source}], glued)
+    assert {sep: row["contaminated_by"] for sep, row in rows.items()} == {
+        **{sep: ["greek"] for sep in glued if sep != "apart"},
+        "apart": [],
+    }
+
+
+def test_item_hits_names_the_eval_item_that_removed_most(tmp_path):
+    generic = "what is the name of the largest city in the world"
+    write_jsonl(tmp_path / "qa.jsonl", [{"question": GREEK}, {"question": generic.capitalize() + "?"}])
+    source = {"type": "jsonl", "path": str(tmp_path / "qa.jsonl"), "text_field": "question"}
+    docs = {f"quiz{i}": f"Round {i}: {generic}? Answers below." for i in range(3)}
+    docs["greek"] = f"Letters: {GREEK}."
+    docs["clean"] = DOCS["unrelated"]
+    stage = Decontaminate(DecontaminateParams(benchmarks=[{"name": "qa", "source": source}], short_items=True))
+    stage.setup()
+    out = stage.process(pl.DataFrame({"text": list(docs.values())}))
+    assert item_hits(out).to_dicts() == [
+        {"benchmark": "qa", "item": 1, "records": 3},
+        {"benchmark": "qa", "item": 0, "records": 1},
+    ]
 
 
 def test_parquet_benchmark_with_several_fields(tmp_path):
@@ -146,6 +187,8 @@ def test_parquet_benchmark_with_several_fields(tmp_path):
 def test_ngrams_never_span_two_documents():
     words = pl.select(normalized_words(pl.lit(pl.Series(["The cat sat.", "On a MAT!", "x"])))).to_series()
     assert words.to_list() == [["the", "cat", "sat"], ["on", "a", "mat"], ["x"]]
+    glued = pl.select(normalized_words(pl.lit(pl.Series(["epsilon,zeta/eta (theta)--iota's"])))).to_series()
+    assert glued.to_list() == [["epsilon", "zeta", "eta", "theta", "iota", "s"]]
     grams = ngram_hashes(words, [2])
     assert grams["doc"].to_list() == [0, 0, 1, 1]
     alone = ngram_hashes(pl.Series([["cat", "sat"]]), [2])
@@ -192,7 +235,7 @@ def test_unreadable_benchmark_is_named_at_setup(tmp_path):
 @pytest.mark.parametrize("action", ["drop", "flag"])
 def test_run_reports_contamination_per_benchmark(tmp_path, evals, action):
     write_jsonl(tmp_path / "raw" / "train.jsonl", [{"text": t, "label": n} for n, t in DOCS.items()])
-    stages = [{"type": "decontaminate", "benchmarks": benchmarks(evals), "action": action}]
+    stages = [{"type": "decontaminate", "benchmarks": benchmarks(evals), "short_items": True, "action": action}]
     recipe = validate_recipe(recipe_dict(str(tmp_path / "raw" / "*.jsonl"), str(tmp_path / "out"), stages))
     stats = run_recipe(recipe, workers=1)
     corpus = pl.read_parquet(sorted((tmp_path / "out" / "shards").glob("*.parquet")))
