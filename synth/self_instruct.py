@@ -100,8 +100,9 @@ def read_seed_tasks(path: Path) -> pl.DataFrame:
 def parse_numbered(completions: pl.DataFrame) -> pl.DataFrame:
     """Candidate instructions of each completion (`text`, `finish_reason`, …) → one row per
     candidate: its numbered-list items, or, for a reply without a list, its first line (bullets and
-    "Task:" stripped). `cut_off` is true for the last candidate of a completion that hit
-    max_new_tokens."""
+    "Task:" stripped). `cut_off` is true for a candidate that max_new_tokens cut mid-sentence: the
+    last candidate of a completion that hit the limit, when it sits on the reply's final line and
+    that line does not end a sentence (a complete first line followed by more text is not cut)."""
     first_line = pl.col("text").str.strip_chars().str.extract(r"^([^\n]*)").str.replace(r"^[-*•\s]+", "")
     items = (completions.with_row_index("completion")
              .with_columns(pl.col("text").str.extract_all(NUMBERED_ITEM).alias("instruction"))
@@ -112,9 +113,19 @@ def parse_numbered(completions: pl.DataFrame) -> pl.DataFrame:
         pl.col("instruction").str.replace(r"^[ \t]*\d{1,3}[ \t]*[.):][ \t]*", "")
         .str.replace(r"(?i)^(new\s+)?(instruction|task)\s*:\s*", "").str.replace_all(r"\s+", " ")
         .str.strip_chars().str.strip_chars_end(":").alias("instruction"),
-        ((pl.col("finish_reason") == "length") & (pl.int_range(pl.len()).over("completion") == pl.len().over("completion") - 1))
-        .alias("cut_off"),
+        ((pl.col("finish_reason") == "length") & (pl.int_range(pl.len()).over("completion") == pl.len().over("completion") - 1)
+         & cut_tail(pl.col("text"))).alias("cut_off"),
     ).filter(pl.col("instruction") != "")
+
+
+def cut_tail(text: pl.Expr) -> pl.Expr:
+    """Whether a reply that hit max_new_tokens ends in a cut sentence that a candidate was read from:
+    its final line is its only line or a numbered item, and does not end with a sentence end."""
+    last_line = text.str.extract(r"([^\n]*)$").fill_null("")
+    only_line = ~text.str.strip_chars().str.contains("\n")
+    item_line = last_line.str.contains(r"^[ \t]*\d{1,3}[ \t]*[.):]")
+    ended = last_line.str.strip_chars().str.contains(r"[.!?…\"'”’)\]]$")
+    return (only_line | item_line) & ~ended & (last_line.str.strip_chars() != "")
 
 
 def instruction_rules(params: SelfInstructParams) -> list[tuple[str, pl.Expr]]:
