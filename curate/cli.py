@@ -69,8 +69,10 @@ def run(
         with _ProgressDisplay() as display:
             stats = run_recipe(parsed, workers=workers, resume=resume, progress=display.update)  # local or ray
     except RunError as err:
-        console.print(f"[red]error:[/] {err}")
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _interrupted()
     _print_summary(stats)
     if strict and stats["quarantine"]["total"]:
         console.print(f"[red]error:[/] {stats['quarantine']['total']:,} record(s) quarantined and --strict is set")
@@ -189,9 +191,38 @@ def _run_phases(runner, recipe: str, resume: bool, limit: Optional[int]) -> dict
     except (LoopError, RunError) as err:
         console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        _interrupted()
 
 
 app.command("train")(train_command)
+
+classifier_app = typer.Typer(no_args_is_help=True, help="Text classifiers: train one (fastText or embeddings + a "
+                             "linear head); score with the `classifier` stage.")
+app.add_typer(classifier_app, name="classifier")
+
+
+@classifier_app.command("train")
+def classifier_train(config: Path = typer.Argument(..., help="Training config (YAML): sources, kind, out.")) -> None:
+    """Train a quality/safety classifier; writes model + card.json and prints the held-out metrics."""
+    from pydantic import ValidationError
+
+    from datamill.filters.classifier_train import metrics_rows, train_from_config
+
+    try:
+        card = train_from_config(config)
+    except (ValidationError, ValueError, FileNotFoundError) as err:
+        console.print(f"[red]error:[/] {escape(str(err))}", highlight=False)
+        raise typer.Exit(2) from None
+    table = Table(title=f"{card['kind']} {card['task']}: held-out metrics ({card['counts']['holdout']} rows)",
+                  title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name, value in metrics_rows(card):
+        table.add_row(escape(name), escape(value))
+    Console().print(table)
+    console.print(f"[green]done[/] in {card['seconds']:.1f}s: {card['counts']['fit']:,} training rows → "
+                  f"{escape(str(Path(card['out'])))}")
 
 
 def _load_or_exit(recipe: str, overrides: dict):
@@ -250,9 +281,11 @@ def _print_summary(stats: dict) -> None:
     console.print(f"report: {root / 'report.html'}")
 
 
+def _interrupted() -> None:
+    """Ctrl-C: say what was kept and how to go on; exit 130 like any interrupted command."""
+    console.print("[yellow]interrupted[/]: finished shards are kept; run the same command again to resume")
+    raise typer.Exit(130)
+
+
 def main() -> None:
-    try:
-        app()
-    except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: finished shards are kept; re-run to resume")
-        sys.exit(130)
+    app()

@@ -10,6 +10,7 @@ cannot cross a process boundary (polars panics, unpicklable errors).
 from __future__ import annotations
 
 import multiprocessing
+import os
 import queue
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -20,7 +21,7 @@ from datamill.curate.engine.pipeline import Pipeline, Segment
 from datamill.curate.engine.recipe import Recipe
 from datamill.curate.engine.source import ShardSpec
 from datamill.curate.executors.run import Executor, RunError, ShardProgress, register_executor
-from datamill.curate.executors.workers import ShardFailed, run_shard_reporting
+from datamill.curate.executors.workers import ShardFailed, run_shard_reporting, sigint_deferred, worker_setup
 
 
 @register_executor
@@ -38,23 +39,29 @@ class LocalExecutor(Executor):
     def __enter__(self) -> LocalExecutor:
         if self.workers > 1:
             context = multiprocessing.get_context("spawn")
-            self.queue = context.Manager().Queue()
+            self.queue = context.Queue()
             self.pool = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_init_worker,
-                initargs=(self.recipe.model_dump_json(), self.pipeline.base_dir, str(self.layout.root), self.queue))
+                initargs=(self.recipe.model_dump_json(), self.pipeline.base_dir, str(self.layout.root),
+                          self.workers, os.getpid(), self.queue))
         return self
 
     def __exit__(self, *exc) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
+        if self.pool is None:
+            return
+        if exc[0] is not None:  # failing or interrupted: stop the workers now, resume redoes their shards
+            for child in multiprocessing.active_children():
+                child.terminate()
+        self.pool.shutdown(wait=exc[0] is None, cancel_futures=True)
 
     def map_shards(self, segment: Segment, shards: list[int]) -> Iterator[ShardProgress]:
         if self.pool is None:
             yield from self._in_process(segment, shards)
             return
-        pending: dict[Future, int] = {
-            self.pool.submit(_run_one, segment.index, shard, self.specs[shard]): shard for shard in shards
-        }
+        with sigint_deferred():  # submitting starts the worker processes
+            pending: dict[Future, int] = {
+                self.pool.submit(_run_one, segment.index, shard, self.specs[shard]): shard for shard in shards
+            }
         while pending:
             finished, _ = wait(pending, timeout=0.25, return_when=FIRST_COMPLETED)
             records = self._drain()
@@ -96,7 +103,8 @@ class LocalExecutor(Executor):
 _worker_state: dict[str, Any] = {}
 
 
-def _init_worker(recipe_json: str, base_dir: str, run_dir: str, progress_queue) -> None:
+def _init_worker(recipe_json: str, base_dir: str, run_dir: str, workers: int, parent: int, progress_queue) -> None:
+    worker_setup(workers, parent)
     _worker_state.update(
         pipeline=Pipeline(Recipe.model_validate_json(recipe_json), base_dir),
         layout=RunLayout(run_dir),

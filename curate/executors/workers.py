@@ -8,7 +8,14 @@ error whose message names the shard, its input and the original error.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import ctypes
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from datamill.curate.engine.layout import RunLayout
@@ -21,6 +28,67 @@ class ShardFailed(RuntimeError):
 
     def __reduce__(self):
         return ShardFailed, (str(self),)
+
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+"""Set for each worker to cores ÷ workers, unless the user set OMP_NUM_THREADS."""
+
+
+def worker_setup(workers: int, parent: int) -> None:
+    """Prepare a worker process: share the cores, die with the parent, leave Ctrl-C to the parent.
+
+    Without a thread budget every worker's torch/BLAS uses all cores: on 2 cores and 2 workers a
+    model stage ran ~15× slower than with one thread each. A worker whose parent was killed (even
+    with kill -9) exits within a second instead of generating on for nobody.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth, see sigint_deferred
+    share_cores(workers)
+    die_with_parent(parent)
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Start worker processes inside this: they inherit a blocked SIGINT until `worker_setup` ignores it,
+    so a Ctrl-C while they import prints no tracebacks; the parent receives one pressed meanwhile on exit."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def share_cores(workers: int) -> int:
+    """Limit this process' compute threads to cores ÷ workers (OMP_NUM_THREADS, if set, wins)."""
+    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // max(workers, 1)))
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, str(threads))
+    if "torch" in sys.modules:  # already imported: the variables came too late for it
+        sys.modules["torch"].set_num_threads(threads)
+    return threads
+
+
+def die_with_parent(parent: int) -> None:
+    """Exit when the parent process (pid `parent`) dies: Linux's parent-death signal, else a watchdog thread."""
+    if os.getppid() != parent:  # it died while this process was starting
+        os._exit(1)
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) == 0:
+            if os.getppid() != parent:  # the parent died before the signal was armed
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="datamill-parent-watch", daemon=True).start()
 
 
 def run_shard_reporting(pipeline: Pipeline, layout: RunLayout, segment: int, shard: int, spec: ShardSpec,
