@@ -204,6 +204,10 @@ def test_export_refuses_to_mix_into_a_folder_and_names_bad_input(run_dir, tmp_pa
     assert code == 1 and "is not empty" in output and (out / "mine.txt").read_text() == "keep me"
     export(run_dir, "hf", tmp_path / "again")
     export(run_dir, "hf", tmp_path / "again", "--overwrite")  # an earlier export may be replaced
+    code, output = invoke("export", run_dir, "--format", "nanotron", "--out", tmp_path / "z", "--data-format", "chat")
+    assert code == 1 and "unknown record format 'chat'" in output
+    code, output = invoke("export", run_dir, "--format", "nanotron", "--out", tmp_path / "z", "--data-format", "messages")
+    assert code == 1 and "has no column 'messages'" in output and not (tmp_path / "z").exists()
     code, output = invoke("export", tmp_path / "nothing", "--format", "megatron", "--out", tmp_path / "x")
     assert code == 1 and "nothing is neither a run dir nor a folder" in output
     code, output = invoke("export", run_dir, "--format", "megatron", "--out", tmp_path / "y",

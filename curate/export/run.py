@@ -17,6 +17,7 @@ from typing import Any, Callable
 from datamill.curate.export.corpus import run_info, shard_files
 
 FORMATS = ("megatron", "nanotron", "hf")
+RECORD_FORMATS = ("auto", "text", "messages", "prompt_completion")
 MANIFEST = "datamill_export.json"
 
 
@@ -30,6 +31,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, tokenizer: str
     """Export the corpus of `run_dir` (a run dir, or a folder of parquet/jsonl files) to `out`."""
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if data_format not in RECORD_FORMATS:
+        raise ExportError(f"unknown record format {data_format!r}; choose one of {', '.join(RECORD_FORMATS)}")
     run_dir, out = Path(run_dir), Path(out)
     try:
         files = shard_files(run_dir)
