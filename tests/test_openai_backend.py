@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from datamill.synth.backends.hf import TransformersGenerator
-from datamill.synth.backends.openai import OpenAIGenerator, RateLimiter
+from datamill.synth.backends.openai import BackendCapabilityError, OpenAIGenerator, RateLimiter
 from datamill.synth.generation import GeneratorSpec, SamplingParams
 
 CHATS = [
@@ -30,6 +30,8 @@ class ChatServer(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.statuses: list[int] = []
         self.bodies: list[dict] = []
+        self.ignore_n = False  # as llama.cpp's server: one choice whatever n is
+        self.token_strings = False  # as llama.cpp's server: logprob tokens as text, return_tokens_as_token_ids ignored
 
 
 class ChatHandler(BaseHTTPRequestHandler):
@@ -49,7 +51,7 @@ class ChatHandler(BaseHTTPRequestHandler):
                 return self._send(status, {"error": {"message": "warming up" if first else "no such model"}})
             params = SamplingParams(
                 max_new_tokens=body["max_tokens"], temperature=body["temperature"], top_p=body["top_p"],
-                n=body["n"], seed=body["seed"], stop=body.get("stop") or [],
+                n=1 if self.server.ignore_n else body["n"], seed=body["seed"], stop=body.get("stop") or [],
                 logprobs=body.get("top_logprobs") if body.get("logprobs") else None)
             [completions] = self.server.backend.generate([body["messages"]], params)
             self.server.statuses.append(200)
@@ -60,9 +62,11 @@ class ChatHandler(BaseHTTPRequestHandler):
                 ended_by_eos = c.num_tokens > len(c.token_ids)
                 sampled = c.token_ids + [self.server.backend.tokenizer.eos_token_id] * ended_by_eos
                 choice["stop_reason"] = None if ended_by_eos or c.finish_reason == "length" else body["stop"][0]
+                name = ((lambda t: self.server.backend.tokenizer.decode([t])) if self.server.token_strings
+                        else (lambda t: f"token_id:{t}"))
                 choice["logprobs"] = {"content": [
-                    {"token": f"token_id:{token}", "logprob": dict(zip(ids, lps)).get(token, -9999.0),
-                     "top_logprobs": [{"token": f"token_id:{t}", "logprob": lp} for t, lp in zip(ids, lps)]}
+                    {"token": name(token), "logprob": dict(zip(ids, lps)).get(token, -9999.0),
+                     "top_logprobs": [{"token": name(t), "logprob": lp} for t, lp in zip(ids, lps)]}
                     for token, ids, lps in zip(sampled, c.topk_ids, c.topk_logprobs)]}
             choices.append(choice)
         usage = {"completion_tokens": sum(c.num_tokens for c in completions)}
@@ -157,3 +161,45 @@ def test_rate_limiter_spaces_requests():
     for t in threads:
         t.join()
     assert time.monotonic() - start >= 5 / 50 - 0.005
+
+
+def test_a_server_that_ignores_n_gets_single_requests_once_detected(server, backend, caplog):
+    server.statuses.append(200)  # skip the warm-up 503
+    server.ignore_n = True
+    params = SamplingParams(max_new_tokens=3, temperature=1.0, n=3, seed=2)
+    generator = client(server)
+    with caplog.at_level("WARNING", logger="datamill.synth.backends.openai"):
+        rows = generator.generate(CHATS[:1], params)  # detected on the first reply, without a probe
+        again = generator.generate(CHATS[1:2], params)
+    assert [len(r) for r in rows + again] == [3, 3] and generator.single_requests
+    assert len({c.text for c in rows[0]}) > 1  # each sample its own seed, not three copies
+    assert sum("single requests" in r.message for r in caplog.records) == 1  # logged once per run
+    singles = [b for b in server.bodies if b["n"] == 1]
+    assert len(singles) == 6 and len(server.bodies) == 6 + 1  # one n=3 request, then single ones
+    assert client(server).generate(CHATS[:1], params) == rows[:1]  # deterministic
+
+
+def test_probe_detects_both_gaps_up_front(server):
+    server.statuses.append(200)
+    server.ignore_n, server.token_strings = True, True
+    kd = SamplingParams(max_new_tokens=8, temperature=0.7, n=2, logprobs=3)
+    with pytest.raises(BackendCapabilityError, match="no token ids.*missing_token_ids: text_only"):
+        client(server).probe(kd)
+    assert len(server.bodies) == 1  # one request, not one per record
+    text_only = client(server, missing_token_ids="text_only")
+    text_only.probe(kd)
+    assert text_only.single_requests and text_only.text_only_reason
+    [[a, b]] = text_only.generate(CHATS[:1], kd)
+    assert a.topk_ids is None and b.topk_ids is None and a.text and "logprobs" not in server.bodies[-1]
+
+
+def test_distill_stops_at_setup_when_the_server_gives_no_token_ids(server):
+    from datamill.synth.distill import DistillParams, DistillStage
+
+    server.statuses.append(200)
+    server.token_strings = True
+    spec = GeneratorSpec(backend="openai", model="smollm2", base_url=f"http://127.0.0.1:{server.server_port}/v1")
+    stage = DistillStage(DistillParams(generator=spec, sampling=SamplingParams(max_new_tokens=8, logprobs=3)))
+    with pytest.raises(BackendCapabilityError, match="return_tokens_as_token_ids"):
+        stage.setup()
+    assert len(server.bodies) == 1
