@@ -9,6 +9,7 @@ on a CPU."""
 from __future__ import annotations
 
 import json
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -288,3 +289,45 @@ def test_distill_drops_truncated_completions_and_reads_only_the_declared_answer(
     assert out["_drop_reason"].to_list() == ["truncated", None, "no_answer"]
     assert out["label"].to_list() == [None, "7", None]
     assert out["agreement"][1] == pytest.approx(2 / 3)  # the cut sample does not vote
+
+
+class Echo:
+    """A backend that answers every chat with its last message reversed, counting what it generates."""
+
+    model_id = "echo"
+
+    def __init__(self):
+        self.generated = 0
+
+    def generate(self, chats, params, on_completion=None):
+        rows = []
+        for i, chat in enumerate(chats):
+            rows.append([Completion(chat[-1]["content"][::-1], "stop", 5) for _ in range(params.n)])
+            self.generated += params.n
+            for s, completion in enumerate(rows[-1]):
+                if on_completion is not None:
+                    on_completion(i, s, completion)
+        return rows
+
+
+def test_generation_cache_lives_in_the_run_dir_and_fresh_regenerates(tmp_path, monkeypatch):
+    from tests.conftest import recipe_dict, write_jsonl
+
+    echo = Echo()
+    monkeypatch.setattr("datamill.synth.factory.load_backend", lambda spec: echo)
+    monkeypatch.setenv("DATAMILL_CACHE", str(tmp_path / "home_cache"))
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": f"Question {i}: why is the sky blue?"} for i in range(3)])
+    recipe = validate_recipe(recipe_dict(str(tmp_path / "in" / "*.jsonl"), str(tmp_path / "run"),
+                                         [{"type": "distill", "format": "prompt_completion"}]), where="test")
+    run_recipe(recipe, workers=1, resume=False)
+    cache = tmp_path / "run" / "state" / "generation_cache"
+    assert echo.generated == 3 and len(list(cache.rglob("*.json"))) == 3
+    assert not (tmp_path / "home_cache").exists()  # nothing shared between runs unless asked for
+    records, _ = read_run(tmp_path / "run")
+    assert sorted(records["completion"].to_list()) == sorted(f"Question {i}: why is the sky blue?"[::-1] for i in range(3))
+    run_recipe(recipe, workers=1, resume=False)  # --fresh: the run's cache goes with the rest of its state
+    assert echo.generated == 6
+    (tmp_path / "run" / "stats.json").unlink()
+    shutil.rmtree(tmp_path / "run" / "state" / "done")  # a resumed run whose shards must be redone
+    run_recipe(recipe, workers=1, resume=True)
+    assert echo.generated == 6  # answered from the run's cache
