@@ -44,7 +44,13 @@ def result_file(workdir: Path, partition: int) -> Path:
 
 def split_summary_file(stage: BarrierStage, summary_file: Path, index: int, workdir: Path, partitions: int) -> None:
     """Cut one summary file into `partition-PPPPP/summary-<index>.arrow` files."""
-    frames = reducer_of(stage).split(pl.read_parquet(summary_file), partitions)
+    write_split(stage, pl.read_parquet(summary_file), index, workdir, partitions)
+
+
+def write_split(stage: BarrierStage, summary: pl.DataFrame, index: int, workdir: Path, partitions: int) -> None:
+    """Cut one shard's summary (`stage.summarize` output, e.g. still in memory in the map phase)
+    into `partition-PPPPP/summary-<index>.arrow` files, `index` unique per shard."""
+    frames = reducer_of(stage).split(summary, partitions)
     for p, frame in enumerate(frames):
         target = partition_folder(workdir, p) / f"summary-{index:05d}.arrow"
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -10,8 +10,8 @@ One set per corpus file, named after it (`part-00000-000.ds` …), as datatrove'
   records, whose prompts are masked);
 - `<name>.ds.metadata`: "<tokenizer>|<token size>", the token count, the token count for people.
 
-Documents stay in corpus order (datatrove's tokenizer shuffles within a file by default; the
-dataloader reads windows of seq_len + 1 tokens wherever they fall).
+Documents stay in corpus order, as nanotron's `tools/preprocess_data.py` leaves them by default
+(`--shuffle False`); every document ends with EOS, and its boundaries are in `.ds.index` either way.
 """
 
 from __future__ import annotations
