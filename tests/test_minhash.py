@@ -334,3 +334,19 @@ def test_verify_window_bounds_the_pairs_checked_in_a_huge_bucket():
 
     assert pairs.filter(pl.col("src") == 9)["dst"].to_list() == [0, 7, 8]
     assert pairs.height == 1 + 2 + 7 * 3  # src 1: {0}; src 2: {0, 1}; src 3..9: {0, s-2, s-1}
+
+
+def test_verified_keep_first_drops_only_documents_with_a_verified_earlier_partner():
+    # B is like C only, C is like A and B: A and B are kept (neither has an earlier look-alike), C goes.
+    stage = MinHashDedup(MinHashDedupParams(num_perm=8, bands=1, rows=8, verify_jaccard=0.4))
+    words = [f"w{i}" for i in range(40)]
+    a = " ".join(words[:20])
+    c = " ".join(words[6:26])
+    b = " ".join(words[12:32])
+    summaries = pl.DataFrame({"_pos": pl.Series([0, 1, 2], dtype=pl.UInt64),
+                              "band_0": pl.Series([3, 3, 3], dtype=pl.UInt64), "text": [a, b, c]}).lazy()
+
+    decision = stage.reduce(summaries)
+
+    assert decision["dup_cluster"].to_list() == [0, 0, 0]
+    assert decision["_drop_reason"].to_list() == [None, None, "near_duplicate"]

@@ -7,7 +7,8 @@ Reduce (once): documents sharing a band hash in the same band are candidates. Wi
 pair in a bucket (each member against the bucket's first and its `verify_window` predecessors) is
 checked, and only pairs whose shingle sets reach that Jaccard similarity become links. Connected
 components of the links are clusters; each cluster keeps one document by the `keep` rule (ties:
-smallest `_pos`).
+smallest `_pos`), except with verified pairs and keep=first, where a document is dropped exactly
+when it has a verified earlier partner.
 Apply (per shard): join the decisions on `_pos`; every non-keeper gets `_drop_reason`
 "near_duplicate"; every row gets `dup_cluster` (its cluster's smallest `_pos`) and
 `dup_cluster_size` (1 for unique documents).
@@ -248,14 +249,20 @@ class MinHashDedup(BarrierStage):
 
     def decisions(self, links: pl.DataFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
         """The decision table (see `reduce`) from duplicate pairs: their connected components,
-        one keeper each; `summaries` gives the `_pos` type and the keep keys."""
+        one keeper each; `summaries` gives the `_pos` type and the keep keys. With verified pairs
+        and keep=first, a document is dropped exactly when it has a verified earlier partner: one
+        whose only partners come later (A~C, B~C, A≁B) is kept even though its component's first
+        document is not like it."""
         pos_dtype = summaries.collect_schema()[POSITION]
         nodes, labels = connected_components(links["src"].to_numpy(), links["dst"].to_numpy())
         clusters = pl.DataFrame(
             {POSITION: pl.Series(nodes, dtype=pos_dtype), CLUSTER: pl.Series(labels, dtype=pos_dtype)}
         )
-        if self.params.keep == "first":
-            keeper = pl.col(CLUSTER)
+        if self.params.keep == "first" and self.params.verify_jaccard is not None:
+            later = links.select(pl.max_horizontal("src", "dst").cast(pos_dtype)).to_series()
+            dropped = pl.col(POSITION).is_in(later.implode())
+        elif self.params.keep == "first":
+            dropped = pl.col(POSITION) != pl.col(CLUSTER)
         else:
             clusters = summaries.select(POSITION, KEEP_KEY).join(clusters.lazy(), on=POSITION).collect()
             keeper = (
@@ -264,11 +271,12 @@ class MinHashDedup(BarrierStage):
                 .first()
                 .over(CLUSTER)
             )
+            dropped = pl.col(POSITION) != keeper
         return clusters.select(
             POSITION,
             CLUSTER,
             pl.len().over(CLUSTER).cast(pl.UInt32).alias(CLUSTER_SIZE),
-            pl.when(pl.col(POSITION) != keeper).then(pl.lit(REASON)).otherwise(None).alias(DROP_REASON),
+            pl.when(dropped).then(pl.lit(REASON)).otherwise(None).alias(DROP_REASON),
         ).sort(POSITION)
 
     def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
