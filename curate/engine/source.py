@@ -32,6 +32,11 @@ class SourceParams(BaseModel):
     keep_meta: bool = Field(True, description="Keep all other fields as a JSON string column `meta`.")
     limit: int | None = Field(None, ge=1, description="Read at most this many input records.")
 
+    def check_paths(self, base_dir: str) -> list[str]:
+        """Input paths that do not exist, as `key: message` lines; checked before any work starts.
+        Sources that read files override it; relative paths are read from `base_dir`."""
+        return []
+
 
 @dataclass(frozen=True)
 class ShardSpec:

@@ -34,6 +34,11 @@ class StageParams(BaseModel):
 
     name: str | None = Field(None, description="Name in the report; defaults to the stage type.")
 
+    def check_paths(self, base_dir: str) -> list[str]:
+        """Files the stage needs (eval sets, lexicons, models) that do not exist, as `key: message`
+        lines; checked before any work starts. Relative paths in a recipe are read from `base_dir`."""
+        return []
+
 
 class FilterParams(StageParams):
     """Parameters every filter accepts."""

@@ -186,5 +186,12 @@ def aggregate(
 
 
 def _histogram(values: list[float]) -> dict[str, list]:
-    counts, edges = np.histogram(np.asarray(values), bins=SCORE_BINS)
+    """Linear bins, or log-spaced ones when the values are positive and span more than two decades
+    (lengths, perplexities: heavy tails); the report draws the latter on a log axis."""
+    array = np.asarray(values, dtype=float)
+    array = array[np.isfinite(array)]
+    bins: int | np.ndarray = SCORE_BINS
+    if array.size and array.min() > 0 and array.max() / array.min() > 100:
+        bins = np.geomspace(array.min(), array.max(), SCORE_BINS + 1)
+    counts, edges = np.histogram(array, bins=bins)
     return {"edges": edges.tolist(), "counts": counts.tolist()}
