@@ -9,7 +9,6 @@ whole dataset is a ranking decision and belongs to the selection stages, which s
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,31 +16,15 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from datamill.curate.engine.registry import register_stage
-from datamill.curate.engine.stage import Filter, FilterParams, Resources
+from datamill.curate.engine.stage import Filter, Resources
+from datamill.curate.models.params import CausalLMParams
 
 
-class PerplexityParams(FilterParams):
-    model: str = Field(
-        "smollm2-135m",
-        description="Built-in model name (smollm2-135m) or a local transformers model folder.",
-    )
+class PerplexityParams(CausalLMParams):
     max_ppl: float | None = Field(None, gt=0, description="Drop documents with a higher perplexity.")
     min_ppl: float | None = Field(
         None, gt=0, description="Drop documents with a lower perplexity (boilerplate, repeated lines)."
     )
-    max_tokens: int = Field(512, ge=2, description="Score only the first this many tokens of a document.")
-    batch_tokens: int = Field(
-        16384, ge=1, description="Tokens (rows × padded length) per forward pass; lower it if memory runs out."
-    )
-
-    def check_paths(self, base_dir: str) -> list[str]:
-        from datamill.curate.models.resolve import MODEL_NAMES
-
-        if self.model.strip().lower() in MODEL_NAMES or (Path(self.model).expanduser() / "config.json").is_file():
-            return []
-        return [f"model: {self.model!r} is neither a built-in model ({', '.join(MODEL_NAMES)}) "
-                "nor a local transformers model folder (with config.json)"]
-
     @model_validator(mode="after")
     def _bounds_ordered(self):
         if self.min_ppl is not None and self.max_ppl is not None and self.min_ppl > self.max_ppl:

@@ -38,6 +38,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from datamill.curate.engine.registry import register_stage
+from datamill.curate.models.params import causal_lm_problem
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format, same_tokenizer, token_grid,
 )
@@ -58,6 +59,9 @@ class RhoParams(LMScoreParams):
         description="Rho-1 mode: write `token_keep` keeping this fraction of each record's tokens, highest excess loss first.",
     )
     min_rho: float | None = Field(None, description="Drop records whose mean excess loss is below this.")
+
+    def check_paths(self, base_dir: str) -> list[str]:
+        return super().check_paths(base_dir) + causal_lm_problem("reference", self.reference)
 
 
 @register_stage

@@ -28,23 +28,16 @@ import polars as pl
 from pydantic import Field
 
 from datamill.curate.models.lm_scoring import DocumentLosses, masked_token_losses
-from datamill.curate.engine.stage import FilterParams
+from datamill.curate.models.params import CausalLMParams
 
 Format = Literal["auto", "text", "messages", "prompt_completion"]
 
 
-class LMScoreParams(FilterParams):
-    """Parameters shared by the stages that score records with a causal LM."""
+class LMScoreParams(CausalLMParams):
+    """Parameters shared by the selection stages that score records with a causal LM."""
 
-    model: str = Field(
-        "smollm2-135m", description="Built-in model name (smollm2-135m) or a local transformers model folder."
-    )
     format: Format = Field(
         "auto", description="Which columns hold a record: text, messages or prompt+completion (auto: as the trainer picks)."
-    )
-    max_tokens: int = Field(512, ge=2, description="Score only the first this many tokens of a record.")
-    batch_tokens: int = Field(
-        16384, ge=1, description="Tokens (rows × padded length) per forward pass; lower it if memory runs out."
     )
 
 

@@ -28,16 +28,16 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from datamill.curate.engine.registry import register_stage
-from datamill.curate.engine.stage import Filter, FilterParams
+from datamill.curate.engine.stage import Filter
+from datamill.curate.models.params import FastTextModelParams
 from datamill.filters.language import LanguageFilter, LanguageParams
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 TOKEN = r"\p{L}+"
 
 
-class VerifyParams(FilterParams):
+class VerifyParams(FastTextModelParams):
     langs: list[str] = Field(["en", "es"], min_length=2, description="Languages expected in the mix (LID labels).")
-    model: str | None = Field(None, description="fastText LID model file; default: lid.176.ftz (as the language stage).")
     top_k: int = Field(40, ge=2, description="Labels predicted per token; expected languages outside them score 0.")
     context: float = Field(0.0, ge=0.0, description="Weight of the two neighbouring tokens' scores (0: each token alone).")
     min_token_chars: int = Field(2, ge=1, description="Shorter tokens get no language.")

