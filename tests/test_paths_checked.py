@@ -21,6 +21,9 @@ stages:
     lexicons: [no-such-lexicon.tsv]
   - {{type: perplexity, model: models/not-here}}
   - {{type: language, model: lid/not-here.ftz}}
+  - {{type: semantic_dedup, model: embedders/not-here}}
+  - {{type: ds_weight, valid_path: valid/not-here.jsonl}}
+  - {{type: transliterate_tokens, word_list: no-such-words.tsv, origins: [loan]}}
 output: {{dir: "{out}"}}
 """
 
@@ -50,6 +53,9 @@ def test_validate_and_run_report_every_missing_path_by_key_and_write_nothing(tmp
         assert "stages[1].lexicons[0]: lexicon 'no-such-lexicon.tsv' not found" in text
         assert "stages[2].model: 'models/not-here'" in text
         assert "stages[3].model: fastText model file 'lid/not-here.ftz' not found" in text
+        assert "stages[4].model: embedding model 'embedders/not-here'" in text
+        assert "stages[5].valid_path: valid set 'valid/not-here.jsonl' does not exist" in text
+        assert "stages[6].word_list: lexicon 'no-such-words.tsv' not found" in text
     assert not out.exists()
 
 

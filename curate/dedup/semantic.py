@@ -75,6 +75,15 @@ class SemanticDedupParams(FilterParams):
     max_tokens: int = Field(256, ge=8, description="Embed only the first this many tokens of a document.")
     batch_tokens: int = Field(16384, ge=256, description="Tokens (rows × padded length) per forward pass.")
 
+    def check_paths(self, base_dir: str) -> list[str]:
+        from datamill.curate.models.embeddings import resolve_embedding_model
+
+        try:
+            resolve_embedding_model(self.model)
+        except FileNotFoundError as error:
+            return [f"model: {error}"]
+        return []
+
 
 @register_stage
 class SemanticDedup(BarrierStage):

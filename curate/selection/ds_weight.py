@@ -45,6 +45,11 @@ SCORES = ("ds_weight", "ds_shift", "ds_loss")
 
 class DSWeightParams(LMScoreParams):
     valid_path: str = Field(..., description="Valid set: a .jsonl or .parquet file of records in the same format.")
+
+    def check_paths(self, base_dir: str) -> list[str]:
+        missing = [] if Path(self.valid_path).expanduser().is_file() else [
+            f"valid_path: valid set {self.valid_path!r} does not exist"]
+        return [*super().check_paths(base_dir), *missing]
     drop_fraction: float = Field(
         0.2, ge=0, lt=1, description="Drop this fraction of the self-consistent records, highest shift first."
     )

@@ -58,6 +58,14 @@ class LearnabilityParams(LMScoreParams):
     finetune: FinetuneSpec | None = Field(None, description="Fine-tune `model` briefly to get the after-model.")
     min_learnability: float | None = Field(None, description="Drop records whose learnability is below this.")
 
+    def check_paths(self, base_dir: str) -> list[str]:
+        problems = list(super().check_paths(base_dir))
+        if self.finetuned is not None and not (Path(self.finetuned).expanduser() / "config.json").is_file():
+            problems.append(f"finetuned: {self.finetuned!r} is not a model folder (no config.json)")
+        if self.finetune is not None and not Path(self.finetune.data).expanduser().exists():
+            problems.append(f"finetune.data: {self.finetune.data!r} does not exist")
+        return problems
+
     @model_validator(mode="after")
     def _one_after_model(self):
         if (self.finetuned is None) == (self.finetune is None):

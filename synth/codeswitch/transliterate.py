@@ -34,6 +34,14 @@ class TransliterateParams(StageParams):
     word_list: str | None = Field(None, description="TSV with columns word, origin (a path or a shipped name).")
     origins: list[str] = Field(default_factory=list, description="Transliterate words of the list with these origin tags.")
 
+    def check_paths(self, base_dir: str) -> list[str]:
+        try:
+            if self.word_list:
+                resolve(self.word_list)
+        except FileNotFoundError as error:
+            return [f"word_list: {error}"]
+        return []
+
     @model_validator(mode="after")
     def _has_a_rule(self):
         unknown = sorted(set(self.scripts) - set(SCRIPTS))
