@@ -13,6 +13,7 @@ name: paths
 sources:
   - {{type: jsonl, path: data/*.jsonl}}
   - {{type: parquet, path: [data/*.parquet, "{missing_parquet}"]}}
+  - {{type: hf, path: json, data_files: {{train: [data/a.parquet, "hf-data/*.jsonl"]}}}}
 stages:
   - type: decontaminate
     benchmarks:
@@ -49,6 +50,8 @@ def test_validate_and_run_report_every_missing_path_by_key_and_write_nothing(tmp
         assert "sources[0].path: no file matches 'data/*.jsonl'" in text
         assert "sources[1].path[1]: no file matches 'more/*.parquet'" in text
         assert "sources[1].path[0]" not in text
+        assert "sources[2].data_files: no file matches 'hf-data/*.jsonl'" in text
+        assert "data/a.parquet'" not in text
         assert "stages[0].benchmarks[0].source.path: no file matches 'evals/quiz.jsonl'" in text
         assert "stages[1].lexicons[0]: lexicon 'no-such-lexicon.tsv' not found" in text
         assert "stages[2].model: 'models/not-here'" in text

@@ -22,7 +22,16 @@ from pydantic import Field
 from datamill.curate.engine.records import split_table_rows
 from datamill.curate.engine.registry import register_source
 from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
-from datamill.curate.sources.files import CORRUPT, TRUNCATED, Damage, DamagedFile, FilePart, FileSource, FileSourceParams
+from datamill.curate.sources.files import (
+    CORRUPT,
+    TRUNCATED,
+    Damage,
+    DamagedFile,
+    FilePart,
+    FileSource,
+    FileSourceParams,
+    matching_files,
+)
 
 
 class ParquetParams(FileSourceParams):
@@ -47,6 +56,14 @@ class HfParams(SourceParams):
         None, description="Data files for `load_dataset`; relative to the recipe when `path` is a builder name."
     )
     shard_rows: int = Field(50_000, ge=1, description="Rows per shard when reading a `save_to_disk` folder.")
+
+    def check_paths(self, base_dir: str) -> list[str]:
+        """Local `data_files` must match files (URLs and `hf://` paths are left to `datasets`)."""
+        files = self.data_files
+        patterns = (list(files.values()) if isinstance(files, dict) else [files]) if files is not None else []
+        flat = [p for entry in patterns for p in ([entry] if isinstance(entry, str) else entry)]
+        return [f"data_files: no file matches {p!r} (looked in {os.path.abspath(base_dir)})"
+                for p in flat if "://" not in p and not matching_files(p, base_dir)]
 
 
 @register_source
