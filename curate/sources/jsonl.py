@@ -3,6 +3,8 @@
 Each file is one shard, read line by line in binary, so a file of any size, or a single line of
 many megabytes, never has to fit in memory whole. A line that cannot become a record goes to
 quarantine with the reason, its file and line number, and its bytes; blank lines are skipped.
+Files, decompression, damaged files (`truncated_file` / `corrupt_file`: the lines before the damage
+are kept, the cut line goes into the damage row) and `limit` come from `sources.files.FileSource`.
 """
 
 from __future__ import annotations
