@@ -2,7 +2,12 @@
 
 Both read Arrow record batches, turn them into polars and hand them to
 `records.split_table_rows`, which applies the same checks and id rules as every other source.
-`datasets` is imported only when an `hf` source is planned or read.
+`datasets` is imported only when an `hf` source is planned or read. Binary columns are decoded as
+UTF-8 row by row (a text value that is not UTF-8 is quarantined as `invalid_utf8`).
+
+`parquet` is a `sources.files.FileSource`: a file whose footer cannot be read is one `truncated_file`
+/ `corrupt_file` row, and files are read row group by row group, so an unreadable row group is one
+`corrupt_file` row while the other groups are kept.
 """
 
 from __future__ import annotations
