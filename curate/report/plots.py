@@ -248,7 +248,8 @@ def recipe_thresholds(run_dir: str | Path) -> dict[str, list[float]]:
             for stage in pipeline.stages if isinstance(stage, Filter)
             for column, values in rule_thresholds(stage.drop_rules()).items()
         }
-    except Exception:  # an old or hand-edited recipe.json only costs the threshold lines
+    except (OSError, ValueError, KeyError, TypeError, ImportError):  # an old or hand-edited recipe.json
+        # only costs the threshold lines
         return {}
 
 
