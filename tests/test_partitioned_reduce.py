@@ -88,9 +88,10 @@ def parquet_bytes(frame: pl.DataFrame, path: Path) -> bytes:
         MinHashDedup(),
         MinHashDedup(MinHashDedup.Params(keep="longest", ngram=3)),
         MinHashDedup(MinHashDedup.Params(keep="quality", verify_jaccard=0.7)),
+        MinHashDedup(MinHashDedup.Params(verify_jaccard=0.8, verify_window=2)),
         ExactDedup(),
     ],
-    ids=["minhash", "minhash-longest", "minhash-verified-by-column", "exact"],
+    ids=["minhash", "minhash-longest", "minhash-verified-by-column", "minhash-verified-first", "exact"],
 )
 def test_partitioned_reduce_equals_the_single_process_reduce_for_any_partition_count(stage, corpus, tmp_path):
     files = write_summaries(stage, corpus, tmp_path / "summaries")
