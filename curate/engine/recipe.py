@@ -63,6 +63,9 @@ class ExecutorSpec(BaseModel):
     address: str | None = Field(None, description="ray: cluster address (`auto`, `ray://host:10001`); "
                                 "default: start a local Ray cluster.")
     batch_rows: int = Field(1000, ge=1, description="Records per batch handed to stages.")
+    reduce_partitions: int = Field(1, ge=1, description="Reduce dedup barriers (minhash_dedup, exact_dedup) in this "
+                                   "many hash-range partitions, in parallel: no process holds every summary. "
+                                   "Same output for any value.")
 
 
 @dataclass(frozen=True)
@@ -162,7 +165,7 @@ class Recipe(BaseModel):
         """Hash of everything that decides the output (not the worker count, nor the executor:
         local and ray write the same output, so either can resume the other's run)."""
         content = self.model_dump(mode="json")
-        for key in ("workers", "address"):
+        for key in ("workers", "address", "reduce_partitions"):
             content["executor"].pop(key, None)
         content["executor"]["type"] = "local"  # the value every fingerprint was made with
         content.pop("sections")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
@@ -25,6 +26,8 @@ from typing import Any, ClassVar, TypeVar
 
 import polars as pl
 
+from datamill.curate.dedup.partition_pool import reduce_partitioned
+from datamill.curate.dedup.partitioned import partition_reducer
 from datamill.curate.engine.layout import RunLayout, write_json_atomic
 from datamill.curate.engine.lock import RunLock, RunLocked
 from datamill.curate.engine.pipeline import Pipeline, Segment
@@ -73,8 +76,13 @@ class Executor(ABC):
     def map_shards(self, segment: Segment, shards: list[int]) -> Iterator[ShardProgress]:
         """Run `segment` over `shards`, yielding progress; raise RunError naming a shard that failed."""
 
-    def reduce(self, barrier: BarrierStage, summaries: pl.LazyFrame) -> pl.DataFrame:
-        return barrier.reduce(summaries)
+    def reduce(self, barrier: BarrierStage, summary_files: list[Path], workdir: Path) -> pl.DataFrame:
+        """The barrier's decision table: in `executor.reduce_partitions` hash-range partitions on a
+        process pool where the stage has a partitioned reduce (dedup), else in this process."""
+        partitions = self.recipe.executor.reduce_partitions
+        if partitions > 1 and partition_reducer(barrier) is not None:
+            return reduce_partitioned(barrier, summary_files, workdir, partitions, workers=self.workers_used)
+        return barrier.reduce(pl.scan_parquet(summary_files))
 
     @property
     def workers_used(self) -> int:
@@ -215,14 +223,17 @@ def load_or_make_plan(layout: RunLayout, pipeline: Pipeline) -> list[ShardSpec]:
 
 
 def reduce_barrier(layout: RunLayout, segment: int, barrier: BarrierStage,
-                   reduce: Callable[[BarrierStage, pl.LazyFrame], pl.DataFrame]) -> None:
+                   reduce: Callable[[BarrierStage, list[Path], Path], pl.DataFrame]) -> None:
     """Write segment `segment`'s decision table from the summaries of the segment before (once)."""
     target = layout.decision(segment)
     if target.exists():
         return
     summaries = sorted(layout.segment_dir(segment - 1).glob("summary-*.parquet"))
     if summaries:
-        decision = reduce(barrier, pl.scan_parquet(summaries))
+        workdir = layout.segment_dir(segment) / "reduce"
+        shutil.rmtree(workdir, ignore_errors=True)  # what an interrupted reduce left
+        decision = reduce(barrier, summaries, workdir)
+        shutil.rmtree(workdir, ignore_errors=True)
     else:
         decision = pl.DataFrame({POSITION: pl.Series([], dtype=pl.Int64)})
     target.parent.mkdir(parents=True, exist_ok=True)
