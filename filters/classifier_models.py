@@ -89,6 +89,9 @@ class FastTextClassifier:
         if labels and isinstance(labels[0], str):  # fasttext-predict's list API: top label only, no probabilities
             raise RuntimeError("the installed `fasttext` module is fasttext-predict, whose list predict has no "
                                "probabilities: pip install fasttext-community")
+        n_labels = len(self.labels)
+        if all(len(row) == n_labels for row in labels):  # k=-1: every label, most probable first
+            return self.full_rows(labels, probabilities, label)
         top = [row[0].removeprefix(LABEL_PREFIX) if len(row) else None for row in labels]
         if label is None:
             score = np.array([float(p[0]) if len(p) else np.nan for p in probabilities], dtype=np.float64)
@@ -97,6 +100,16 @@ class FastTextClassifier:
             score = np.array([_probability_of(wanted, row, p) for row, p in zip(labels, probabilities)],
                              dtype=np.float64)
         return Prediction(score, pl.Series(top, dtype=pl.String))
+
+    def full_rows(self, labels: list[list[str]], probabilities: list[np.ndarray], label: str | None) -> Prediction:
+        """The common case without Python work per label: a (rows × labels) matrix and one index per row."""
+        matrix = np.array(probabilities, dtype=np.float64)
+        top = pl.Series([row[0] for row in labels], dtype=pl.String).str.strip_prefix(LABEL_PREFIX)
+        if label is None:
+            return Prediction(matrix[:, 0], top)
+        wanted = LABEL_PREFIX + label.removeprefix(LABEL_PREFIX)
+        column = np.fromiter((row.index(wanted) for row in labels), dtype=np.int64, count=len(labels))
+        return Prediction(matrix[np.arange(len(labels)), column], top)
 
 
 def _probability_of(wanted: str, labels: list[str], probabilities: np.ndarray) -> float:
