@@ -36,6 +36,7 @@ class EnsembleParams(FilterParams):
     consensus: Literal["rouge", "majority"] = "rouge"
     min_agreement: float = Field(0.2, ge=0, le=1, description="rouge: least mean ROUGE-L of the kept output to the "
                                  "others; majority: least share of outputs with the majority answer.")
+    number_fallback: bool = Field(True, description="majority: without an 'Answer:' line, the last number is the answer.")
     format: SFTFormat = "messages"
 
     @field_validator("generators")
@@ -60,11 +61,11 @@ def rouge_consensus(outputs: list[list[str]]) -> tuple[list[int | None], list[fl
     return picks, agreement
 
 
-def majority_consensus(outputs: list[list[str]]) -> tuple[list[int | None], list[float]]:
+def majority_consensus(outputs: list[list[str]], number_fallback: bool = True) -> tuple[list[int | None], list[float]]:
     """Per prompt: the first output with the most common final answer, and that answer's share."""
     picks, agreement = [], []
     for answers in outputs:
-        parsed = pl.select(extract_answer(pl.Series(answers, dtype=pl.String)).alias("a"))["a"].to_list()
+        parsed = pl.select(extract_answer(pl.Series(answers, dtype=pl.String), number_fallback).alias("a"))["a"].to_list()
         counts: dict[str, int] = {}
         for a in parsed:
             if a is not None:
@@ -100,7 +101,8 @@ class EnsembleInstructStage(Filter):
         sampling = p.sampling.model_copy(update={"n": 1, "seed": p.sampling.seed + self.seed})
         per_model = [[g[0].text.strip() for g in gen.generate(chats, sampling)] for gen in self.generators]
         outputs = [list(row) for row in zip(*per_model)]
-        picks, agreement = (rouge_consensus if p.consensus == "rouge" else majority_consensus)(outputs)
+        picks, agreement = (rouge_consensus(outputs) if p.consensus == "rouge"
+                            else majority_consensus(outputs, p.number_fallback))
         empty = [all(not o.strip() for o in row) for row in outputs]
         status = ["ensemble_empty" if e else "ensemble_no_answer" if k is None else
                   "ensemble_disagree" if a < p.min_agreement else None
