@@ -4,8 +4,8 @@ A file source (jsonl, parquet, and any later one such as WARC) subclasses `FileS
 two hooks: `file_parts` (how one file splits into shards, counting records only when a `limit`
 needs it) and `read_part` (the records of one shard). This base owns the rest:
 
-- `path` globs are expanded in sorted order, and `check_paths` reports a pattern matching nothing
-  before any work starts;
+- `path` globs are expanded in sorted order, local paths and fsspec URLs alike (`s3://bucket/raw/*.jsonl.zst`,
+  see `engine.paths`), and `check_paths` reports a pattern matching nothing before any work starts;
 - `open_file` gives a buffered stream of the decompressed bytes (`.gz`, `.zst`/`.zstd`, else plain)
   that never raises on damage: a file cut short (`truncated_file`) or with bytes that do not
   decompress (`corrupt_file`) simply ends there, and `FileReader.damage` says where. Everything
@@ -17,7 +17,6 @@ needs it) and `read_part` (the records of one shard). This base owns the rest:
 
 from __future__ import annotations
 
-import glob
 import io
 import os
 import zlib
@@ -30,6 +29,7 @@ import polars as pl
 import zstandard
 from pydantic import Field
 
+from datamill.curate.engine.paths import exists, glob_files, is_url, open_binary
 from datamill.curate.engine.records import QUARANTINE_SCHEMA, empty_records, quarantine_row
 from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
 
@@ -101,17 +101,16 @@ def as_list(patterns: str | list[str]) -> list[str]:
     return [patterns] if isinstance(patterns, str) else list(patterns)
 
 
-def matching_files(pattern: str, base_dir: str) -> list[Path]:
-    full = os.path.join(base_dir, os.path.expanduser(pattern))
-    return [Path(m).resolve() for m in glob.glob(full, recursive=True) if os.path.isfile(m)]
+def matching_files(pattern: str, base_dir: str) -> list[str]:
+    return glob_files(pattern, base_dir)
 
 
-def expand_paths(patterns: str | list[str], base_dir: str) -> list[Path]:
+def expand_paths(patterns: str | list[str], base_dir: str) -> list[str]:
     """Files matching the path(s) or glob(s), relative ones against `base_dir`: sorted, unique.
 
     A pattern that matches no file is an error: a recipe pointing at nothing is a mistake.
     """
-    found: set[Path] = set()
+    found: set[str] = set()
     for pattern in as_list(patterns):
         matches = matching_files(pattern, base_dir)
         if not matches:
@@ -120,14 +119,16 @@ def expand_paths(patterns: str | list[str], base_dir: str) -> list[Path]:
     return sorted(found)
 
 
-def display_path(path: Path, base_dir: str) -> str:
+def display_path(path: str, base_dir: str) -> str:
     """How a file is named in ids, shard descriptions and quarantine rows: relative to
-    `base_dir` when inside it (so ids do not change when the project folder moves), else absolute."""
-    base = Path(base_dir).resolve()
+    `base_dir` when inside it (so ids do not change when the project folder moves), else absolute
+    (a URL as it is)."""
+    if is_url(path):
+        return path
     try:
-        return path.relative_to(base).as_posix()
+        return Path(path).relative_to(Path(base_dir).resolve()).as_posix()
     except ValueError:
-        return path.as_posix()
+        return Path(path).as_posix()
 
 
 # --- decompressed streams that end at damage instead of raising ---------------------------------
@@ -137,7 +138,7 @@ class _Decompressing(io.RawIOBase):
     """Raw stream of a file's decompressed bytes; on damage it records `damage` and ends."""
 
     def __init__(self, path: Path | str, codec: str):
-        self.file = open(path, "rb")
+        self.file = open_binary(str(path))
         self.codec = codec
         self.damage: Damage | None = None
         self.output = b""
@@ -208,11 +209,11 @@ class FileReader:
     """A file opened for reading: `stream` (buffered, decompressed) and, once it ended, `damage`."""
 
     def __init__(self, path: Path | str):
-        suffix = Path(path).suffix.lower()
+        suffix = os.path.splitext(str(path))[1].lower()
         codec = {".gz": "gz", ".zst": "zst", ".zstd": "zst"}.get(suffix)
         self.raw = _Decompressing(path, codec) if codec else None
         self.stream: BinaryIO = (io.BufferedReader(self.raw, buffer_size=READ_BUFFER_BYTES) if self.raw
-                                 else open(path, "rb", buffering=READ_BUFFER_BYTES))
+                                 else open_binary(str(path), buffering=READ_BUFFER_BYTES))
 
     @property
     def damage(self) -> Damage | None:
@@ -252,7 +253,7 @@ class FileSource(Source):
 
     params: FileSourceParams
 
-    def file_parts(self, path: Path, file: str, remaining: int | None) -> list[FilePart]:
+    def file_parts(self, path: str, file: str, remaining: int | None) -> list[FilePart]:
         """The shards of one file (payloads must hold `path` and `file`). With `remaining` set,
         the parts hold at most that many records in all, and say how many in `records`.
         Raise `DamagedFile` when the file cannot be planned."""
@@ -272,7 +273,7 @@ class FileSource(Source):
             try:
                 parts = self.file_parts(path, file, remaining)
             except DamagedFile as damaged:
-                payload = {"path": str(path), "file": file, "damage": asdict(damaged.damage)}
+                payload = {"path": path, "file": file, "damage": asdict(damaged.damage)}
                 shards.append(ShardSpec(self.index, f"{file} (damaged)", payload))
                 continue
             for part in parts:
@@ -285,7 +286,7 @@ class FileSource(Source):
         if "damage" in shard.payload:
             yield self.damage_batch(shard.payload["file"], None, Damage(**shard.payload["damage"]))
             return
-        if not os.path.isfile(shard.payload["path"]):
+        if not exists(shard.payload["path"]):
             gone = Damage(MISSING, f"the file was planned but is gone ({shard.payload['path']})")
             yield self.damage_batch(shard.payload["file"], None, gone)
             return

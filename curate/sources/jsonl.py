@@ -12,7 +12,6 @@ from __future__ import annotations
 import codecs
 import re
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -56,13 +55,13 @@ class JsonlSource(FileSource):
     Params = JsonlParams
     params: JsonlParams
 
-    def file_parts(self, path: Path, file: str, remaining: int | None) -> list[FilePart]:
+    def file_parts(self, path: str, file: str, remaining: int | None) -> list[FilePart]:
         """One shard per file. With a `limit`, the file's lines are counted (up to what is still
         needed) and the shard gets a line cap."""
         max_lines = None if remaining is None else min(count_lines(path, stop_at=remaining), remaining)
         if max_lines == 0:
             return []
-        payload = {"path": str(path), "file": file, "max_lines": max_lines}
+        payload = {"path": path, "file": file, "max_lines": max_lines}
         return [FilePart(file, payload, max_lines)]
 
     def read_part(self, shard: ShardSpec, batch_rows: int) -> Iterator[SourceBatch]:

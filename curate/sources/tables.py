@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
+from datamill.curate.engine.paths import exists, open_binary
+from datamill.curate.engine.paths import size as file_size
 from datamill.curate.engine.records import split_table_rows
 from datamill.curate.engine.registry import register_source
 from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
@@ -79,12 +81,13 @@ class ParquetSource(FileSource):
     Params = ParquetParams
     params: ParquetParams
 
-    def file_parts(self, path: Path, file: str, remaining: int | None) -> list[FilePart]:
+    def file_parts(self, path: str, file: str, remaining: int | None) -> list[FilePart]:
         """One shard per file, or per run of row groups in big files; with a `limit`, from the row
         counts in the footer: the last shard needed gets a row cap. A file whose footer cannot be
         read is damaged as a whole."""
         try:
-            metadata = pq.read_metadata(path)
+            with open_binary(path) as handle:
+                metadata = pq.read_metadata(handle)
         except (OSError, pa.ArrowException) as error:
             raise DamagedFile(_footer_damage(path, error)) from None
         row_counts = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
@@ -101,7 +104,7 @@ class ParquetSource(FileSource):
             description = file if len(row_counts) == end_group - first_group else (
                 f"{file} row groups {first_group}-{end_group - 1}"
             )
-            payload = {"path": str(path), "file": file, "row_groups": (first_group, end_group),
+            payload = {"path": path, "file": file, "row_groups": (first_group, end_group),
                        "first_row": first_row, "max_rows": max_rows}
             parts.append(FilePart(description, payload, rows))
         return parts
@@ -109,12 +112,15 @@ class ParquetSource(FileSource):
     def read_part(self, shard: ShardSpec, batch_rows: int) -> Iterator[SourceBatch]:
         """Row group by row group: a group that cannot be read becomes one `corrupt_file` row
         (its rows are lost, those of every other group are kept)."""
-        payload = shard.payload
+        with open_binary(shard.payload["path"]) as handle:
+            yield from self._read_groups(handle, shard.payload, batch_rows)
+
+    def _read_groups(self, handle, payload: dict, batch_rows: int) -> Iterator[SourceBatch]:
         file = payload["file"]
         try:
-            parquet = pq.ParquetFile(payload["path"])
+            parquet = pq.ParquetFile(handle)
         except (OSError, pa.ArrowException) as error:
-            yield self.damage_batch(file, None, _footer_damage(Path(payload["path"]), error))
+            yield self.damage_batch(file, None, _footer_damage(payload["path"], error))
             return
         first_group, end_group = payload["row_groups"]
         columns = self._columns_to_read(parquet.schema_arrow.names)
@@ -307,11 +313,11 @@ def _utf8_error(value: bytes) -> str:
     return "valid"
 
 
-def _footer_damage(path: Path, error: Exception) -> Damage:
+def _footer_damage(path: str, error: Exception) -> Damage:
     """A parquet file without a readable footer: cut short when it starts like parquet but does
     not end like it, else corrupt."""
-    size = path.stat().st_size if path.exists() else 0
-    with open(path, "rb") as handle:
+    size = file_size(path) if exists(path) else 0
+    with open_binary(path) as handle:
         head = handle.read(4)
         handle.seek(max(size - 4, 0))
         tail = handle.read(4)
