@@ -5,7 +5,10 @@ turned into TRL's preference format {prompt, chosen, rejected, chosen_score, rej
   both start from several samples of the policy).
 - Scoring: `scorer: judge` rates each sample with the `judge` stage's per-aspect templates
   (the mean over `judge.aspects`), `scorer: reward` with a local sequence-classification reward
-  model. An empty sample or one whose rating does not parse is unscored.
+  model. An empty sample or one whose rating does not parse is unscored. `scorer: relevance` is an
+  offline stand-in when no capable judge or reward model is at hand (a 135M judge does not write
+  parsable ratings): the cosine of prompt and response embeddings (all-MiniLM-L6-v2, bundled)
+  times the response's distinct-word share — on topic and not degenerate, nothing more.
 - Selection: `best_worst` (UltraFeedback/Zephyr-style binarization: the highest-scored sample is
   chosen, the lowest rejected) or `rso` (Liu et al. 2023, "Statistical Rejection Sampling"):
   candidates are accepted with probability exp((r − max r) / rso_beta), in a seeded random order,
@@ -63,7 +66,10 @@ class RewardScorer(BaseModel):
 class PreferencePairsParams(FilterParams):
     generator: GeneratorSpec = Field(default_factory=GeneratorSpec, description="The policy that samples.")
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(n=4, temperature=0.8, max_new_tokens=256))
-    scorer: Literal["judge", "reward"] = "judge"
+    scorer: Literal["judge", "reward", "relevance"] = Field(
+        "judge", description="judge: LLM ratings; reward: a reward model; relevance: a cheap offline heuristic "
+        "(prompt-response embedding cosine × distinct-word share), for when neither is available.")
+    embedding_model: str = Field("all-minilm-l6-v2", description="relevance: the sentence-embedding model.")
     judge: JudgeScorer = Field(default_factory=JudgeScorer)
     reward: RewardScorer | None = None
     selection: Literal["best_worst", "rso"] = "best_worst"
@@ -131,6 +137,10 @@ class PreferencePairsStage(Filter):
         self.generator = make_generator(p.generator, run_dir, probe=p.sampling)
         if p.scorer == "judge":
             self.judge = make_generator(p.judge.generator, run_dir, probe=p.judge.sampling)
+        elif p.scorer == "relevance":
+            from datamill.curate.models.embeddings import load_embedder
+
+            self.embedder = load_embedder(p.embedding_model)
         else:
             from datamill.synth.reward import RewardModel
 
@@ -146,6 +156,8 @@ class PreferencePairsStage(Filter):
             table = rate(self.judge, [instruction_text(c) for c in flat_chats], flat, p.judge.aspects, p.judge.scale,
                          p.judge.sampling.model_copy(update={"seed": p.judge.sampling.seed + self.seed}))
             values = table["judge_score"].to_list()
+        elif p.scorer == "relevance":
+            values = relevance_scores(self.embedder, [instruction_text(c) for c in flat_chats], flat)
         else:
             values = [float(v) for v in self.reward_model.score(flat_chats, flat)]
         out, k = [], 0
@@ -177,7 +189,8 @@ class PreferencePairsStage(Filter):
                                            "rejected_score": pl.Float64, "ranked": RANKED, "n_scored": pl.Int64,
                                            "pair_status": pl.String})
         table = table.with_columns((pl.col("chosen_score") - pl.col("rejected_score")).alias("score_margin"))
-        scorer_id = self.judge.model_id if p.scorer == "judge" else self.reward_model.model_id
+        scorer_id = {"judge": lambda: self.judge.model_id, "reward": lambda: self.reward_model.model_id,
+                     "relevance": lambda: f"relevance:{p.embedding_model}"}[p.scorer]()
         if p.format == "conversational":
             prompt = pl.Series("prompt", [[dict(m) for m in chat] for chat in chats], dtype=pl.List(MESSAGE))
             table = table.with_columns(
@@ -192,6 +205,18 @@ class PreferencePairsStage(Filter):
 
     def drop_rules(self) -> list[tuple[str, pl.Expr]]:
         return [(reason, pl.col("pair_status") == reason) for reason in REASONS]
+
+
+def relevance_scores(embedder, prompts: list[str], responses: list[str]) -> list[float | None]:
+    """cosine(prompt, response) × (distinct words / words) per response (null for an empty one): on
+    topic and not repetitive. A heuristic, not a judgement of correctness."""
+    vectors = embedder.embed(prompts + responses)
+    cosine = (vectors[:len(prompts)] * vectors[len(prompts):]).sum(axis=1)
+    out: list[float | None] = []
+    for c, response in zip(cosine, responses):
+        words = response.lower().split()
+        out.append(float(c) * len(set(words)) / len(words) if words else None)
+    return out
 
 
 def hash_text(text: str) -> int:
