@@ -146,6 +146,13 @@ class Pii(Stage):
     def modifies_text(self) -> bool:
         return self.params.action == "mask"
 
+    def tallies(self, result: pl.DataFrame) -> dict[str, int]:
+        """Matches per type in the batch (`pii_email: 12`…), added up in the report."""
+        if not result.height:
+            return {}
+        sums = result.select(pl.col(self.columns).sum()).row(0, named=True)
+        return {name: int(n) for name, n in sums.items() if n}
+
 
 class Found:
     """What `find_pii` returns: the masked text and the per-type counts, aligned with the input."""

@@ -30,6 +30,12 @@ def test_default_masks_like_dolma_and_counts_per_type():
     assert "pii_credit_card" not in out.columns
 
 
+def test_tallies_count_matches_per_type_for_the_report():
+    stage = Pii(PiiParams())
+    out = stage.process(pl.DataFrame({"text": ["a@b.com c@d.org 8.8.8.8", "e@f.net", "none"]}))
+    assert stage.tallies(out) == {"pii_email": 3, "pii_ipv4": 1}
+
+
 def test_replacements_flag_and_drop():
     texts = ["write to a.b@example.org", "call +44 20 7946 0958 now", "clean text"]
     masked = run(texts, replacements={"email": "<EMAIL>"})

@@ -283,6 +283,11 @@ def test_run_from_warc_is_the_same_with_two_workers_and_after_sigkill(tmp_path):
     assert corpus.height == 50 and set(corpus["title"].str.slice(0, 5)) == {"Page "}
     assert not corpus["text"].str.contains("tracking|Privacy policy").any()
     assert corpus["text"].str.contains(r"\|\|\|EMAIL_ADDRESS\|\|\|").all()
+    pii = next(stage for stage in stats["stages"] if stage["name"] == "pii")
+    assert pii["tallies"] == {"pii_email": 50}
+    report = (one / "report.md").read_text()
+    assert "Counted by stage pii: pii\\_email 50" in report or "Counted by stage pii: pii_email 50" in report
+    assert "http\\_status:404 4" in report or "http_status:404 4" in report
 
     # two workers, killed with SIGKILL mid-run and run again: the same bytes as one clean worker
     killed = tmp_path / "killed"
