@@ -56,7 +56,10 @@ class SourceBatch:
     records: pl.DataFrame
     quarantine: pl.DataFrame
     lines_read: int = 0
-    """Input records consumed to produce this batch (good + quarantined)."""
+    """Input records consumed to produce this batch (good + quarantined + skipped)."""
+    skipped: dict[str, int] = field(default_factory=dict)
+    """Input records deliberately not made into documents (e.g. a WARC's non-HTML or non-200
+    responses), by reason: counted in the report, not quarantined."""
 
 
 class Source:

@@ -91,6 +91,11 @@ class Stage:
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
         raise NotImplementedError(f"{type(self).__name__} must implement process()")
 
+    def tallies(self, result: pl.DataFrame) -> dict[str, int]:
+        """Counts to add up in the report besides drops and flags (e.g. PII matches masked, by
+        type); `result` is what `process` returned for one batch. Default: none."""
+        return {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 

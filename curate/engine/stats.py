@@ -42,6 +42,8 @@ class StageCounts:
     tokens_out: int = 0
     dropped: Counter = field(default_factory=Counter)
     flagged: Counter = field(default_factory=Counter)
+    tallies: Counter = field(default_factory=Counter)
+    """What the stage counted besides drops and flags (`Stage.tallies`), by name."""
     errors: int = 0
     seconds: float = 0.0
 
@@ -53,6 +55,7 @@ class StageCounts:
             "tokens_out": self.tokens_out,
             "dropped": dict(sorted(self.dropped.items())),
             "flagged": dict(sorted(self.flagged.items())),
+            "tallies": dict(sorted(self.tallies.items())),
             "errors": self.errors,
             "seconds": round(self.seconds, 4),
         }
@@ -68,6 +71,8 @@ class ShardStats:
     records_read: int = 0
     records_ok: int = 0
     quarantine: Counter = field(default_factory=Counter)
+    skipped: Counter = field(default_factory=Counter)
+    """Input records a source skipped on purpose (not quarantined), by reason."""
     stages: dict[str, StageCounts] = field(default_factory=dict)
     length_input: list[int] = field(default_factory=lambda: [0] * (len(LENGTH_EDGES) - 1))
     length_output: list[int] = field(default_factory=lambda: [0] * (len(LENGTH_EDGES) - 1))
@@ -106,6 +111,7 @@ class ShardStats:
             "records_read": self.records_read,
             "records_ok": self.records_ok,
             "quarantine": dict(sorted(self.quarantine.items())),
+            "skipped": dict(sorted(self.skipped.items())),
             "stages": {name: counts.to_json() for name, counts in self.stages.items()},
             "length_input": self.length_input,
             "length_output": self.length_output,
@@ -131,7 +137,8 @@ def aggregate(
 ) -> dict[str, Any]:
     """Sum shard markers into the stats.json document the report is rendered from."""
     source_rows = [
-        {**s, "shards": 0, "records_read": 0, "records_ok": 0, "quarantined": 0} for s in sources
+        {**s, "shards": 0, "records_read": 0, "records_ok": 0, "quarantined": 0, "skipped": Counter()}
+        for s in sources
     ]
     quarantine: Counter = Counter()
     stages = {name: StageCounts() for name, _ in stage_order}
@@ -147,6 +154,7 @@ def aggregate(
             row["shards"] += 1
             row["records_read"] += m["records_read"]
             row["records_ok"] += m["records_ok"]
+            row["skipped"].update(m.get("skipped", {}))
             row["quarantined"] += sum(m["quarantine"].values()) - sum(
                 c for r, c in m["quarantine"].items() if r.startswith("stage_error:")
             )
@@ -165,12 +173,15 @@ def aggregate(
             total.tokens_out += c["tokens_out"]
             total.dropped.update(c["dropped"])
             total.flagged.update(c["flagged"])
+            total.tallies.update(c.get("tallies", {}))
             total.errors += c["errors"]
             total.seconds += c["seconds"]
         for key, values in m["score_samples"].items():
             samples.setdefault(key, []).extend(values)
 
     types = dict(stage_order)
+    for row in source_rows:
+        row["skipped"] = dict(sorted(row["skipped"].items()))
     return {
         **header,
         "sources": source_rows,

@@ -184,10 +184,13 @@ def reason_blocks(stats: dict[str, Any]) -> list[Block]:
         for kind, reasons in (("dropped", stage["dropped"]), ("flagged", stage["flagged"]))
         for reason, n in reasons.items()
     ]
+    tallies = [Para(f"Counted by stage {stage['name']}: " + ", ".join(
+        f"{name} {count(n)}" for name, n in stage["tallies"].items()) + ".")
+        for stage in stats["stages"] if stage.get("tallies")]
     if not rows:
-        return blocks + [Para("No stage dropped or flagged any record.")]
+        return blocks + [Para("No stage dropped or flagged any record."), *tallies]
     headers = ["stage", "reason", "action", "records", "% of stage input"]
-    return blocks + [Table(headers, rows, numeric_from=3)]
+    return blocks + [Table(headers, rows, numeric_from=3), *tallies]
 
 
 def quarantine_blocks(stats: dict[str, Any]) -> list[Block]:
