@@ -192,14 +192,21 @@ class WarcSource(FileSource):
 
         codec = _codec(path)
         start, last, cut = 0, None, False
+        broken: Item | None = None
+        """A record without type or id: a broken header mid-file, or one cut off by the file's end."""
         while start is not None:
             with open(path, "rb") as raw:
                 raw.seek(start)
                 try:
                     for record in ArchiveIterator(raw, parse_http=False):
                         last = record.stream_pos
+                        if broken is not None:
+                            yield broken
+                            broken = None
                         if str(record.record_type) == "unknown" and not record.headers.get("WARC-Record-ID"):
-                            continue  # a header cut off by the end of the file: the tail check says so
+                            broken = Item(last, bad=("malformed_record", f"record at byte {last} has no "
+                                                     "WARC-Type and no WARC-Record-ID (a broken header)"))
+                            continue
                         item = self._warc_item(record, last, parse)
                         cut = item.bad is not None and item.bad[0] == TRUNCATED
                         yield item
@@ -209,10 +216,11 @@ class WarcSource(FileSource):
                     yield Item(failed, bad=("malformed_record",
                                             f"invalid WARC record at or after byte {failed}: {error}"))
                     start = _next_record(path, failed + 1, codec)
-        if not cut:
-            damage = _tail_damage(path, codec, last or 0)
-            if damage is not None:
-                yield Item(damage.offset or 0, bad=(damage.reason, damage.detail))
+        damage = None if cut else _tail_damage(path, codec, last or 0)
+        if damage is not None:
+            yield Item(damage.offset or 0, bad=(damage.reason, damage.detail))
+        elif broken is not None:
+            yield broken
 
     def _warc_item(self, record, offset: int, parse: bool) -> Item:
         kind = str(record.record_type)
