@@ -148,6 +148,26 @@ def test_wet_conversion_records_with_language_hint(tmp_path):
     assert skipped == {"record_type:warcinfo": 1}
 
 
+def test_common_crawl_metadata_records_give_the_language_hint(tmp_path):
+    def metadata(url: str, languages: str) -> bytes:
+        block = f"fetchTimeMs: 120\r\ncharset-detected: UTF-8\r\nlanguages-cld2: {languages}\r\n".encode()
+        return warc_record("metadata", url, block, "application/warc-fields",
+                           {"WARC-Concurrent-To": record_id(url, "response")})
+
+    cld2 = ('{"reliable":true,"text-bytes":3842,"languages":[{"code":"de","code-iso-639-3":"deu",'
+            '"text-covered":0.8},{"code":"en","code-iso-639-3":"eng","text-covered":0.2}]}')
+    path = write_warc(tmp_path / "cc.warc.gz", [
+        http_request("https://de.example/"), http_response("https://de.example/", page("x", PROSE).encode()),
+        metadata("https://de.example/", cld2),
+        http_response("https://none.example/", page("y", PROSE).encode()),
+        metadata("https://other.example/", cld2),  # about another record
+        http_response("https://last.example/", page("z", PROSE).encode()),
+    ])
+    records, _, skipped, _ = read_all(path)
+    assert records["language"].to_list() == ["deu,eng", None, None]
+    assert skipped == {"record_type:request": 1, "record_type:metadata": 2}
+
+
 @pytest.mark.parametrize("name", ["old.arc.gz", "old.arc"])
 def test_arc_files(tmp_path, name):
     path = arc_file(tmp_path / name, [("http://old.example/a", page("A", PROSE).encode()),

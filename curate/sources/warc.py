@@ -3,8 +3,9 @@
 WARC and WET files (`.warc`, `.warc.gz` with one gzip member per record as Common Crawl writes
 them, `.wet.gz`, `.warc.zst`) are parsed with FastWARC (the resiliparse project's reader, chosen
 over warcio: several times faster on the same files, see bench/bench_warc.py); ARC files (`.arc`,
-`.arc.gz`) with warcio, which converts them on the fly. Decompression and damage detection come
-from the shared file-source base (`datamill.curate.sources.files`).
+`.arc.gz`) with warcio, which converts them on the fly. Paths and globs work as in the other file
+sources (local, or fsspec URLs such as `s3://…`); ARC decompression and damage detection come from
+the shared file-source base (`datamill.curate.sources.files`).
 
 A `response` record becomes a document when its HTTP status is in `http_status` and its payload
 type (Common Crawl's `WARC-Identified-Payload-Type`, else the HTTP `Content-Type`, else sniffed from
@@ -12,6 +13,10 @@ the first bytes) is in `mime_types`; a WET `conversion` record always does. `tex
 decoded to a string: valid UTF-8 is read as UTF-8 (a Latin-1 label on UTF-8 bytes is a common
 mislabel, and datatrove's WarcReader does the same), otherwise the charset the HTTP header
 declares, then the page's `<meta charset>`, then one detected from the bytes (uchardet).
+
+`language` is the crawl's hint: a WET record's `WARC-Identified-Content-Language`, or for a WARC
+response the `languages-cld2` of the Common Crawl metadata record written after it (ISO 639-3
+codes, comma-separated, e.g. `eng,deu`).
 
 Every other record is *skipped*, not quarantined, and counted in the report by reason:
 `record_type:<type>` (request, metadata, warcinfo…), `http_status:<code>`, `mime_type:<type>`,
@@ -33,6 +38,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from datamill.curate.engine.records import QUARANTINE_SCHEMA, quarantine_row, record_schema
+from datamill.curate.engine.paths import open_binary
 from datamill.curate.engine.registry import register_source
 from datamill.curate.engine.source import ShardSpec, SourceBatch
 from datamill.curate.sources.files import (
@@ -55,6 +61,7 @@ DOCUMENT_TYPES = ("response", "conversion")
 FLUSH_TEXT_CHARS = 64 << 20
 SNIFF_BYTES = 1024
 SCAN_CHUNK = 1 << 20
+METADATA_BYTES = 64 << 10
 MARKER = b"WARC/1."
 GZIP_MAGIC = b"\x1f\x8b\x08"
 
@@ -123,6 +130,9 @@ class Item:
     skipped: str | None = None
     bad: tuple[str, str] | None = None
     raw: bytes | None = None
+    language_for: str | None = None
+    """A Common Crawl metadata record: the record id whose language it gives in `language`."""
+    language: str | None = None
 
 
 class Malformed(Exception):
@@ -145,7 +155,7 @@ class WarcSource(FileSource):
             self.params = self.params.model_copy(update={"path": listed, "paths_file": None})
         return super().plan()
 
-    def file_parts(self, path: Path, file: str, remaining: int | None) -> list[FilePart]:
+    def file_parts(self, path: str, file: str, remaining: int | None) -> list[FilePart]:
         """One shard per file. With a `limit`, the file's response/conversion records are counted
         (up to what is still needed) and the shard gets a cap."""
         cap = None
@@ -163,7 +173,7 @@ class WarcSource(FileSource):
         file, cap = shard.payload["file"], shard.payload["max_records"]
         batch = WarcBatch(self.name, file, self.params.keep_meta)
         candidates = 0
-        for item in self._items(Path(shard.payload["path"]), parse=True, file=file):
+        for item in self._items(shard.payload["path"], parse=True, file=file):
             is_candidate = item.bad is None and (item.skipped is None or not item.skipped.startswith("record_type:"))
             if cap is not None and is_candidate and candidates >= cap:
                 break
@@ -175,16 +185,16 @@ class WarcSource(FileSource):
             yield batch.flush()
 
     # --- records -------------------------------------------------------------------------------
-    def _items(self, path: Path, parse: bool, file: str = "") -> Iterator[Item]:
-        if ".arc" in path.name.lower():
+    def _items(self, path: str, parse: bool, file: str = "") -> Iterator[Item]:
+        if ".arc" in Path(path).name.lower():
             with open_file(path) as reader:
                 yield from self._arc_items(reader.stream, parse, file)
                 if reader.damage is not None:
                     yield Item(reader.damage.offset or 0, bad=(reader.damage.reason, reader.damage.detail))
         else:
-            yield from self._warc_items(path, parse)
+            yield from _with_metadata_languages(self._warc_items(path, parse))
 
-    def _warc_items(self, path: Path, parse: bool) -> Iterator[Item]:
+    def _warc_items(self, path: str, parse: bool) -> Iterator[Item]:
         """FastWARC over the file (it decompresses gzip and zstd itself; offsets are compressed
         bytes). After a malformed WARC header, reading starts again at the next record (gzip
         member or `WARC/1.` line) past it; at the end the file's tail is checked for a cut."""
@@ -195,7 +205,7 @@ class WarcSource(FileSource):
         broken: Item | None = None
         """A record without type or id: a broken header mid-file, or one cut off by the file's end."""
         while start is not None:
-            with open(path, "rb") as raw:
+            with open_binary(path) as raw:
                 raw.seek(start)
                 try:
                     for record in ArchiveIterator(raw, parse_http=False):
@@ -224,6 +234,9 @@ class WarcSource(FileSource):
 
     def _warc_item(self, record, offset: int, parse: bool) -> Item:
         kind = str(record.record_type)
+        if kind == "metadata" and parse:
+            return Item(offset, skipped="record_type:metadata", language_for=record.headers.get("WARC-Concurrent-To"),
+                        language=_cld2_languages(record.reader.read(METADATA_BYTES)))
         if kind not in DOCUMENT_TYPES:
             return Item(offset, skipped=f"record_type:{kind}")
         if not parse:
@@ -303,6 +316,37 @@ class WarcSource(FileSource):
         })
 
 
+def _with_metadata_languages(items: Iterator[Item]) -> Iterator[Item]:
+    """Common Crawl writes each response's detected languages (`languages-cld2`) in the metadata
+    record that follows it: a response document is held back one record to take them."""
+    held: Item | None = None
+    for item in items:
+        if held is not None:
+            if item.language and item.language_for == held.document["id"]:
+                held.document["language"] = item.language
+            yield held
+            held = None
+        if item.document is not None and item.document["language"] is None and item.document["http_status"]:
+            held = item
+        else:
+            yield item
+    if held is not None:
+        yield held
+
+
+def _cld2_languages(block: bytes) -> str | None:
+    """`eng,deu` from a metadata block's `languages-cld2: {"languages": [{"code-iso-639-3": …}]}`."""
+    for line in block.split(b"\n"):
+        if line.startswith(b"languages-cld2:"):
+            try:
+                found = orjson.loads(line.split(b":", 1)[1])
+                codes = [lang.get("code-iso-639-3") or lang.get("code") for lang in found.get("languages", [])]
+            except (orjson.JSONDecodeError, AttributeError, TypeError):
+                return None
+            return ",".join(c for c in codes if isinstance(c, str)) or None
+    return None
+
+
 def _parse_http(block: bytes) -> tuple[int, str | None, str | None, bytes]:
     """Status, payload type, declared charset and body of an HTTP response block (chunked and
     gzip/deflate/br payloads decoded)."""
@@ -374,17 +418,17 @@ def decode(body: bytes, declared: str | None) -> str:
     return bytes_to_str(body, candidates[-1], errors="replace")
 
 
-def _codec(path: Path) -> str | None:
-    return {".gz": "gz", ".zst": "zst", ".zstd": "zst"}.get(path.suffix.lower())
+def _codec(path: str) -> str | None:
+    return {".gz": "gz", ".zst": "zst", ".zstd": "zst"}.get(Path(path).suffix.lower())
 
 
-def _next_record(path: Path, after: int, codec: str | None) -> int | None:
+def _next_record(path: str, after: int, codec: str | None) -> int | None:
     """Byte offset of the first record start (gzip member or `WARC/1.` line) at or after `after`;
     None when there is none (or for zstd files, which cannot be re-entered mid-stream)."""
     if codec == "zst":
         return None
     marker = GZIP_MAGIC if codec == "gz" else MARKER
-    with open(path, "rb") as raw:
+    with open_binary(path) as raw:
         raw.seek(after)
         position, carry = after, b""
         while chunk := raw.read(SCAN_CHUNK):
@@ -397,7 +441,7 @@ def _next_record(path: Path, after: int, codec: str | None) -> int | None:
     return None
 
 
-def _tail_damage(path: Path, codec: str | None, last: int) -> Damage | None:
+def _tail_damage(path: str, codec: str | None, last: int) -> Damage | None:
     """Whether the file ends cleanly after the record starting at `last`: for gzip, every member
     from there on must be complete; for zstd the whole file is checked; for plain files the last
     record must hold its declared Content-Length."""
@@ -406,7 +450,7 @@ def _tail_damage(path: Path, codec: str | None, last: int) -> Damage | None:
             while reader.stream.read(SCAN_CHUNK):
                 pass
             return reader.damage
-    with open(path, "rb") as raw:
+    with open_binary(path) as raw:
         raw.seek(last)
         tail = raw.read()
     if codec == "gz":
