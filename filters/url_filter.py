@@ -87,6 +87,7 @@ class Rules:
         self.urls: list[tuple[str, str, int]] = []
         self.substrings: list[tuple[list[str], str, int]] = []
         self.regexes: list[tuple[str, str, int]] = []
+        self._tables: tuple[pl.DataFrame | None, pl.DataFrame | None] | None = None
 
     def add_lines(self, kind: str, lines: list[str], reason: str, order: int, where: str) -> None:
         if kind == "domains":
@@ -108,16 +109,12 @@ class Rules:
         """Per row of `frame` (columns `_row`, `_url`, `_host`, `_key`): the reason of the first
         matching list, or null."""
         found = []
-        if self.domains:
-            table = pl.DataFrame(self.domains, schema={"_suffix": pl.String, "_reason": pl.String,
-                                                       "_order": pl.Int64}, orient="row")
-            table = table.group_by("_suffix").agg(pl.all().sort_by("_order").first())
+        domains, urls = self.tables()
+        if domains is not None:
             suffixes = frame.select("_row", parent_domains(pl.col("_host")).alias("_suffix")).explode("_suffix")
-            found.append(suffixes.join(table, on="_suffix").select("_row", "_reason", "_order"))
-        if self.urls:
-            table = pl.DataFrame(self.urls, schema={"_key": pl.String, "_reason": pl.String, "_order": pl.Int64},
-                                 orient="row").group_by("_key").agg(pl.all().sort_by("_order").first())
-            found.append(frame.select("_row", "_key").join(table, on="_key").select("_row", "_reason", "_order"))
+            found.append(suffixes.join(domains, on="_suffix").select("_row", "_reason", "_order"))
+        if urls is not None:
+            found.append(frame.select("_row", "_key").join(urls, on="_key").select("_row", "_reason", "_order"))
         lowered = pl.col("_url").str.to_lowercase()
         for words, reason, order in self.substrings:
             hit = frame.filter(lowered.str.contains_any(words, ascii_case_insensitive=True).fill_null(False))
@@ -130,6 +127,18 @@ class Rules:
             return reasons
         first = (pl.concat(found).sort("_order").group_by("_row").agg(pl.col("_reason").first()))
         return frame.select("_row").join(first, on="_row", how="left", maintain_order="left")["_reason"]
+
+    def tables(self) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+        """The domain and URL tables (one row per entry, the first list naming it), built once."""
+        if self._tables is None:
+            def table(rows: list[tuple[str, str, int]], key: str) -> pl.DataFrame | None:
+                if not rows:
+                    return None
+                frame = pl.DataFrame(rows, schema={key: pl.String, "_reason": pl.String, "_order": pl.Int64},
+                                     orient="row")
+                return frame.sort("_order").unique(key, keep="first", maintain_order=True)
+            self._tables = (table(self.domains, "_suffix"), table(self.urls, "_key"))
+        return self._tables
 
     def __len__(self) -> int:
         return len(self.domains) + len(self.urls) + len(self.substrings) + len(self.regexes)
