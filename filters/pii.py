@@ -15,7 +15,9 @@ digits and up to 30 letters/digits (spaces every four allowed) with a valid ISO 
 Every candidate must stand alone: an IPv4 address inside a longer dotted number (`1.2.3.4.5`),
 after `v`/`version` (`version 10.0.0.1`), or a number glued to letters or other digits is not a
 match. Dotted dates (`12.03.2024`), ISO dates and ranges (`2024-01-15`, `1990-2000`), times
-(`12:30:45`) and C++ scopes (`std::vector`) never match.
+(`12:30:45`) and C++ scopes (`std::vector`) never match. In code, decorators (`@property`),
+handles (`@nasa`) and package pins (`react@18.2.0`) are left alone, but an SSH remote such as
+`git@github.com:me/repo` is masked: it is an address by its form.
 
 How: every candidate of every type is wrapped in a sentinel character by one regex replace, each
 text is split on the sentinel into (text, candidate, text, …) segments, and the segments of the

@@ -69,9 +69,14 @@ def test_dates_ranges_and_ids_are_not_phone_numbers(text):
     "std::vector<int> v;", "Foo::bar() then Baz::qux()", "MAC 00:1A:2B:3C:4D:5E",
     "gateway 192.168.1.1, lo 127.0.0.1, docs 192.0.2.1", "link-local fe80::1 and ::1",
     "bad card 4111 1111 1111 1112", "not an iban DE89 3704 0044 0532 0130 01",
+    "@app.route('/') and @staticmethod", "npm i react@18.2.0", "follow @nasa",
 ])
 def test_code_private_addresses_and_failed_checksums_are_left(text):
     assert run([text], types=ALL_TYPES)["text"][0] == text
+
+
+def test_ssh_remotes_are_masked_as_addresses():
+    assert run(["git clone git@github.com:me/repo.git"])["text"][0] == "git clone |||EMAIL_ADDRESS|||:me/repo.git"
 
 
 def test_private_ips_masked_when_asked():
