@@ -119,6 +119,15 @@ def test_charsets_declared_in_header_or_meta_or_detected(tmp_path):
     assert quarantine.height == 0
 
 
+def test_lf_only_http_headers_from_old_crawls(tmp_path):
+    html = page("Old", PROSE).encode()
+    block = b"HTTP/1.0 200 OK\nContent-Type: text/html\n\n" + html
+    path = write_warc(tmp_path / "old.warc", [warc_record("response", "http://old.example/", block,
+                                                          "application/http; msgtype=response")])
+    records, quarantine, _, _ = read_all(path)
+    assert records["text"].to_list() == [html.decode()] and quarantine.height == 0
+
+
 def test_chunked_and_gzip_encoded_payloads_are_decoded(tmp_path):
     html = page("Encoded", PROSE).encode()
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(html[i:i + 100]), html[i:i + 100]) for i in range(0, len(html), 100))

@@ -352,23 +352,27 @@ def _parse_http(block: bytes) -> tuple[int, str | None, str | None, bytes]:
     gzip/deflate/br payloads decoded)."""
     from fastwarc.warc import WarcRecord
 
-    head_end = block.find(b"\r\n\r\n")
+    head_end, gap = block.find(b"\r\n\r\n"), 4
+    crlf = block.find(b"\r\n")
+    if head_end < 0 or (0 <= block.find(b"\n\n") < head_end) or crlf < 0:  # old crawls: LF-only headers
+        head_end, gap = block.find(b"\n\n"), 2
     if not block.startswith(b"HTTP/") or head_end < 0:
         raise Malformed("malformed_record", "the HTTP response has no status line or no end of headers")
-    status_line = block[:block.find(b"\r\n")].split()
+    lines = [line.rstrip(b"\r") for line in block[:head_end].split(b"\n")]
+    status_line = lines[0].split()
     if len(status_line) < 2 or not status_line[1].isdigit():
         raise Malformed("malformed_record", f"bad HTTP status line {block[:60]!r}")
     status = int(status_line[1])
     content_type, charset = None, None
     transfer = ""
-    for line in block[:head_end].split(b"\r\n")[1:]:
+    for line in lines[1:]:
         name, _, value = line.partition(b":")
         name = name.strip().lower()
         if name == b"content-type":
             content_type, charset = _content_type(value.decode("latin-1"))
         elif name in (b"transfer-encoding", b"content-encoding"):
             transfer += value.decode("latin-1").strip().lower()
-    body = block[head_end + 4:]
+    body = block[head_end + gap:]
     if transfer and transfer != "identity":
         record = WarcRecord.from_bytes(b"WARC/1.0\r\nWARC-Type: response\r\nContent-Type: application/http\r\n"
                                        + f"Content-Length: {len(block)}\r\n\r\n".encode() + block)
