@@ -2,7 +2,7 @@
 
 WARC and WET files (`.warc`, `.warc.gz` with one gzip member per record as Common Crawl writes
 them, `.wet.gz`, `.warc.zst`) are parsed with FastWARC (the resiliparse project's reader, chosen
-over warcio: several times faster on the same files, see bench/bench_warc.py); ARC files (`.arc`,
+over warcio: 2.9x faster on the same files, see bench/bench_warc.py); ARC files (`.arc`,
 `.arc.gz`) with warcio, which converts them on the fly. Paths and globs work as in the other file
 sources (local, or fsspec URLs such as `s3://…`); ARC decompression and damage detection come from
 the shared file-source base (`datamill.curate.sources.files`).
