@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import json
+import pathlib
 import time
 
 import torch
@@ -81,14 +83,17 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128 if cuda else 16)
     parser.add_argument("--batches", type=int, default=4 if cuda else 2, help="timed batches per batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--model", default="smollm2-135m", help="built-in name or model folder (with a chat template)")
+    parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
+    figures = []
     print(f"device={'cuda:' + torch.cuda.get_device_name() if cuda else 'cpu'} torch={torch.__version__} "
           f"max_new_tokens={args.max_new_tokens} greedy")
     for size in sizes:
-        backend = TransformersGenerator(GeneratorSpec(batch_size=size))
+        backend = TransformersGenerator(GeneratorSpec(model=args.model, batch_size=size))
         model, tokenizer = backend.model, backend.tokenizer
         chats = stdlib_chats(size * (args.batches + 1))
         warm, timed_chats = chats[:size], chats[size:]
@@ -102,6 +107,12 @@ def main() -> None:
         print(f"batch={size} prompts={len(timed_chats)} dtype={model.dtype} | plain generate: {peer_tokens} tok "
               f"in {peer_s:.2f}s = {peer_rate:.0f} tok/s (warm-up {warm_peer:.1f}s) | datamill: {ours_tokens} tok in "
               f"{ours_s:.2f}s = {ours_rate:.0f} tok/s (warm-up {warm_ours:.1f}s) | ratio {ours_rate / peer_rate:.2f}x")
+        figures.append({"batch": size, "prompts": len(timed_chats), "max_new_tokens": args.max_new_tokens,
+                        "dtype": str(model.dtype), "static_cache": backend.static_cache, "plain_tokens": peer_tokens,
+                        "plain_tokens_per_s": peer_rate, "ours_tokens": ours_tokens, "ours_tokens_per_s": ours_rate,
+                        "ratio": ours_rate / peer_rate})
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(figures, indent=2))
         backend = model = None  # free this size's model (and static cache) before the next
         if cuda:
             torch.cuda.empty_cache()

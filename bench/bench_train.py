@@ -29,6 +29,7 @@ import torch
 
 from datamill.train import load_config, train
 from datamill.train.data import PackedRows, tokenize_corpus
+from datamill.train.loss import has_liger
 from datamill.train.metrics import device_bf16_peak, flops_per_token, read_run_log
 from datamill.train.model import load_tokenizer
 from datamill.train.presets import llama_config
@@ -142,8 +143,11 @@ def main() -> None:
     flops = flops_per_token(lm, args.seq_len)
     peak = device_bf16_peak(device)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    mfu = (lambda speed: speed * flops / peak) if peak else (lambda speed: float("nan"))
-    figures = {"device": name, "torch": torch.__version__, "seq_len": args.seq_len, "micro_batch": args.micro_batch,
+    mfu = (lambda speed: speed * flops / peak) if peak else (lambda speed: None)
+    logged = [r for r in read_run_log(config.out_dir) if r.get("kind") == "train"]
+    figures = {"device": name, "torch": torch.__version__, "preset": preset, "seq_len": args.seq_len,
+               "micro_batch": args.micro_batch, "attention": "flex_attention" if gpu else "sdpa",
+               "liger": bool(gpu and has_liger()), "final_loss": logged[-1]["loss"] if logged else None,
                "flops_per_token": flops, "peak_flops": peak, "ours_tokens_per_s": ours, "ours_mfu": mfu(ours),
                **{f"hf_{k}_tokens_per_s": v for k, v in baselines.items()},
                **{f"hf_{k}_mfu": mfu(v) for k, v in baselines.items()}}

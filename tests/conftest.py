@@ -71,6 +71,20 @@ def recipe_dict(source_path: str, out_dir: str, stages: list | None = None, **ou
     }
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU: elsewhere they are skipped, saying so and how to run them."""
+    needs_gpu = [item for item in items if item.get_closest_marker("cuda") is not None]
+    if not needs_gpu:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (none here); run on one: bash bench/gpu/run.sh --out DIR")
+    for item in needs_gpu:
+        item.add_marker(skip)
+
+
 PEAK_RSS_MB = "int(open('/proc/self/status').read().split('VmHWM:')[1].split()[0]) // 1024"
 """A Python expression for the current process's peak resident memory in MB, for test scripts run
 in a subprocess. Unlike `ru_maxrss`, which Linux carries across fork+exec (a child of a large

@@ -43,7 +43,11 @@ def train(
         changes["resume"] = False
     if changes:
         cfg = load_config({**cfg.model_dump(), **changes})
-    result = run_training(cfg)
+    try:
+        result = run_training(cfg)
+    except TrainConfigError as err:  # a setting this device cannot honour (checked before any work)
+        console.print(f"[red]training config not runnable here[/] {config}:\n{err}")
+        raise typer.Exit(2) from None
     if os.environ.get("RANK", "0") != "0":  # under torchrun, rank 0 speaks for all
         return
     if result.interrupted:

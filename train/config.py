@@ -7,6 +7,7 @@ and every error names its key path (`optim.lr: Input should be greater than 0`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -78,6 +79,8 @@ class TrainConfig(Strict):
                              "teacher's stored top-k log-probs (columns teacher_topk_ids/_logprobs, from `distill`).")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on CUDA, fp32 on CPU.")
     compile: Optional[bool] = Field(None, description="torch.compile the model (default: on for CUDA).")
+    liger: Optional[bool] = Field(None, description="liger-kernel's fused linear cross-entropy (default: on CUDA "
+                                  "when liger-kernel is installed; true refuses a device or install without it).")
     distributed: Literal["ddp", "fsdp"] = Field("ddp", description="Strategy under torchrun.")
     eval_every: int = Field(100, ge=0, description="Steps between held-out evals (0: only at the end).")
     eval_batches: int = Field(8, ge=1, description="Eval covers eval_batches × micro_batch_size held-out rows.")
@@ -103,6 +106,67 @@ class TrainConfig(Strict):
 
     def tokens_per_step(self, world_size: int) -> int:
         return self.seq_len * self.micro_batch_size * self.grad_accum * world_size
+
+
+@dataclass(frozen=True)
+class DeviceCaps:
+    """What this process's device can do, as far as the config cares."""
+
+    type: str                # "cuda", "cpu", ...
+    bf16: bool               # bfloat16 autocast runs natively (CUDA: compute capability >= 8.0; CPU: yes)
+    liger_installed: bool    # liger-kernel imports (it needs triton, so effectively CUDA machines only)
+
+    @classmethod
+    def probe(cls, device: Any) -> "DeviceCaps":
+        import torch
+
+        from datamill.train.loss import has_liger
+
+        device = torch.device(device)
+        if device.type == "cuda":
+            bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+        else:
+            bf16 = device.type == "cpu"  # CPU autocast has bf16 kernels on every x86/Arm build
+        return cls(device.type, bf16, has_liger())
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """How a run uses its device, decided from the config before any work starts."""
+
+    attention: str   # sdpa, eager or flex_attention
+    bf16: bool       # bf16 autocast (float32 master weights)
+    compile: bool    # torch.compile the model
+    liger: bool      # liger's fused linear cross-entropy instead of the chunked one
+
+
+def device_plan(cfg: "TrainConfig", caps: DeviceCaps) -> DevicePlan:
+    """The settings `cfg` asks for on a device with `caps`, or TrainConfigError naming every setting
+    the device cannot honour. Explicit requests are refused, never silently changed; `auto` (and
+    unset compile/liger) pick what the device does best: flex attention, bf16, compile and liger on
+    CUDA, sdpa and float32 elsewhere."""
+    cuda = caps.type == "cuda"
+    problems = []
+    if cfg.model.attention == "flex_attention" and not cuda:
+        problems.append(f"model.attention: flex_attention needs a CUDA GPU (this process runs on {caps.type}: "
+                        "FlexAttention has no backward there); use attention: auto (sdpa with the same "
+                        "document mask off CUDA) or sdpa")
+    if cfg.precision == "bf16" and not caps.bf16:
+        problems.append(f"precision: bf16 is not supported by this {caps.type} device (a CUDA GPU needs compute "
+                        "capability 8.0 or newer); use precision: auto or fp32")
+    if cfg.liger and not cuda:
+        problems.append(f"liger: liger-kernel's fused cross-entropy needs a CUDA GPU (this process runs on "
+                        f"{caps.type}); leave liger unset or false")
+    elif cfg.liger and not caps.liger_installed:
+        problems.append("liger: liger-kernel is not installed (pip install liger-kernel); leave liger unset to "
+                        "use the chunked cross-entropy")
+    if problems:
+        raise TrainConfigError("\n".join(problems))
+    attention = cfg.model.attention if cfg.model.attention != "auto" else ("flex_attention" if cuda else "sdpa")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and cuda and caps.bf16)
+    compile_model = cfg.compile if cfg.compile is not None else cuda
+    liger = cfg.liger if cfg.liger is not None else cuda and caps.liger_installed
+    return DevicePlan(attention, bf16, compile_model, liger)
 
 
 def format_validation_error(err: ValidationError, prefix: str = "") -> str:

@@ -26,16 +26,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from datamill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from datamill.train.config import OptimConfig, TrainConfig, load_config
+from datamill.train.config import DeviceCaps, OptimConfig, TrainConfig, device_plan, load_config
 from datamill.train.data import PackedRows, rows_for_step, tokenize_corpus
 from datamill.train.distributed import (
     Dist, all_sum, any_process, barrier, full_state, gradient_sync, init_distributed, load_full_state,
     parallelize, shutdown, unwrap,
 )
-from datamill.train.loss import has_liger
 from datamill.train.metrics import RunLog, device_bf16_peak, flops_per_token
 from datamill.train.model import (
-    DEFAULT_TOKENIZER, LossModel, attention_mask_for, build_model, load_tokenizer, pick_attention,
+    DEFAULT_TOKENIZER, LossModel, attention_mask_for, build_model, load_tokenizer,
 )
 
 
@@ -101,6 +100,7 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
     out_dir = Path(cfg.out_dir)
     console = Console(stderr=True, quiet=not env.is_main)
     device = env.device
+    plan = device_plan(cfg, DeviceCaps.probe(device))  # refuse what the device cannot do, before any work
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
 
@@ -123,14 +123,14 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
     phase_starts = train_rows.phase_starts  # a staged mix: each epoch trains phase 0's rows, then phase 1's
 
     # 2. model: float32 master weights, bf16 autocast on GPU, documents masked apart in attention
-    attention = pick_attention(cfg.model.attention, device)
+    attention = plan.attention
     lm = build_model(cfg.model, tokenizer, attention, cfg.seed)
     lm.config.use_cache = False
     if cfg.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = LossModel(lm.to(device), use_liger=device.type == "cuda" and has_liger()).train()
+    model = LossModel(lm.to(device), use_liger=plan.liger).train()
     parallel_model = parallelize(model, cfg.distributed, env)
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    use_bf16 = plan.bf16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     # 3. optimizer: fused AdamW (one kernel per step on GPU; on CPU ~5x faster than the per-tensor
@@ -151,7 +151,7 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
         console.print(f"resuming from {checkpoint} (step {start_step})")
         del state
 
-    compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    compile_model = plan.compile
     runner = torch.compile(parallel_model) if compile_model else parallel_model
 
     total_steps = cfg.steps_for(env.world_size)
@@ -160,7 +160,7 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
     peak = device_bf16_peak(device)
     log = RunLog(out_dir, cfg.tensorboard) if env.is_main else None
     console.print(f"training {sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M params on {env.world_size} "
-                  f"× {device} ({attention}, {'bf16' if use_bf16 else 'fp32'}, compile={compile_model}): "
+                  f"× {device} ({attention}, {'bf16' if use_bf16 else 'fp32'}, compile={compile_model}, liger={plan.liger}): "
                   f"{total_steps} steps × {tokens_per_step:,} tokens, {train_rows.n_rows:,} rows of {cfg.seq_len}")
 
     def write(record: dict) -> None:
@@ -324,6 +324,7 @@ def save_final(parallel_model, tokenizer, folder: Path, cfg: TrainConfig, env: D
     if env.is_main:
         lm = unwrap(parallel_model).lm
         lm.config.use_cache = True
+        lm.generation_config.use_cache = True  # else generate() runs without a KV cache
         lm_state = {name.removeprefix("lm."): tensor for name, tensor in model_state.items()}
         lm.save_pretrained(folder, state_dict=lm_state)
         tokenizer.save_pretrained(folder)

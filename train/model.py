@@ -32,12 +32,6 @@ def load_tokenizer(name_or_path: str):
     return AutoTokenizer.from_pretrained(local_model_dir(name_or_path), local_files_only=True)
 
 
-def pick_attention(requested: str, device: torch.device) -> str:
-    if requested != "auto":
-        return requested
-    return "flex_attention" if device.type == "cuda" else "sdpa"
-
-
 def build_model(model_cfg, tokenizer, attention: str, seed: int) -> nn.Module:
     """A float32 causal LM: the preset initialized from `seed`, or the pretrained weights at path."""
     from transformers import AutoModelForCausalLM
