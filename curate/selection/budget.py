@@ -31,27 +31,29 @@ class BudgetParams(FilterParams):
     per_source: bool = Field(False, description="Apply the budget to every source on its own.")
 
 
-def score_summary(stage: str, batch: pl.DataFrame, score: str, per_source: bool) -> pl.DataFrame:
-    """What a ranking barrier needs of each row: `_pos`, the score, the token count, the source."""
-    if score not in batch.columns:
-        shown = ", ".join(c for c in batch.columns if not c.startswith("_"))
-        raise ValueError(f"stage {stage!r}: score column {score!r} not found; columns: {shown}")
-    columns = [POSITION, score, TOKENS] + (["source"] if per_source else [])
-    return batch.select(c for c in columns if c in batch.columns)
+class ScoreColumnRanking(RankingBarrier):
+    """A ranking of the corpus by a score column an earlier stage (or the source) wrote."""
+
+    inputs = ()
+
+    def summarize(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """What the ranking needs of each row: `_pos`, the score, the token count, the source."""
+        score = self.params.score
+        if score not in batch.columns:
+            shown = ", ".join(c for c in batch.columns if not c.startswith("_"))
+            raise ValueError(f"stage {self.name!r}: score column {score!r} not found; columns: {shown}")
+        columns = [POSITION, score, TOKENS] + (["source"] if self.params.per_source else [])
+        return batch.select(c for c in columns if c in batch.columns)
 
 
 @register_stage
-class BudgetStage(RankingBarrier):
+class BudgetStage(ScoreColumnRanking):
     """Keep the top rows by a score column: a row count, a fraction, or a token budget."""
 
     type_name = "budget"
     Params: ClassVar = BudgetParams
-    inputs = ()
     reason = "over_budget"
     params: BudgetParams
-
-    def summarize(self, batch: pl.DataFrame) -> pl.DataFrame:
-        return score_summary(self.name, batch, self.params.score, self.params.per_source)
 
     def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
         p = self.params
@@ -73,17 +75,13 @@ class PercentileBandParams(FilterParams):
 
 
 @register_stage
-class PercentileBand(RankingBarrier):
+class PercentileBand(ScoreColumnRanking):
     """Keep the middle percentiles of a score over the whole corpus (perplexity bands); drop both tails."""
 
     type_name = "percentile_band"
     Params: ClassVar = PercentileBandParams
-    inputs = ()
     reason = "outside_band"
     params: PercentileBandParams
-
-    def summarize(self, batch: pl.DataFrame) -> pl.DataFrame:
-        return score_summary(self.name, batch, self.params.score, self.params.per_source)
 
     def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
         """A row's percentile is 100·rank/(n−1) among the rows with a score (ties broken by `_pos`);
