@@ -55,13 +55,13 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def hf_baseline(rows: PackedRows, preset: str, vocab: int, steps: int, warmup: int, micro_batch: int,
+def hf_baseline(rows: PackedRows, preset: str, overrides: dict, vocab: int, steps: int, warmup: int, micro_batch: int,
                 compiled: bool, device: torch.device) -> float:
     """tokens/s of the plain HF loop over consecutive rows (timed after `warmup` steps)."""
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    lm = AutoModelForCausalLM.from_config(llama_config(preset, vocab), attn_implementation="sdpa",
+    lm = AutoModelForCausalLM.from_config(llama_config(preset, vocab, overrides), attn_implementation="sdpa",
                                           dtype=torch.float32).to(device)
     model = torch.compile(lm) if compiled else lm
     optimizer = torch.optim.AdamW(lm.parameters(), lr=3e-4, weight_decay=0.1)
@@ -97,10 +97,12 @@ def main() -> None:
     parser.add_argument("--tokenizer", default="smollm2-135m", help="tokenizer folder or built-in name")
     parser.add_argument("--baselines", default=None, help="default: eager,compile on GPU, eager on CPU")
     parser.add_argument("--json", default=None, help="also write the figures here")
+    parser.add_argument("--overrides", default="{}", help="LlamaConfig fields to change in the preset (JSON)")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     preset = args.preset or ("llama-135m" if gpu else "llama-20m")
+    overrides = json.loads(args.overrides)
     args.seq_len = args.seq_len or (2048 if gpu else 256)
     args.micro_batch = args.micro_batch or (16 if gpu else 4)
     args.steps = args.steps or (40 if gpu else 12)
@@ -118,7 +120,7 @@ def main() -> None:
     print(f"tokenized {splits['train'].n_tokens:,} tokens in {time.perf_counter() - t0:.1f}s")
 
     config = load_config({
-        "data": {"path": str(corpus)}, "model": {"preset": preset, "tokenizer": args.tokenizer},
+        "data": {"path": str(corpus)}, "model": {"preset": preset, "tokenizer": args.tokenizer, "overrides": overrides},
         "out_dir": str(work / "run"), "seq_len": args.seq_len, "micro_batch_size": args.micro_batch,
         "max_steps": args.steps, "eval_every": 0, "eval_batches": 2, "save_final": False,
         "progress": False, "tensorboard": False, "optim": {"warmup_steps": 5}, "log_every": 2 if not gpu else 5})
@@ -134,12 +136,12 @@ def main() -> None:
     rows = PackedRows(splits["train"], args.seq_len)
     baselines = {}
     for kind in [k for k in args.baselines.split(",") if k]:
-        baselines[kind] = hf_baseline(rows, preset, len(tokenizer), args.baseline_steps,
+        baselines[kind] = hf_baseline(rows, preset, overrides, len(tokenizer), args.baseline_steps,
                                       3 if kind == "eager" else 5, args.micro_batch, kind == "compile", device)
 
     from transformers import AutoModelForCausalLM
 
-    lm = AutoModelForCausalLM.from_config(llama_config(preset, len(tokenizer)))
+    lm = AutoModelForCausalLM.from_config(llama_config(preset, len(tokenizer), overrides))
     flops = flops_per_token(lm, args.seq_len)
     peak = device_bf16_peak(device)
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"

@@ -31,7 +31,7 @@ from datamill.train.presets import llama_config
 
 from conftest import make_documents, write_text_corpus
 
-TINY = {"preset": "llama-20m", "overrides": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+TINY = {"preset": "llama-20m", "overrides": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 1,
                                             "num_attention_heads": 4, "num_key_value_heads": 2}}
 CPU = DeviceCaps("cpu", bf16=True, liger_installed=False)
 GPU = DeviceCaps("cuda", bf16=True, liger_installed=True)

@@ -98,20 +98,21 @@ export DATAMILL_TEST_TOKENIZER=$MODEL_DIR
 STEP=("$PY" bench/gpu/runner.py step)
 CUDA_TEST_FILES=$(grep -l "pytest.mark.cuda" tests/test_*.py | tr '\n' ' ')
 # shellcheck disable=SC2086
-step cuda_tests 180 "${STEP[@]}" "$WORK/audit-cuda_tests.json" -m pytest -q -m cuda -p no:cacheprovider \
+step cuda_tests 150 "${STEP[@]}" "$WORK/audit-cuda_tests.json" -m pytest -q -m cuda -p no:cacheprovider \
   --junitxml="$OUT/pytest-cuda.xml" $CUDA_TEST_FILES
 if [ "$DRY" = 1 ]; then
   SCORING=(--docs 8 --max-tokens 64 --batch-rows 4 --batch-tokens 256 --device cpu)
-  TRAIN=(--device cpu --preset llama-20m --seq-len 64 --micro-batch 2 --steps 3 --baseline-steps 2 --baselines eager)
+  TRAIN=(--device cpu --preset llama-20m --seq-len 64 --micro-batch 2 --steps 2 --baseline-steps 1 --baselines eager
+         --overrides '{"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2}')
   GENERATE=(--batch-sizes 2 --max-new-tokens 4 --batches 1)
 else
   SCORING=(--docs 2000)
   TRAIN=()  # the GPU defaults: llama-135m, seq 2048 × 16, bf16, flex, compiled; HF eager and HF+compile
   GENERATE=(--batch-sizes 64,256 --max-new-tokens 128 --batches 3)
 fi
-step lm_scoring 120 "${STEP[@]}" "$WORK/audit-lm_scoring.json" bench/bench_lm_scoring.py --model "$MODEL_DIR" \
+step lm_scoring 90 "${STEP[@]}" "$WORK/audit-lm_scoring.json" bench/bench_lm_scoring.py --model "$MODEL_DIR" \
   --json "$WORK/lm_scoring.json" "${SCORING[@]}"
-step train 270 "${STEP[@]}" "$WORK/audit-train.json" bench/bench_train.py --tokenizer "$MODEL_DIR" \
+step train 240 "${STEP[@]}" "$WORK/audit-train.json" bench/bench_train.py --tokenizer "$MODEL_DIR" \
   --json "$WORK/train.json" "${TRAIN[@]}"
 step generate 600 "${STEP[@]}" "$WORK/audit-generate.json" bench/bench_generate.py --model "$MODEL_DIR" \
   --json "$WORK/generate.json" "${GENERATE[@]}"
