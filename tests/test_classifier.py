@@ -68,7 +68,7 @@ def tiny_sequence_classifier(folder: Path, num_labels: int) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from datamill.curate.dedup.embeddings import resolve_embedding_model
+    from datamill.curate.models.embeddings import resolve_embedding_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_embedding_model("all-minilm-l6-v2"), local_files_only=True)
     torch.manual_seed(0)
@@ -123,7 +123,7 @@ def test_thresholds_keep_top_and_flag_in_a_run(tmp_path: Path, fasttext_folder: 
     model = str(fasttext_folder)
     # flagged: every row stays, with the first rule it fails (threshold first, then rank)
     flagged, stats = run(raw, tmp_path / "all", [{"type": "classifier", "name": "q", "model": model, "action": "flag",
-                                                  "min_score": 0.5, "keep_top": 0.25}], workers=2)
+                                                  "min_score": 0.5, "keep_top": 0.25}])
     assert flagged.height == 60
     low = flagged.filter(pl.col("q_score") < 0.5)
     assert 25 <= low.height <= 35 and set(low["q_reason"]) == {"q_below_min_score"}
@@ -133,7 +133,8 @@ def test_thresholds_keep_top_and_flag_in_a_run(tmp_path: Path, fasttext_folder: 
     assert set(flagged["q_reason"].drop_nulls()) == {"q_below_min_score", "q_not_top"}
     step = next(s for s in stats["stages"] if s["name"] == "q")
     assert step["flagged"] == {"q_below_min_score": low.height, "q_not_top": 45 - low.height}
-    # dropped: keep_top ranks the whole corpus (two files, batches of 7): exactly the best 25 % of 60 rows
+    # dropped: keep_top ranks the whole corpus (two files, batches of 7): exactly the best 25 % of 60 rows,
+    # with the scores the flagged run gave them
     top, _ = run(raw, tmp_path / "top", [{"type": "classifier", "name": "q", "model": model, "keep_top": 0.25}])
     assert sorted(top["id"]) == sorted(best["id"])
     assert top["q_score"].to_list() == top.join(flagged, on="id")["q_score_right"].to_list()

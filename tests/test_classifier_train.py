@@ -64,7 +64,7 @@ def test_embedding_head_classifier_and_regressor(tmp_path: Path, docs: list[str]
     junk = boilerplate(40)
     table = pl.DataFrame({"text": few + junk, "label": ["doc"] * 40 + ["junk"] * 40})
     settings = TrainSettings(kind="embedding", holdout=0.25, positive_label="doc",
-                             embedding={"max_tokens": 48, "batch_tokens": 2048})
+                             embedding={"max_tokens": 32, "batch_tokens": 2048})
     card = train_classifier(table, settings, tmp_path / "emb")
     assert card["metrics"]["accuracy"] >= 0.9 and card["metrics"]["roc_auc"] >= 0.95, card["metrics"]
     assert (tmp_path / "emb" / "head.safetensors").is_file() and card["encoder"] == "all-minilm-l6-v2"
@@ -77,7 +77,7 @@ def test_embedding_head_classifier_and_regressor(tmp_path: Path, docs: list[str]
     scores = pl.DataFrame({"text": few[:20] + junk[:20] + shuffled(few[20:40]),
                            "label": [5.0] * 20 + [0.0] * 20 + [2.0] * 20})
     regression = TrainSettings(kind="embedding", task="regression", holdout=0.25, seed=1,
-                               embedding={"max_tokens": 48, "batch_tokens": 2048, "alpha": 0.1})
+                               embedding={"max_tokens": 32, "batch_tokens": 2048, "alpha": 0.1})
     card = train_classifier(scores, regression, tmp_path / "reg")
     m = card["metrics"]
     assert m["n"] == 15 and m["mae"] < 1.0 and m["rounded_accuracy"] >= 0.5, m
