@@ -33,9 +33,11 @@ def test_fasttext_cli_docstrings_vs_shuffled_and_boilerplate(tmp_path: Path, doc
     shuffled copies have exactly the same words, so only the word bigrams tell them apart."""
     write_jsonl(tmp_path / "pos.jsonl", [{"text": d} for d in docs])
     write_jsonl(tmp_path / "shuf.jsonl", [{"text": d} for d in shuffled(docs)])
-    write_jsonl(tmp_path / "junk.jsonl", [{"text": d} for d in boilerplate(150)])
+    (tmp_path / "webrun" / "shards").mkdir(parents=True)  # a finished run's corpus
+    pl.DataFrame({"id": [f"w{i}" for i in range(150)], "text": boilerplate(150)}).write_parquet(
+        tmp_path / "webrun" / "shards" / "part-00000-000.parquet")
     config = {"kind": "fasttext", "positive": [{"type": "jsonl", "path": "pos.jsonl"}],
-              "negative": [{"type": "jsonl", "path": "shuf.jsonl"}, {"type": "jsonl", "path": "junk.jsonl"}],
+              "negative": [{"type": "jsonl", "path": "shuf.jsonl"}, {"run": "webrun"}],
               "labels": ["hq", "cc"], "holdout": 0.2, "fasttext": {**SMALL, "epoch": 25, "lr": 0.5},
               "out": str(tmp_path / "model")}
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))
