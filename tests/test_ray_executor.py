@@ -172,7 +172,7 @@ def test_a_shard_that_cannot_run_fails_the_run_with_its_name(ray_cluster, tmp_pa
     raw = corpus_files(tmp_path / "raw")
     recipe = validate_recipe(recipe_dict(str(raw / "*.jsonl"), str(tmp_path / "out"),
                                          [{"type": "test_ray_fails_setup"}]))
-    with pytest.raises(RunError, match=r"shard \d \(.*part\d\.jsonl.*\) failed: FileNotFoundError: model file"):
+    with pytest.raises(RunError, match=r"shard \d \(.*part\d\.jsonl.*\) failed: StageSetupError: stage .* could not set up: FileNotFoundError: model file"):
         run_recipe_ray(recipe, workers=1)
 
 

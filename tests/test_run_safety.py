@@ -96,13 +96,15 @@ class PanicsInSetup(Stage):
 
 
 def test_a_panic_outside_a_batch_fails_the_run_with_a_plain_message_naming_the_shard(corpus_dir, tmp_path):
-    with pytest.raises(RunError, match=r"shard 0 \(.*part0\.jsonl.*\) failed: Panic: rust panicked"):
+    with pytest.raises(RunError, match=r"shard 0 \(.*part0\.jsonl.*\) failed: StageSetupError: stage "
+                                       r"'test_panics_in_setup' could not set up: Panic: rust panicked"):
         run_recipe(recipe_for(corpus_dir, tmp_path / "out", [{"type": "test_panics_in_setup"}]), workers=1)
 
 
 def test_a_worker_process_error_names_the_shard(corpus_dir, tmp_path):
     stages = [{"type": "perplexity", "model": str(tmp_path / "no-such-model")}]
-    with pytest.raises(RunError, match=r"shard \d \(.*part\d\.jsonl.*\) failed: .*no-such-model"):
+    with pytest.raises(RunError, match=r"shard \d \(.*part\d\.jsonl.*\) failed: StageSetupError: stage "
+                                       r"'perplexity' could not set up: .*no-such-model"):
         run_recipe(recipe_for(corpus_dir, tmp_path / "out", stages), workers=2)
 
 

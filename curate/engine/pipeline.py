@@ -44,6 +44,10 @@ class Segment:
     """Summarized at the end of this segment, when the next segment starts with a barrier."""
 
 
+class StageSetupError(RuntimeError):
+    """A stage's `setup()` failed (model missing, bad file…): the message names the stage."""
+
+
 class Pipeline:
     """Sources and stages built from a validated recipe, split into segments at barriers."""
 
@@ -81,7 +85,12 @@ class Pipeline:
         """Call `setup()` once per stage per process (models load once per worker)."""
         for stage in stages:
             if id(stage) not in self._set_up:
-                stage.setup()
+                try:
+                    stage.setup()
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except BaseException as err:  # a plain error naming the stage (polars panics included)
+                    raise StageSetupError(f"stage {stage.name!r} could not set up: {type(err).__name__}: {err}") from err
                 self._set_up.add(id(stage))
 
     def plan(self) -> list[ShardSpec]:
