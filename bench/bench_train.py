@@ -29,7 +29,7 @@ import torch
 
 from datamill.train import load_config, train
 from datamill.train.data import PackedRows, tokenize_corpus
-from datamill.train.loss import has_liger
+from datamill.train.config import DeviceCaps, device_plan
 from datamill.train.metrics import device_bf16_peak, flops_per_token, read_run_log
 from datamill.train.model import load_tokenizer
 from datamill.train.presets import llama_config
@@ -98,6 +98,8 @@ def main() -> None:
     parser.add_argument("--baselines", default=None, help="default: eager,compile on GPU, eager on CPU")
     parser.add_argument("--json", default=None, help="also write the figures here")
     parser.add_argument("--overrides", default="{}", help="LlamaConfig fields to change in the preset (JSON)")
+    parser.add_argument("--liger", choices=["auto", "on", "off"], default="auto",
+                        help="liger's fused CE (auto: on CUDA when installed)")
     args = parser.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
@@ -123,7 +125,9 @@ def main() -> None:
         "data": {"path": str(corpus)}, "model": {"preset": preset, "tokenizer": args.tokenizer, "overrides": overrides},
         "out_dir": str(work / "run"), "seq_len": args.seq_len, "micro_batch_size": args.micro_batch,
         "max_steps": args.steps, "eval_every": 0, "eval_batches": 2, "save_final": False,
-        "progress": False, "tensorboard": False, "optim": {"warmup_steps": 5}, "log_every": 2 if not gpu else 5})
+        "progress": False, "tensorboard": False, "optim": {"warmup_steps": 5}, "log_every": 2 if not gpu else 5,
+        "liger": {"auto": None, "on": True, "off": False}[args.liger]})
+    plan = device_plan(config, DeviceCaps.probe(device))  # what the loop will use on this device
     t0 = time.perf_counter()
     result = train(config)
     wall = time.perf_counter() - t0
@@ -148,8 +152,8 @@ def main() -> None:
     mfu = (lambda speed: speed * flops / peak) if peak else (lambda speed: None)
     logged = [r for r in read_run_log(config.out_dir) if r.get("kind") == "train"]
     figures = {"device": name, "torch": torch.__version__, "preset": preset, "seq_len": args.seq_len,
-               "micro_batch": args.micro_batch, "attention": "flex_attention" if gpu else "sdpa",
-               "liger": bool(gpu and has_liger()), "final_loss": logged[-1]["loss"] if logged else None,
+               "micro_batch": args.micro_batch, "attention": plan.attention, "liger": plan.liger, "bf16": plan.bf16,
+               "compile": plan.compile, "final_loss": logged[-1]["loss"] if logged else None,
                "flops_per_token": flops, "peak_flops": peak, "ours_tokens_per_s": ours, "ours_mfu": mfu(ours),
                **{f"hf_{k}_tokens_per_s": v for k, v in baselines.items()},
                **{f"hf_{k}_mfu": mfu(v) for k, v in baselines.items()}}

@@ -288,8 +288,17 @@ def test_cuda_device_plan_and_peak():
         assert caps.bf16 and device_bf16_peak(torch.device("cuda")) is not None, name
 
 
+@pytest.fixture
+def full_fp32():
+    """float32 matmuls in full precision (the trainer sets TF32 on CUDA), for exact comparisons."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(before)
+
+
 @pytest.mark.cuda
-def test_cuda_flex_attention_backward_equals_sdpa():
+def test_cuda_flex_attention_backward_equals_sdpa(full_fp32):
     from torch.nn.attention.flex_attention import flex_attention
 
     torch.manual_seed(0)
@@ -336,7 +345,7 @@ def test_cuda_compiled_flex_bf16_training_matches_eager_sdpa_fp32(corpus, tmp_pa
 
 
 @pytest.mark.cuda
-def test_cuda_static_cache_generation_equals_the_dynamic_cache(tiny_chat_model):
+def test_cuda_static_cache_generation_equals_the_dynamic_cache(tiny_chat_model, full_fp32):
     from datamill.synth.backends.hf import TransformersGenerator
     from datamill.synth.generation import GeneratorSpec, SamplingParams
 

@@ -110,6 +110,9 @@ else
   TRAIN=()  # the GPU defaults: llama-135m, seq 2048 × 16, bf16, flex, compiled; HF eager and HF+compile
   GENERATE=(--batch-sizes 64,256 --max-new-tokens 128 --batches 3)
 fi
+# liger only if its kernel runs here: a wheel that does not fit this torch/triton must not cost the row
+if "$PY" bench/gpu/runner.py liger-ok >>"$LOG" 2>&1; then TRAIN+=(--liger on); else TRAIN+=(--liger off); fi
+say "training with liger: ${TRAIN[*]: -1}"
 step lm_scoring 90 "${STEP[@]}" "$WORK/audit-lm_scoring.json" bench/bench_lm_scoring.py --model "$MODEL_DIR" \
   --json "$WORK/lm_scoring.json" "${SCORING[@]}"
 step train 240 "${STEP[@]}" "$WORK/audit-train.json" bench/bench_train.py --tokenizer "$MODEL_DIR" \

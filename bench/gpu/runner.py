@@ -4,6 +4,7 @@ step while noting which installed distributions it imported, and write the resul
     python bench/gpu/runner.py site DIR                 # DIR/datamill/* -> this checkout's package folders
     python bench/gpu/runner.py model --out DIR [--tiny] [--tokenizer T] [--model M]
     python bench/gpu/runner.py step AUDIT.json (SCRIPT | -m MODULE) [ARGS...]
+    python bench/gpu/runner.py liger-ok              # exit 0 if liger's fused CE runs on this GPU
     python bench/gpu/runner.py report --work DIR --out DIR [--dry-run]
 
 Standard library only at import time: `site` runs before the wheels are known to work.
@@ -97,6 +98,30 @@ def make_model(out: Path, tiny: bool, tokenizer_ref: str | None, model_ref: str 
     tokenizer.save_pretrained(out)
     kind = "random-init tiny llama (dry run)" if tiny else STAND_IN
     return {"model": str(out), "model_kind": kind}
+
+
+def liger_works() -> bool:
+    """Whether liger's fused linear cross-entropy runs here (a CUDA forward and backward), so that a
+    liger wheel that does not fit this torch/triton costs the training row nothing."""
+    import torch
+
+    from datamill.train.loss import has_liger, linear_cross_entropy
+
+    if not (torch.cuda.is_available() and has_liger()):
+        return False
+    try:
+        hidden = torch.randn(512, 64, device="cuda", requires_grad=True)
+        head = torch.randn(1000, 64, device="cuda", requires_grad=True)
+        targets = torch.randint(0, 1000, (512,), device="cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = linear_cross_entropy(hidden, head, targets, torch.ones(512, device="cuda"),
+                                        binary_weights=True, use_liger=True)
+        loss.backward()
+        torch.cuda.synchronize()
+        return bool(torch.isfinite(loss)) and hidden.grad is not None
+    except Exception as error:  # noqa: BLE001 - any failure means: train without it
+        print(f"liger-kernel does not run here: {error!r}", file=sys.stderr)
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,6 +319,7 @@ def main() -> None:
     step = sub.add_parser("step")
     step.add_argument("audit")
     step.add_argument("argv", nargs=argparse.REMAINDER)
+    sub.add_parser("liger-ok", help="exit 0 if liger's fused cross-entropy runs on this GPU")
     report = sub.add_parser("report")
     report.add_argument("--work", required=True)
     report.add_argument("--out", required=True)
@@ -305,6 +331,8 @@ def main() -> None:
         info = make_model(Path(args.out), args.tiny, args.tokenizer, args.model)
         Path(args.env).write_text(json.dumps(environment(info), indent=2), encoding="utf-8")
         print(info["model"])
+    elif args.command == "liger-ok":
+        sys.exit(0 if liger_works() else 1)
     elif args.command == "step":
         sys.exit(run_step(Path(args.audit), args.argv))
     else:
