@@ -74,7 +74,7 @@ class GopherQuality(Filter):
         n_tokens = tokens.list.len()
         stop_words = pl.Series(self.params.stop_words, dtype=pl.String).implode()
         return (
-            batch.with_columns(ts.words(text).alias(_TOKENS))
+            batch.with_columns(ts.raw_words(text).alias(_TOKENS))
             .with_columns(
                 word_lengths.list.len().alias("gopher_word_count"),
                 word_lengths.list.mean().alias("gopher_mean_word_length"),
@@ -180,7 +180,7 @@ class GopherRepetition(Filter):
         )
         top_ns = sorted(self.params.top_n_grams)
         dup_ns = sorted(self.params.dup_n_grams)
-        tokens = batch.select(ts.words(text)).to_series()
+        tokens = batch.select(ts.raw_words(text)).to_series()
         counts = ts.ngram_char_counts(tokens, top_ns, dup_ns)
         return (
             scored.hstack(counts.rename(lambda name: f"_gopher_{name}"))

@@ -67,20 +67,33 @@ _JOINER = (
     r"|[:<>=/,]\d"  # a colon, slash, comma... before a digit: 12:30, 10/20, 1,000, x=1
     r"|[^\s\w'’.…\-–—~:<>=/,][^\s\w.…]*[^\W_]"  # other marks inside a word: f(x, a+b, f(-1
     r"|[-–—~:<>=/,'’][^\s\w.…\-]+[^\W_]"  # a run of marks: https://, align="center
+    # an apostrophe before letters that are not an English contraction suffix ('s 're 've 'll 'd 'm
+    # 't ending the word): French and Italian elisions (l'option, n'est, nell'editor), O'Reilly
+    r"|['’](?:[^\W_srvldmtSRVLDMT]|[sdmtSDMT][^\W_]|[rvRV](?:[^\W_eE]|[eE][^\W_])|[lL](?:[^\W_lL]|[lL][^\W_]))"
 )
 """Pieces that keep word characters together in one token, as spaCy's infix rules do; each ends
 with a word character, so a token never ends in a mark or an underscore ("__init__" splits)."""
 _WORD_START = r"\B(?:[-~/\\|^@]+|\.)"
 """Marks that are not spaCy prefixes, so they stay on the front of a word: -v, --flag, ~name, /usr,
 \\n, |name, @user, .env."""
+_DOMAIN = r"(?:[\w.+-]+@)?(?:[^\W_][\w-]*\.)+\p{Ll}{2,63}\b(?:[/?#]\S*[\w/])?"
+"""spaCy's `url_match` without a scheme: host labels (hyphens allowed) and a lowercase top-level
+name, an optional user@ and path: gnome-shell.desktop, x-y.service, www.foo.org/x, a@b.com."""
+_HYPHEN_END = "\ue000\ue001"
+"""Private-use stand-ins for "-" and "‐" (U+2010, groff's line-break hyphen) that end a word: spaCy
+has no suffix rule for a hyphen, so "foo-" and "speci‐" stay one token (see `_prepared`)."""
 WORD_PATTERN = (
     r"https?://\S*[\w/]"  # a URL, without trailing punctuation
+    rf"|\b{_DOMAIN}(?:_*(?:{_JOINER}|[^\W_]))*"  # a host name, e-mail address or host/path
+    r"|\band/or\b"  # spaCy exceptions: one token
+    r"|C\+\+"
     r"|(?:\p{L}\.){2,}(?:\w+(?:\.\w+)*)?"  # acronyms (U.S., e.g., p.m.), dotted names (x.y.z)
     rf"|\b(?:{_ABBREVIATIONS})\."  # abbreviations keep their period
-    r"|\b\p{Lu}\."  # initials: J. R. R. Tolkien
-    rf"|(?:{_WORD_START})?(?:{_HYPHEN_DIGIT}|[^\W_])(?:_*(?:{_JOINER}|[^\W_]))*"  # words
+    r"|\b\p{Lu}\.\B"  # initials: J. R. R. Tolkien (not X.25)
+    r"|\b[a-z]\.\B"  # spaCy's exceptions "a." … "z."
+    rf"|(?:{_WORD_START})?(?:{_HYPHEN_DIGIT}|[^\W_])(?:_*(?:{_JOINER}|[^\W_]))*[{_HYPHEN_END}]?"  # words
     r"|(?i:['’](?:s|re|ve|ll|d|m|t)\b)"  # contraction suffixes: 's 're 'll n't→'t
-    r"|\.{2,}|-{2,}|\^{2,}|~{2,}|\|{2,}"  # an ellipsis, a dash, a heading underline: one token
+    r"|\.{2,}|-{2,}|\^{2,}|~{2,}|\|{2,}|''|\):"  # an ellipsis, a dash, an underline, '' and "):"
     r"|_|[^\w\s]"  # any other mark is a token of its own
 )
 """One token per match; see the module docstring for how it compares with datatrove's spaCy split."""
@@ -90,9 +103,31 @@ _LINE_BREAKS = r"\r\n|[\r\v\f\x1c-\x1e\x85\u2028\u2029]"
 """What Python's `str.splitlines` also treats as a line end, besides "\n"."""
 
 
+def _prepared(text: pl.Expr) -> pl.Expr:
+    """`text` rewritten so that `WORD_PATTERN` cuts spaCy's tokens from it: a hyphen ending a word
+    (before a character that is neither a word character nor a hyphen) becomes its `_HYPHEN_END`
+    stand-in, and "cannot" is two words, as in spaCy's exceptions."""
+    return (
+        text.str.replace_all(r"([^\W_])-([^\w\-‐]|$)", "${1}\ue000${2}")
+        .str.replace_all(r"([^\W_])‐([^\w\-‐]|$)", "${1}\ue001${2}")
+        .str.replace_all(r"\b([Cc])annot\b", "${1}an not")
+    )
+
+
+def raw_words(text: pl.Expr) -> pl.Expr:
+    """`words(text)` with a word-final hyphen still as its private-use stand-in (same length, and a
+    letter always before it): what the filters count, without the cost of writing the hyphens back."""
+    return _prepared(text).str.extract_all(WORD_PATTERN)
+
+
+def restore_hyphens(tokens: pl.Expr) -> pl.Expr:
+    """Tokens of `raw_words` (a String expression, one token per row) with their real hyphens."""
+    return tokens.str.replace_all("\ue000", "-", literal=True).str.replace_all("\ue001", "‐", literal=True)
+
+
 def words(text: pl.Expr) -> pl.Expr:
     """The tokens of `text` (words and punctuation marks), as list[str]."""
-    return text.str.extract_all(WORD_PATTERN)
+    return raw_words(text).list.eval(restore_hyphens(pl.element()))
 
 
 def is_word(token: pl.Expr) -> pl.Expr:
@@ -148,7 +183,7 @@ def ratio(numerator: pl.Expr, denominator: pl.Expr) -> pl.Expr:
 
 def token_count(text: pl.Expr) -> pl.Expr:
     """How many tokens `words(text)` would give, without building them."""
-    return text.str.count_matches(WORD_PATTERN)
+    return _prepared(text).str.count_matches(WORD_PATTERN)
 
 
 _SENTENCE_END = (
@@ -197,7 +232,7 @@ def ngram_char_counts(tokens: pl.Series, top_ns: list[int], dup_ns: list[int]) -
     """
     n_docs = tokens.len()
     n_tok = tokens.list.len().cast(pl.Int64).to_numpy()
-    flat = tokens.explode(empty_as_null=False)
+    flat = pl.select(restore_hyphens(pl.lit(tokens.explode(empty_as_null=False)))).to_series()
     doc = np.repeat(np.arange(n_docs, dtype=np.int64), n_tok)
     pos = np.arange(len(flat), dtype=np.int64) - np.repeat(np.cumsum(n_tok) - n_tok, n_tok)
     remaining = n_tok[doc] - pos  # tokens from this one to the end of its document

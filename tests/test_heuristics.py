@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import polars as pl
 import pytest
 
@@ -76,6 +78,22 @@ def test_words_split_punctuation_but_keep_numbers_abbreviations_and_contractions
         "Mr.", "Smith", "paid", "$", "1,000.50", "for", "the", "well", "-", "known", "U.S.", "map",
         "(", "e.g.", "in", "3.14", "hours", ")", ",", "didn", "'t", "he", "...",
     ]
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("speci\u2010 fied, re- enable", ["speci\u2010", "fied", ",", "re-", "enable"]),  # groff's line-break hyphens
+        ("(foo-) a-b- c--d", ["(", "foo-", ")", "a", "-", "b-", "c", "--", "d"]),
+        ("l'utilisateur n'est qu'un O'Reilly", ["l'utilisateur", "n'est", "qu'un", "O'Reilly"]),
+        ("we cannot, and/or C++.", ["we", "can", "not", ",", "and/or", "C++", "."]),
+        ("see gnome-shell.desktop, X.25 or a@b.org.", ["see", "gnome-shell.desktop", ",", "X.25", "or", "a@b.org", "."]),
+        ("''quoted'' x. ls(1):", ["''", "quoted", "''", "x.", "ls(1", "):"]),
+    ],
+)
+def test_words_follow_spacy_on_hyphens_elisions_and_exceptions(text, tokens):
+    assert pl.select(ts.words(pl.lit(text))).item().to_list() == tokens
+    assert pl.select(ts.token_count(pl.lit(text))).item() == len(tokens)
 
 
 def test_sentence_count_ignores_abbreviations_decimals_and_ellipses():
@@ -198,12 +216,13 @@ def test_gopher_repetition_ngram_sizes_are_params_and_name_their_columns():
 
 
 def datatrove_repeated_chars(words: list[str], n: int) -> int:
-    """datatrove's scan (the reference our vectorized version follows): jump n after a repeat."""
+    """datatrove's `find_all_duplicate`: n-grams keyed by their tokens joined with no separator,
+    a repeat counted in full and followed by a jump of n positions (jumped n-grams are not added)."""
     seen, repeated, i = set(), 0, 0
     while i < len(words) - n + 1:
-        gram = tuple(words[i : i + n])
+        gram = "".join(words[i : i + n])
         if gram in seen:
-            repeated += sum(map(len, gram))
+            repeated += len(gram)
             i += n
         else:
             seen.add(gram)
@@ -225,6 +244,23 @@ def test_repeated_ngram_chars_match_datatrove_scan(words):
     counts = ts.ngram_char_counts(pl.Series([words], dtype=pl.List(pl.String)), [], [5, 6, 7])
     for n in (5, 6, 7):
         assert counts[f"dup_{n}"].item() == datatrove_repeated_chars(words, n)
+
+
+def test_repeated_ngram_scan_is_exact_on_adversarial_sequences():
+    # the jump skips n-grams that then never enter the set: "a b b a b" repeats once, at 5 characters
+    assert datatrove_repeated_chars("a b b a b a b b a b b a".split(), 5) == 5
+    # n-grams are keys of joined tokens: "ab c" and "a bc" are the same 2-gram
+    assert datatrove_repeated_chars(["ab", "c", "x", "a", "bc"], 2) == 3
+    rng = random.Random(7)
+    docs = [
+        [rng.choice(alphabet[: rng.randint(1, len(alphabet))]) for _ in range(rng.randint(0, 80))]
+        for alphabet in [["a", "b", "ab", "ba", "é", "bé"]] * 400
+    ]
+    docs += [["a", "b", "b", "a", "b", "a", "b", "b", "a", "b", "b", "a"], ["ab", "c", "x", "a", "bc"]]
+    ns = [2, 3, 5, 6, 7, 8, 9, 10]
+    counts = ts.ngram_char_counts(pl.Series(docs, dtype=pl.List(pl.String)), [], ns)
+    for n in ns:
+        assert counts[f"dup_{n}"].to_list() == [datatrove_repeated_chars(d, n) for d in docs], n
 
 
 def test_c4_removes_bad_lines_and_keeps_the_rest():
