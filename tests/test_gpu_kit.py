@@ -54,9 +54,14 @@ def test_dry_run_runs_every_step_and_writes_the_table(dry_run):
     assert "DRY RUN" in table and "| LM scoring tok/s" in table and "| generation tok/s, batch 2" in table
 
 
-def test_run_sh_refuses_a_call_without_an_output_folder():
-    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "run.sh"), "--dry-run"], capture_output=True, text=True)
+def test_run_sh_refuses_a_call_without_an_output_folder_or_with_an_unknown_step(tmp_path):
+    run_sh = str(ROOT / "bench" / "gpu" / "run.sh")
+    done = subprocess.run(["bash", run_sh, "--dry-run"], capture_output=True, text=True)
     assert done.returncode == 2 and "usage: bash bench/gpu/run.sh --out DIR" in done.stderr
+    done = subprocess.run(["bash", run_sh, "--out", str(tmp_path), "--only", "train,benchmarks"],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "--only takes cuda_tests,lm_scoring,train,generate (not benchmarks)" in done.stderr
+    assert not any(tmp_path.iterdir())  # refused before doing anything
 
 
 def test_kit_names_python_3_12_wheels_of_what_the_image_lacks():
