@@ -56,6 +56,11 @@ import sys
 from datamill.train.model import load_tokenizer
 load_tokenizer("smollm2-135m").save_pretrained(sys.argv[1])
 EOF
+# the install run.sh does there, done here for the GPU machine's interpreter and platform tags
+CHECK=$(mktemp -d)
+"$PY" -m pip install -q --no-index --no-deps --no-compile --target "$CHECK" --python-version 3.12 --implementation cp \
+  "${PLATFORMS[@]/#/--platform=}" --only-binary=:all: "$KIT"/*.whl
+rm -rf "$CHECK"
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || { mkdir -p .git/info && echo '/.whl/' >>.git/info/exclude; }
 
 KIT_BYTES=$(du -sb "$KIT" | cut -f1)
