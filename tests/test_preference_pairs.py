@@ -81,3 +81,30 @@ def test_pairs_are_what_the_dpo_trainer_reads():
     pairs, skipped = tokenize_pairs(load_tokenizer("smollm2-135m"), kept, seq_len=256)
     assert len(pairs) == 1 and not skipped
     assert len(pairs.chosen[0]) > len(pairs.rejected[0])  # the long answer vs "Rain."
+
+
+def test_smoke_with_the_built_in_model(tmp_path):
+    """The one real-model run of this feature: SmolLM2-135M samples, MiniLM relevance scores.
+    One torch thread: on a box shared with other jobs, spinning intra-op threads make this ~10x slower."""
+    import torch
+
+    from datamill.synth.generation import GeneratorSpec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        params = PreferencePairsParams(generator=GeneratorSpec(cache_dir=str(tmp_path / "cache")),
+                                       sampling={"n": 3, "temperature": 1.0, "max_new_tokens": 12}, scorer="relevance")
+        real = PreferencePairsStage(params)
+        real.setup()
+        out = real.process(pl.DataFrame({"id": ["a", "b"], "prompt": ["Give one tip for sleeping well.",
+                                                                      "Name a large animal that lives in the sea."]}))
+    finally:
+        torch.set_num_threads(threads)
+    assert "smollm2" in out["pair_policy"][0].lower() and out["pair_scorer"][0] == "relevance:all-minilm-l6-v2"
+    for row in out.iter_rows(named=True):
+        assert row["n_scored"] >= 1 and all(-1 <= r["score"] <= 1 for r in row["ranked"])
+        if row["_drop_reason"] is None:
+            assert row["chosen_score"] > row["rejected_score"] and row["chosen"] != row["rejected"]
+        else:
+            assert row["_drop_reason"] in ("pair_tie", "pair_one_scored")
