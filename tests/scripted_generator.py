@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
+
 from datamill.synth.generation import Completion, SamplingParams
 
 
@@ -25,3 +27,15 @@ class ScriptedGenerator:
             self.asked.append(text)
             out.append([Completion(self.reply(text, k, params), "stop", 1) for k in range(params.n)])
         return out
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one intra-op thread for a module's tiny models (restored after): on a box shared
+    with other jobs, spinning intra-op threads make small CPU forward passes many times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -19,6 +19,8 @@ from datamill.train.metrics import read_run_log
 from datamill.train.model import load_tokenizer
 from datamill.train.presets import llama_config
 
+from scripted_generator import one_torch_thread  # noqa: F401
+
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 2}
 PAIRS = [
@@ -28,6 +30,8 @@ PAIRS = [
     ("Describe the museum.", " It reopened with a new room about the history of printing.", " Museum room the of."),
 ]
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tokenizer():

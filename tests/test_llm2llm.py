@@ -13,13 +13,15 @@ import torch
 from datamill.synth import llm2llm
 from datamill.synth.llm2llm import parse_variants, run_llm2llm
 
-from scripted_generator import ScriptedGenerator
+from scripted_generator import ScriptedGenerator, one_torch_thread  # noqa: F401
 
 
 def test_variant_parsing():
     assert parse_variants(["Question: What is 3 + 9?\nAnswer: 12", "question: Name a river\n\nCorrect answer: Nile.",
                            "I cannot think of one."]) == [("What is 3 + 9?", "12"), ("Name a river", "Nile."), None]
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_student(tmp_path_factory):

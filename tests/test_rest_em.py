@@ -13,7 +13,7 @@ import torch
 from datamill.synth import rest_em
 from datamill.synth.rest_em import check_solutions, keep_correct, run_rest_em
 
-from scripted_generator import ScriptedGenerator
+from scripted_generator import ScriptedGenerator, one_torch_thread  # noqa: F401
 
 
 def test_answer_checks():
@@ -37,6 +37,8 @@ def test_cap_per_problem_keeps_distinct_correct_solutions():
     kept = keep_correct(samples, cap=2)
     assert kept.select("id", "solution").rows() == [("a", "x"), ("a", "y"), ("b", "q")]
 
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
