@@ -5,8 +5,8 @@ rubric (additive, one point per criterion met) and ends its reply with "Educatio
 a classifier trained on those labels then scores the whole corpus (`classifier` stage, `train:`).
 
     - type: annotate
-      template: fineweb_edu          # built-in (synth/prompts/annotate_fineweb_edu.txt), or a path to
-                                     # your own template file with a $text placeholder
+      template: fineweb_edu          # built-in (synth/prompts/annotate_fineweb_edu.txt; fineweb_edu_fewshot
+                                     # for small models), or your own template file with a $text placeholder
       sample: 0.1                    # which rows: a seeded hash of the id, same on any worker count
       generator: {backend: transformers, model: smollm2-135m}
 
@@ -34,8 +34,10 @@ from datamill.curate.engine.stage import Filter, FilterParams, Resources
 from datamill.curate.selection.ranking import uniform_from_hash
 from datamill.synth.generation import GeneratorSpec, SamplingParams
 
-BUILTIN_TEMPLATES = {"fineweb_edu": "annotate_fineweb_edu"}
-"""Built-in template name → file stem under synth/prompts/."""
+BUILTIN_TEMPLATES = {"fineweb_edu": "annotate_fineweb_edu", "fineweb_edu_fewshot": "annotate_fineweb_edu_fewshot"}
+"""Built-in template name → file stem under synth/prompts/: FineWeb-Edu's additive rubric, and a short
+two-example version of its scale for small models, which do not follow the long one (SmolLM2-135M
+states a score in ~1 of 16 replies to the full rubric, ~1 in 5 to the short one)."""
 
 NAMED_SCORE = r"(?i)[a-z]+\s+score\s*[:：=]\s*[*_\s\[(]*(-?\d+(?:[.,]\d+)?)"
 """`Educational score: 3`, `**Educational score:** 3`, `Quality score = [4]`."""

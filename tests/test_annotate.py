@@ -113,7 +113,7 @@ def test_quality_classifier_recipe_annotate_train_classify(tmp_path: Path) -> No
     raw["sources"] = [{"type": "jsonl", "path": str(tmp_path / "raw.jsonl"), "name": "web", "id_field": "id"}]
     raw["stages"] = [s for s in raw["stages"] if s["type"] in ("annotate", "classifier")]
     annotate, classify = raw["stages"]
-    annotate.update(sample=0.5, generator={"backend": "openai", "model": "scripted", "base_url": "http://127.0.0.1:9/v1",
+    annotate.update(sample=0.5, template="fineweb_edu", generator={"backend": "openai", "model": "scripted", "base_url": "http://127.0.0.1:9/v1",
                                            "cache_dir": str(cache)})
     classify["train"] = {**classify["train"], "kind": "fasttext", "task": "classification", "positive_label": "4",
                          "fasttext": {"bucket": 20_000, "dim": 16, "epoch": 20, "lr": 0.5},
