@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,28 @@ def load_runner():
 runner = load_runner()
 
 
+def probe_wheel(folder: Path) -> Path:
+    """A minimal pure-Python wheel, standing in for the kit's wheels."""
+    folder.mkdir(parents=True)
+    wheel = folder / "gpu_kit_probe-0.1-py3-none-any.whl"
+    files = {"gpu_kit_probe.py": "VALUE = 1\n",
+             "gpu_kit_probe-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: gpu-kit-probe\nVersion: 0.1\n",
+             "gpu_kit_probe-0.1.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+                                                  "Tag: py3-none-any\n"}
+    record = "".join(f"{name},,\n" for name in files) + "gpu_kit_probe-0.1.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in {**files, "gpu_kit_probe-0.1.dist-info/RECORD": record}.items():
+            archive.writestr(name, text)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-dry-run")
+    kit = probe_wheel(tmp_path_factory.mktemp("kit") / "wheels")
     env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "run.sh"), "--out", str(out), "--dry-run"],
-                          env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(["bash", str(ROOT / "bench" / "gpu" / "run.sh"), "--out", str(out), "--dry-run",
+                           "--kit", str(kit)], env=env, capture_output=True, text=True, timeout=600)
     return done, out
 
 
@@ -50,6 +67,9 @@ def test_dry_run_runs_every_step_and_writes_the_table(dry_run):
     assert [row["batch"] for row in report["generate"]] == [2] and report["generate"][0]["ours_tokens"] > 0
     assert report["environment"]["model_kind"] == "random-init tiny llama (dry run)"
     assert report["imported_outside_image_and_kit"] == []  # nothing the bare GPU image and the kit lack
+    log = (out / "run.log").read_text()
+    assert "installing 1 wheels from" in log and "wheel install failed" not in log
+    assert "training with liger: off" in log  # no liger kernel runs on a CPU
     table = (out / "results.md").read_text()
     assert "DRY RUN" in table and "| LM scoring tok/s" in table and "| generation tok/s, batch 2" in table
 

@@ -15,13 +15,13 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
-OUT="" DRY=0 KIT=.whl MODEL="" BUDGET=570 ONLY=cuda_tests,lm_scoring,train,generate
+OUT="" DRY=0 KIT=.whl KIT_GIVEN=0 MODEL="" BUDGET=570 ONLY=cuda_tests,lm_scoring,train,generate
 PY=${PYTHON:-python3}
 while [ $# -gt 0 ]; do
   case "$1" in
     --out) OUT=$2; shift 2 ;;
     --dry-run) DRY=1; shift ;;
-    --kit) KIT=$2; shift 2 ;;
+    --kit) KIT=$2; KIT_GIVEN=1; shift 2 ;;
     --model) MODEL=$2; shift 2 ;;
     --budget) BUDGET=$2; shift 2 ;;
     --only) ONLY=$2; shift 2 ;;
@@ -76,8 +76,8 @@ step() {
   printf '%s\t%s\t%s\n' "$name" "$status" "$(($(date +%s) - t0))" >>"$WORK/steps.tsv"
 }
 
-# 1. the wheels (not in a dry run: they are for the GPU machine's Python 3.12)
-if [ "$DRY" = 0 ]; then
+# 1. the wheels (a dry run installs them only from a --kit it is given: .whl/ is for Python 3.12)
+if [ "$DRY" = 0 ] || [ "$KIT_GIVEN" = 1 ]; then
   if ls "$KIT"/*.whl >/dev/null 2>&1; then
     say "installing $(ls "$KIT"/*.whl | wc -l) wheels from $KIT"
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$WORK/site" "$KIT"/*.whl >>"$LOG" 2>&1 \
