@@ -26,9 +26,14 @@ def train(
     """Train a causal LM on a corpus: pretraining from a preset, or fine-tuning a model folder."""
     import yaml
 
+    from pathlib import Path
+
+    from datamill.curate.engine.recipe import builtin_recipe_names, resolve_recipe_path
     from datamill.train.config import TrainConfigError, load_config
     from datamill.train.loop import train as run_training
 
+    if not Path(config).exists() and config.removesuffix(".yaml") in builtin_recipe_names():
+        config = str(resolve_recipe_path(config))  # a shipped recipe by name, e.g. `datamill train preference`
     try:
         cfg = load_config(config)
     except TrainConfigError as err:
