@@ -45,7 +45,7 @@ def test_dictd_pair_reads_translations(tmp_path, compress):
     assert pairs == {("house", "casa"), ("house", "hogar"), ("ice cream", "helado"),
                      ("red", "rojo"), ("red", "roja"), ("red", "colorado")}
     assert set(table["target_lang"]) == {"es"} and set(table["source_lang"]) == {"en"}
-    assert table.filter(pl.col("target_term") == "casa")["pos"].item() == "n"
+    assert table.filter(pl.col("target_term") == "casa")["pos"].item() == "noun"
 
 
 def test_dictd_offsets_past_the_end_name_the_entry(tmp_path):
@@ -66,14 +66,15 @@ def test_tei_entries(tmp_path):
 </body></text></TEI>""", encoding="utf-8")
     table = load_lexicon(tei, "en", "de")
     assert table.select("source_term", "target_term", "pos").rows() == [
-        ("dog", "Hund", "n"), ("train station", "Bahnhof", None), ("train station", "Station", None)]
+        ("dog", "Hund", "noun"), ("train station", "Bahnhof", None), ("train station", "Station", None)]
 
 
 def test_tables_and_entities(tmp_path):
     (tmp_path / "lex.jsonl").write_text('{"source_term": "cat", "target_lang": "es", "target_term": "gato"}\n')
     table = load_lexicon(tmp_path / "lex.jsonl", source_lang="en")
     assert table.row(0, named=True) == {"source_lang": "en", "source_term": "cat", "target_lang": "es",
-                                        "target_term": "gato", "pos": None, "type": "word"}
+                                        "target_term": "gato", "pos": None, "number": None, "rank": None,
+                                        "type": "word"}
     (tmp_path / "ent.tsv").write_text("entity_id\tlang\tlabel\nQ64\ten\tBerlin\nQ64\tes\tBerlín\n")
     entities = load_lexicon(tmp_path / "ent.tsv")
     assert set(entities.select("source_lang", "target_term", "type").iter_rows()) == {
@@ -94,3 +95,60 @@ def test_bad_lexicons_name_file_record_and_field(tmp_path):
         load_lexicon("nope.tsv")
     with pytest.raises(ValueError, match="need source_lang and target_lang"):
         load_lexicon(write_dictd(tmp_path, False))
+
+
+FREEDICT_DEU = {  # index key → entry body, the shapes of Debian's freedict-eng-deu (Ding) entries
+    "free": ("free /fɹˈiː/\nfrei <adj>\n         Note: von\n      \"free from defects\"  - frei von Mängeln\n"
+             " see: {freer}, {freest}, {unfree}\n"),
+    "licence": ("licence /lˈaɪsəns/\nLizenz <fem>, Genehmigung <fem> [adm.]\n   Synonym: {license}\n\n"
+                " see: {licences}\n         Note: for sth.\n"),
+    "licences": "licences /lˈaɪsənsɪz/\nLizenzen <pl>, Genehmigungen <pl>\n   Synonyms: {licenses}\n",
+    "a": "amp /ˈamp/ (A /ˈeɪ/)\nAmpere <neut> [electr.] A,  /ˈeɪ/\n   Synonym: {ampere}\n",  # an alias key
+    "key": ("key /kˈiː/\nSchlüssel <masc>\n see: {keys}\n\nkey /kˈiː/\nTaste <fem> [comp.]\n"
+            "   Synonyms: {button}\n"),
+    "run": "run /ɹˈʌn/ <v>\nlaufen, rennen <v, intr>\n      \"to run fast\"  - schnell laufen\n",
+}
+
+
+def write_freedict(folder, entries, extra_index=()):
+    body, index_lines, offset = b"", [], 0
+    for head in ["00databaseinfo", "00-database-short", *entries]:
+        data = (entries.get(head) or "English-German FreeDict dictionary\n").encode()
+        index_lines.append(f"{head}\t{b64_encode(offset)}\t{b64_encode(len(data))}")
+        body += data
+        offset += len(data)
+    index_lines += list(extra_index)
+    (folder / "eng-deu.index").write_text("\n".join(index_lines) + "\n", encoding="utf-8")
+    (folder / "eng-deu.dict.dz").write_bytes(gzip.compress(body))
+    return folder / "eng-deu.index"
+
+
+def test_freedict_entries_give_only_sense_translations_with_pos_number_and_rank(tmp_path):
+    from datamill.synth.codeswitch.dictd import parse_dictd
+
+    empty_headwords = ["\tFVrr\tDD", "\tA\tB"]  # as in Debian's eng-deu: 7 index lines with no headword
+    index = write_freedict(tmp_path, FREEDICT_DEU, empty_headwords)
+    rows, counts = parse_dictd(index, "en", "de")
+    got = {(r["source_term"], r["target_term"], r["pos"], r["number"]) for r in rows.iter_rows(named=True)}
+    assert got == {("free", "frei", "adj", None), ("licence", "Lizenz", "noun", "sg"),
+                   ("licence", "Genehmigung", "noun", "sg"), ("licences", "Lizenzen", "noun", "pl"),
+                   ("licences", "Genehmigungen", "noun", "pl"), ("amp", "Ampere", "noun", "sg"),
+                   ("key", "Schlüssel", "noun", "sg"), ("key", "Taste", "noun", "sg"),
+                   ("run", "laufen", "verb", None), ("run", "rennen", "verb", None)}
+    # notes, synonyms, see-also and examples are never translations
+    assert not rows.filter(pl.col("target_term").str.contains(r"[{}:\"]|^von$|Mängeln|schnell")).height
+    assert counts["empty_headword"] == 2 and counts["metadata"] == 2 and counts["annotation_lines"] == 11
+    # the general sense before the domain one ([comp.]): Schlüssel is key's rank 1
+    assert rows.filter((pl.col("source_term") == "key") & (pl.col("rank") == 1))["target_term"].item() == "Schlüssel"
+    table = load_lexicon(index, "en", "de")  # empty headwords no longer fail the whole dictionary
+    assert {"number", "rank"} <= set(table.columns) and table.height == len(got)
+
+
+def test_freedict_phrase_entries_that_lost_their_words_are_skipped(tmp_path):
+    from datamill.synth.codeswitch.dictd import parse_dictd
+
+    entries = {"a": "a /ə/\n1. a, dentro de\n2. un, una\n", "a day": "a /ədei/\naldía\n",
+               "basket": "basket /bɑːskit/\ncesto\n"}
+    rows, counts = parse_dictd(write_freedict(tmp_path, entries), "en", "es")
+    assert counts["mangled_entries"] == 1 and "aldía" not in rows["target_term"].to_list()
+    assert sorted(rows.filter(pl.col("source_term") == "a")["target_term"]) == ["a", "dentro de", "un", "una"]

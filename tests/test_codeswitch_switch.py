@@ -86,3 +86,45 @@ def test_selective_transliteration_by_script_and_origin():
     assert [(s["tag"], out["text"][1][s["start"]:s["end"]]) for s in spans] == [("Cyrillic", "On"), ("Cyrillic", "privet")]
     with pytest.raises(ValidationError, match="at least one rule"):
         TransliterateParams()
+
+
+LEXICON = ("source_term\ttarget_lang\ttarget_term\tpos\tnumber\trank\n"
+           "key\tde\tTaste\tnoun\tsg\t2\nkey\tde\tSchlüssel\tnoun\tsg\t1\nrun\tde\tlaufen\tverb\t\t1\n"
+           "run\tde\tLauf\tnoun\tsg\t2\nlicense\tde\tLizenz\tnoun\tsg\t1\nlicense\tde\tLizenzen\tnoun\tpl\t2\n"
+           "licenses\tde\tLizenzen\tnoun\tpl\t1\nx\tde\tix\tnoun\t\t1\nmp3\tde\tMP3-Datei\tnoun\t\t1\n"
+           "free\tde\tfrei\tadj\t\t1\n")
+
+
+def switch_all(tmp_path, texts):
+    (tmp_path / "lex.tsv").write_text(LEXICON, encoding="utf-8")
+    stage = LexiconSwitch(SwitchParams(lexicons=[str(tmp_path / "lex.tsv")], p=1.0), seed=1)
+    stage.setup()
+    return stage.process(pl.DataFrame({"id": [str(i) for i in range(len(texts))], "text": texts}))
+
+
+def test_code_options_letters_digits_and_other_parts_of_speech_are_not_switched(tmp_path):
+    out = switch_all(tmp_path, [
+        "Use --proxy-key-type or key_file, a/key, key.pem and `the key` to set the key.",
+        "Run it first; the run was free and x marks mp3 files.",
+        "Two licenses and one license.",
+    ])
+    assert out["text"].to_list() == [
+        "Use --proxy-key-type or key_file, a/key, key.pem and `the key` to set the Schlüssel.",  # most frequent sense
+        "Run it first; the Lauf was free and x marks mp3 files.",  # a verb/noun term only after "the"; no adj
+        "Two Lizenzen and one Lizenz.",  # plural → plural, singular → singular
+    ]
+    spans = out["cs_spans"].to_list()
+    assert [[(s["source_term"], out["text"][i][s["start"]:s["end"]]) for s in row] for i, row in enumerate(spans)] == [
+        [("key", "Schlüssel")], [("run", "Lauf")], [("licenses", "Lizenzen"), ("license", "Lizenz")]]
+
+
+def test_cmi_and_switch_points_come_exactly_from_the_spans(tmp_path):
+    from datamill.synth.codeswitch.metrics import span_metrics
+
+    out = switch_all(tmp_path, ["Two licenses and one license.", "Nothing to switch here.", "the key key"])
+    # 5 tokens, 2 in German: CMI = 100 × (1 − 3/5); en|de|en|de → 3 switch points
+    assert out["cs_cmi"].to_list() == pytest.approx([40.0, 0.0, 100 * (1 - 2 / 3)])
+    assert out["cs_switch_points"].to_list() == [3, 0, 1]
+    spans = pl.Series([[{"start": 0, "end": 4, "lang": "es"}, {"start": 5, "end": 9, "lang": "de"}]])
+    exact = span_metrics(pl.Series(["casa Haus big"]), spans, "en").row(0, named=True)
+    assert exact["switch_points"] == 2 and exact["cs_cmi"] == pytest.approx(100 * (1 - 1 / 3))

@@ -1,8 +1,9 @@
 """Load bilingual lexicons and entity tables into one lexicon table (polars), from any supported format.
 
 The lexicon table has one row per (source term → target term) pair:
-`source_lang` (null: any), `source_term`, `target_lang`, `target_term`, `pos` (nullable) and
-`type` ("word" or "entity"). Multiword terms are ordinary rows ("ice cream" → "helado").
+`source_lang` (null: any), `source_term`, `target_lang`, `target_term`, `pos` (nullable: noun,
+verb, adj…), `number` (nullable: sg / pl), `rank` (nullable: 1 = the sense to use without a context
+model) and `type` ("word" or "entity"). Multiword terms are ordinary rows ("ice cream" → "helado").
 
 Formats, chosen by file name:
 - `.tsv` / `.jsonl`: columns `source_term`, `target_lang`, `target_term`, optional `source_lang`,
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import polars as pl
 
-from datamill.synth.codeswitch.dictd import read_dictd
+from datamill.synth.codeswitch.dictd import normalize_pos, read_dictd
 from datamill.synth.codeswitch.tei import read_tei
 
 LEXICON_SCHEMA: dict[str, pl.DataType] = {
@@ -32,6 +33,8 @@ LEXICON_SCHEMA: dict[str, pl.DataType] = {
     "target_lang": pl.String(),
     "target_term": pl.String(),
     "pos": pl.String(),
+    "number": pl.String(),
+    "rank": pl.Int32(),
     "type": pl.String(),
 }
 REQUIRED = ("source_term", "target_lang", "target_term")
@@ -76,7 +79,7 @@ def conform(table: pl.DataFrame, where: str) -> pl.DataFrame:
     table = table.with_columns(
         pl.lit(None, pl.String).alias(c) for c in LEXICON_SCHEMA if c not in table.columns
     ).select(pl.col(c).cast(t) for c, t in LEXICON_SCHEMA.items())
-    table = table.with_columns(pl.col("type").fill_null("word"),
+    table = table.with_columns(pl.col("type").fill_null("word"), normalize_pos(pl.col("pos")).fill_null(pl.col("pos")),
                                pl.col("source_term", "target_term").str.strip_chars())
     empty = table.with_row_index("row").filter(
         pl.any_horizontal(pl.col(c).is_null() | (pl.col(c) == "") for c in REQUIRED))
@@ -130,4 +133,6 @@ def combine(tables: list[pl.DataFrame]) -> pl.DataFrame:
     """Several lexicon tables as one, duplicates removed, first occurrence first."""
     if not tables:
         return pl.DataFrame(schema=LEXICON_SCHEMA)
-    return pl.concat([t.select(list(LEXICON_SCHEMA)) for t in tables]).unique(maintain_order=True)
+    full = [t.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in LEXICON_SCHEMA.items() if c not in t.columns)
+            .select(pl.col(c).cast(dtype) for c, dtype in LEXICON_SCHEMA.items()) for t in tables]
+    return pl.concat(full).unique(maintain_order=True)

@@ -15,9 +15,19 @@ is the same for any batching or worker count:
 - Case: a lexicon term with capitals (a name) must match exactly; a lower-case term matches any
   case and its translation takes the case shape of the matched text (Title, UPPER).
 
+What is never switched: stop words (function words), single letters and terms with digits, and
+tokens inside code, options, paths or identifiers (`--proxy-key-type`, `key_file`, `a/key`,
+`key.pem`, text between backticks). With a part-of-speech column in the lexicon (FreeDict), only
+senses whose part of speech is in `pos` are used (default nouns: noun → noun); a term that also
+has other parts of speech (`run`, `free`) is switched only after a determiner or preposition
+("the run"), where it is a noun. Plural stays plural: a term that looks plural (`licenses`)
+takes only translations the lexicon marks `pl`, a singular one never those. Without a context
+model, `sense: most_frequent` takes the lexicon's rank-1 translation (FreeDict: see `dictd.py`).
+
 Outputs: the switched `text`, `source_text` (the original, for drift checks), `cs_spans` (list
 of {start, end, lang, source_term}: character offsets of every switched span in the output
-text, so training can mask them) and `cs_switches` (how many spans were switched).
+text, so training can mask them), `cs_switches` (how many spans were switched) and, computed
+exactly from the spans (`metrics.py`), `cs_cmi` (Code-Mixing Index) and `cs_switch_points`.
 
 Everything after matching is polars: the match table is joined with the lexicon, filtered,
 ranked and spliced back into the text with string slices and a grouped join.
@@ -34,11 +44,18 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Stage, StageParams
 from datamill.synth.codeswitch.lexicon import combine, data_path, load_lexicon
+from datamill.synth.codeswitch.metrics import span_metrics
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 SPAN_TYPE = pl.Struct({"start": pl.Int64, "end": pl.Int64, "lang": pl.String, "source_term": pl.String})
 SENTENCE_END = r"[.!?]+(?:\s|$)"
 MATCH_SCHEMA = {"doc": pl.UInt32, "start": pl.Int64, "end": pl.Int64, "key_id": pl.Int64}
+NOUN_CONTEXT = ["the", "a", "an", "this", "that", "these", "those", "my", "your", "his", "her", "its", "our",
+                "their", "any", "each", "every", "no", "some", "of", "for", "with", "without", "in", "on", "by",
+                "to", "from", "such", "another", "other", "all", "new", "same"]
+"""Words after which a noun/verb-ambiguous term is read as a noun ("the run", "of license")."""
+CODE_BEFORE = r"[-_/\\.$@#=<>`:~%]$"
+CODE_AFTER = r"^(?:[-_/\\=<>`(\[%]|\.\w|:\w)"
 
 
 class LexiconSource(BaseModel):
@@ -62,6 +79,10 @@ class SwitchParams(StageParams):
     ratio: Probability | None = Field(None, description="Switch (at most) this share of the word tokens instead.")
     target_per: Literal["sentence", "span"] = Field("sentence", description="One target language per sentence or per span.")
     skip_stopwords: bool = Field(True, description="Never switch matches made only of stop words.")
+    pos: list[str] | None = Field(["noun"], description="Use only lexicon senses with these parts of speech "
+                                  "(rows without one are kept); null: any.")
+    sense: Literal["most_frequent", "random"] = Field(
+        "most_frequent", description="Without a context model: the lexicon's rank-1 translation, or a seeded pick.")
     stopwords: dict[str, str] = Field(
         default_factory=dict, description="Extra stop-word files by language (one word a line); shipped: en, es, de, mt.")
 
@@ -106,7 +127,7 @@ class LexiconSwitch(Stage):
     type_name: ClassVar[str] = "codeswitch_lexicon"
     Params: ClassVar[type[SwitchParams]] = SwitchParams
     inputs: ClassVar[tuple[str, ...]] = ("id", "text")
-    outputs: ClassVar[tuple[str, ...]] = ("text", "source_text", "cs_spans", "cs_switches")
+    outputs: ClassVar[tuple[str, ...]] = ("text", "source_text", "cs_spans", "cs_switches", "cs_cmi", "cs_switch_points")
     params: SwitchParams
 
     def __init__(self, params: SwitchParams | None = None, *, seed: int = 0):
@@ -138,7 +159,7 @@ class LexiconSwitch(Stage):
         table = self.lexicon().with_columns(
             match_key(pl.col("source_term")).str.strip_chars().alias("key"),
             (pl.col("source_term") != pl.col("source_term").str.to_lowercase()).alias("case_sensitive"),
-        ).filter(pl.col("key") != "")
+        ).filter((pl.col("key").str.len_chars() > 1) & ~pl.col("key").str.contains(r"\d"))
         keys = table.select("key").unique(maintain_order=True).with_row_index("key_id").with_columns(
             pl.col("key_id").cast(pl.Int64))
         stop = load_stopwords(p.source_lang, p.stopwords) if p.skip_stopwords else []
@@ -150,7 +171,13 @@ class LexiconSwitch(Stage):
             automaton.add_word(" " + key, (key_id, len(key)))
         automaton.make_automaton()
         self._automaton = automaton
-        self._candidates = table.join(keys, on="key", maintain_order="left")
+        candidates = table.join(keys, on="key", maintain_order="left")
+        if p.pos is not None:  # a term with other senses too is ambiguous: switched only in a noun context
+            allowed = pl.col("pos").is_null() | pl.col("pos").is_in(p.pos)
+            candidates = candidates.with_columns((~allowed).any().over("key").alias("ambiguous")).filter(allowed)
+        else:
+            candidates = candidates.with_columns(pl.lit(False).alias("ambiguous"))
+        self._candidates = candidates
         self._langs = sorted(table["target_lang"].unique().to_list())
 
     def find_matches(self, haystacks: list[str]) -> pl.DataFrame:
@@ -173,9 +200,10 @@ class LexiconSwitch(Stage):
         haystacks = docs.select(match_key(pl.col("text"))).to_series().to_list()
         chosen = self.choose(docs, self.find_matches(haystacks))
         text, spans, switches = self.splice(docs, chosen)
+        exact = span_metrics(text, spans, self.params.source_lang)
         return batch.with_columns(
             batch["text"].alias("source_text"), text.alias("text"), spans.alias("cs_spans"),
-            switches.alias("cs_switches"))
+            switches.alias("cs_switches"), exact["cs_cmi"], exact["switch_points"].alias("cs_switch_points"))
 
     def choose(self, docs: pl.DataFrame, matches: pl.DataFrame) -> pl.DataFrame:
         """The matches to switch, one row each: doc, start, end, lang, source_term, replacement."""
@@ -187,6 +215,9 @@ class LexiconSwitch(Stage):
             .filter(~pl.col("case_sensitive") | (pl.col("matched") == pl.col("source_term")))
             .filter(~pl.col("only_stopwords"))
             .filter(pl.col("target_term").str.to_lowercase() != pl.col("matched").str.to_lowercase())
+            .filter(~in_code(pl.col("text"), pl.col("start"), pl.col("end")))
+            .filter(~pl.col("ambiguous") | previous_word(pl.col("text"), pl.col("start")).is_in(NOUN_CONTEXT))
+            .filter(number_agrees(pl.col("matched"), pl.col("number")))
         )
         if p.units == "entities":
             capitalized_multiword = pl.col("matched").str.contains(" ") & pl.col("matched").str.split(" ").list.eval(
@@ -201,8 +232,9 @@ class LexiconSwitch(Stage):
             rows = rows.filter(pl.col("target_lang") == lang)
         # one candidate per match: the target language (span mode) and synonym chosen by a seeded hash
         rows = (
-            rows.with_columns(pl.concat_str(unit, pl.col("target_lang"), pl.col("target_term")).hash(seed + 2).alias("_h"))
-            .sort("doc", "start", "_h")
+            rows.with_columns(pl.concat_str(unit, pl.col("target_lang"), pl.col("target_term")).hash(seed + 2).alias("_h"),
+                              (pl.col("rank") if p.sense == "most_frequent" else pl.lit(None, pl.Int32)).alias("_rank"))
+            .sort("doc", "start", "_rank", "_h", nulls_last=True)
             .unique(["doc", "start"], keep="first", maintain_order=True)
             .with_columns((unit.hash(seed).cast(pl.Float64) / 2.0**64).alias("_u"))
         )
@@ -252,3 +284,24 @@ def match_case(target: pl.Expr, matched: pl.Expr) -> pl.Expr:
     title = matched.str.contains(r"^\p{Lu}")
     capitalized = target.str.slice(0, 1).str.to_uppercase() + target.str.slice(1)
     return pl.when(upper).then(target.str.to_uppercase()).when(title).then(capitalized).otherwise(target)
+
+
+def in_code(text: pl.Expr, start: pl.Expr, end: pl.Expr) -> pl.Expr:
+    """Whether a match sits inside code, an option, path or identifier: glued to `-_/.$@=…` on
+    either side, or between backticks."""
+    before = text.str.slice(0, start)
+    after = text.str.slice(end, 3)
+    return (before.str.contains(CODE_BEFORE) | after.str.contains(CODE_AFTER)
+            | (before.str.count_matches("`") % 2 == 1))
+
+
+def previous_word(text: pl.Expr, start: pl.Expr) -> pl.Expr:
+    """The lower-cased word just before a match (empty at the start of the text)."""
+    return text.str.slice(0, start).str.extract(r"(\p{L}+)\W*$").str.to_lowercase().fill_null("")
+
+
+def number_agrees(matched: pl.Expr, number: pl.Expr) -> pl.Expr:
+    """Plural → plural: a translation marked `pl` only for a plural-looking term, one marked `sg` only
+    for a singular-looking one (no mark: any)."""
+    plural = matched.str.contains(r"(?i)[^su]s$|ies$|(?:ch|sh|x|ss)es$")
+    return number.is_null() | ((number == "pl") == plural)
