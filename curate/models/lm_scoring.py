@@ -108,8 +108,10 @@ def masked_token_losses(
         for rows in length_sorted_batches(lengths, batch_tokens):
             ids, scored = _pad(sequences, loss_masks, lengths, rows, pad_id)
             ids_t = torch.from_numpy(ids).to(device)
-            mask_t = torch.from_numpy(lengths[rows][:, None] > np.arange(ids.shape[1])).to(device)
-            hidden = model.base_model(input_ids=ids_t, attention_mask=mask_t).last_hidden_state
+            # no attention mask: rows are right-padded and attention is causal, so no real token
+            # ever sees a pad; without a mask the model takes its plain causal attention path
+            # (SDPA's is_causal kernels) instead of building and applying a padded 4-D mask
+            hidden = model.base_model(input_ids=ids_t).last_hidden_state
             row_of, col_of = np.nonzero(scored[:, 1:])  # hidden at column c predicts the token at c + 1
             positions = torch.from_numpy(col_of).to(device)
             picked = hidden[torch.from_numpy(row_of).to(device), positions]
