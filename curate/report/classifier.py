@@ -81,9 +81,10 @@ def classifier_stage_blocks(run_dir: Path, stats: dict[str, Any], plots_dir: Pat
         facts.append(("Trained in this run on", Code(params["train"].get("label_column", "?"))))
     rules = [f"{k} {params[k]:g}" for k in ("min_score", "max_score", "keep_top") if params.get(k) is not None]
     facts.append(("Rule", ", ".join(rules) if rules else "none (scores only)"))
-    acted = stage["dropped"] or stage["flagged"]
-    verb = "Flagged" if stage["flagged"] else "Dropped"
-    facts.append((verb, percent(sum(acted.values()), stage["records_in"]) + " of " + count(stage["records_in"])))
+    flagging = params.get("action") == "flag" or bool(stage["flagged"])
+    acted = stage["flagged"] if flagging else stage["dropped"]
+    facts.append(("Flagged (kept)" if flagging else "Dropped",
+                  percent(sum(acted.values()), stage["records_in"]) + " of " + count(stage["records_in"])))
     blocks.append(Facts(facts))
     frame, with_removed = read_scored(run_dir, name, score)
     key = f"{name}.{score}"
