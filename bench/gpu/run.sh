@@ -124,7 +124,7 @@ else
   GENERATE=(--batch-sizes 64,256 --max-new-tokens 128 --batches 2)
 fi
 # liger only if its kernel runs here: a wheel that does not fit this torch/triton must not cost the row
-if "$PY" bench/gpu/runner.py liger-ok >>"$LOG" 2>&1; then TRAIN+=(--liger on); else TRAIN+=(--liger off); fi
+if grep -q '"liger_runs": true' "$WORK/env.json"; then TRAIN+=(--liger on); else TRAIN+=(--liger off); fi
 say "training with liger: ${TRAIN[*]: -1}"
 step lm_scoring 60 "${STEP[@]}" "$WORK/audit-lm_scoring.json" bench/bench_lm_scoring.py --model "$MODEL_DIR" \
   --json "$WORK/lm_scoring.json" "${SCORING[@]}"

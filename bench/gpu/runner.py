@@ -2,9 +2,8 @@
 step while noting which installed distributions it imported, and write the results table.
 
     python bench/gpu/runner.py site DIR                 # DIR/datamill/* -> this checkout's package folders
-    python bench/gpu/runner.py model --out DIR [--tiny] [--tokenizer T] [--model M]
+    python bench/gpu/runner.py model --out DIR --env ENV.json [--tiny] [--tokenizer T] [--model M]
     python bench/gpu/runner.py step AUDIT.json (SCRIPT | -m MODULE) [ARGS...]
-    python bench/gpu/runner.py liger-ok              # exit 0 if liger's fused CE runs on this GPU
     python bench/gpu/runner.py report --work DIR --out DIR [--dry-run]
 
 Standard library only at import time: `site` runs before the wheels are known to work.
@@ -301,8 +300,8 @@ def environment(model_info: dict) -> dict:
     cuda = torch.cuda.is_available()
     return {"device": torch.cuda.get_device_name() if cuda else f"CPU ({os.cpu_count()} cores)",
             "cuda": cuda, "torch": torch.__version__, "transformers": transformers.__version__,
-            "triton": version("triton"), "liger": version("liger-kernel"), "python": sys.version.split()[0],
-            **model_info}
+            "triton": version("triton"), "liger": version("liger-kernel"), "liger_runs": liger_works(),
+            "python": sys.version.split()[0], **model_info}
 
 
 def main() -> None:
@@ -319,7 +318,6 @@ def main() -> None:
     step = sub.add_parser("step")
     step.add_argument("audit")
     step.add_argument("argv", nargs=argparse.REMAINDER)
-    sub.add_parser("liger-ok", help="exit 0 if liger's fused cross-entropy runs on this GPU")
     report = sub.add_parser("report")
     report.add_argument("--work", required=True)
     report.add_argument("--out", required=True)
@@ -331,8 +329,6 @@ def main() -> None:
         info = make_model(Path(args.out), args.tiny, args.tokenizer, args.model)
         Path(args.env).write_text(json.dumps(environment(info), indent=2), encoding="utf-8")
         print(info["model"])
-    elif args.command == "liger-ok":
-        sys.exit(0 if liger_works() else 1)
     elif args.command == "step":
         sys.exit(run_step(Path(args.audit), args.argv))
     else:
