@@ -44,6 +44,7 @@ LOG=$OUT/run.log
 : >"$WORK/steps.tsv"
 rm -f "$OUT/results.json" "$OUT/results.md" "$OUT/pytest-cuda.xml"
 export PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 TOKENIZERS_PARALLELISM=true
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1  # the GPU machine has no network: never wait on the hub
 
 say() { echo "[run.sh +$(($(date +%s) - START))s] $*" | tee -a "$LOG"; }
 left() { echo $((BUDGET - ($(date +%s) - START))); }
