@@ -72,3 +72,19 @@ def test_llm_generate_review_rewrite_then_verify(tmp_path, verify):
     scored = verify.process(out)
     kept = scored.filter(pl.col("_drop_reason").is_null())
     assert (kept["cs_ratio"] >= 0.1).all() and (kept["switch_points"] >= 1).all()
+
+
+def test_known_spans_give_exact_metrics_and_lid_stays_beside_them(verify):
+    text = "I bought a nueva casa with a jardín grande near the river."
+    spans = [{"start": 11, "end": 21, "lang": "es", "source_term": "new house"},
+             {"start": 29, "end": 42, "lang": "es", "source_term": "big garden"}]
+    batch = pl.DataFrame({"id": ["k", "u"], "text": [text, text], "cs_spans": [spans, None]},
+                         schema_overrides={"cs_spans": pl.List(pl.Struct({"start": pl.Int64, "end": pl.Int64,
+                                                                        "lang": pl.String, "source_term": pl.String}))})
+    out = verify.score(batch)
+    known, unknown = out.row(0, named=True), out.row(1, named=True)
+    # 12 tokens, 4 Spanish: en | es | en | es | en → exact CMI 33.3 and 4 switch points
+    assert known["cs_metrics_from"] == "spans" and known["switch_points"] == 4
+    assert known["cs_cmi"] == pytest.approx(100 * 4 / 12) and known["matrix_lang"] == "en"
+    assert unknown["cs_metrics_from"] == "lid" and unknown["cs_ratio"] == unknown["cs_ratio_lid"]
+    assert known["cs_ratio_lid"] == unknown["cs_ratio_lid"]  # the estimate is kept for validation

@@ -15,6 +15,13 @@ matrix language model), `cs_ratio` (share of labelled tokens in other languages)
 `cs_length_ratio` (output / source characters) and, with `min_similarity`, `cs_similarity` (cosine
 of MiniLM sentence embeddings, `curate/models/embeddings.py`).
 
+Where the switched spans are known (`cs_spans`, written by `codeswitch_lexicon`), `cs_ratio`,
+`switch_points` and `matrix_lang` are computed from them exactly (`metrics.py`, text outside the
+spans is `langs[0]`); the LID estimates stay beside them as `cs_ratio_lid` and
+`switch_points_lid` (to validate the estimate where the truth is known), and `cs_metrics_from`
+says which a record's values come from (`spans` or `lid`). `cs_cmi` (Das & Gambäck's Code-Mixing
+Index, 100 × cs_ratio when only word tokens count) is given either way.
+
 Drop reasons: `not_mixed` (too few tokens in a second language or too few switch points),
 `length_drift` and `meaning_drift` (the text no longer says what the source said).
 """
@@ -31,6 +38,7 @@ from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Filter
 from datamill.curate.models.params import FastTextModelParams
 from datamill.filters.language import LanguageFilter, LanguageParams
+from datamill.synth.codeswitch.metrics import span_metrics
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 TOKEN = r"\p{L}+"
@@ -64,7 +72,8 @@ class CodeSwitchVerify(Filter):
 
     type_name: ClassVar[str] = "codeswitch_verify"
     Params: ClassVar[type[VerifyParams]] = VerifyParams
-    outputs: ClassVar[tuple[str, ...]] = ("cs_ratio", "switch_points", "matrix_lang", "cs_langs", "cs_length_ratio")
+    outputs: ClassVar[tuple[str, ...]] = ("cs_ratio", "switch_points", "matrix_lang", "cs_langs", "cs_length_ratio",
+                                          "cs_cmi", "cs_ratio_lid", "switch_points_lid", "cs_metrics_from")
     params: VerifyParams
 
     def __init__(self, params: VerifyParams | None = None, *, seed: int = 0):
@@ -137,7 +146,7 @@ class CodeSwitchVerify(Filter):
         if self._lid._model is None:
             raise RuntimeError(f"stage {self.name!r}: call setup() before scoring")
         p = self.params
-        columns = self.mix_stats(batch["text"]).get_columns()
+        columns = self.exact_where_known(batch, self.mix_stats(batch["text"])).get_columns()
         has_source = p.source_column in batch.columns
         source = batch[p.source_column].cast(pl.String) if has_source else pl.Series(
             [None] * batch.height, dtype=pl.String)
@@ -146,6 +155,19 @@ class CodeSwitchVerify(Filter):
         if p.min_similarity is not None:
             columns.append(self.similarity(batch["text"], source).alias("cs_similarity"))
         return batch.with_columns(columns)
+
+    def exact_where_known(self, batch: pl.DataFrame, lid: pl.DataFrame) -> pl.DataFrame:
+        """The LID statistics, replaced by the exact ones from `cs_spans` for records that have them."""
+        lid = lid.with_columns(pl.col("cs_ratio").alias("cs_ratio_lid"), pl.col("switch_points").alias("switch_points_lid"))
+        if "cs_spans" not in batch.columns:
+            return lid.with_columns((100 * pl.col("cs_ratio")).alias("cs_cmi"), pl.lit("lid").alias("cs_metrics_from"))
+        exact = span_metrics(batch["text"], batch["cs_spans"], self.params.langs[0])
+        known = batch["cs_spans"].is_not_null()
+        pick = lambda name: pl.when(pl.lit(known)).then(exact[name]).otherwise(lid[name])  # noqa: E731
+        return lid.with_columns(pick("cs_ratio").alias("cs_ratio"), pick("switch_points").alias("switch_points"),
+                                pick("matrix_lang").alias("matrix_lang"),
+                                (100 * pick("cs_ratio")).alias("cs_cmi"),
+                                pl.when(pl.lit(known)).then(pl.lit("spans")).otherwise(pl.lit("lid")).alias("cs_metrics_from"))
 
     def similarity(self, texts: pl.Series, sources: pl.Series) -> pl.Series:
         """Cosine of the embeddings of each text and its source (null without a source)."""
