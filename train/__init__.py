@@ -6,7 +6,7 @@ The names below are loaded on first use, so `datamill --help` does not pay for i
 from importlib import import_module
 
 _HOMES = {"TrainConfig": "config", "TrainConfigError": "config", "load_config": "config",
-          "TrainResult": "loop", "train": "loop"}
+          "TrainResult": "runtime", "train": "loop"}
 
 __all__ = sorted(_HOMES)
 

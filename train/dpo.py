@@ -50,15 +50,18 @@ from rich.console import Console
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from datamill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from datamill.train.checkpoint import save_checkpoint
 from datamill.train.config import TrainConfig
 from datamill.train.data import cache_key, corpus_files, rows_for_step, scan
 from datamill.train.distributed import (
-    Dist, all_sum, any_process, barrier, full_state, gradient_sync, load_full_state, parallelize,
+    Dist, all_sum, any_process, barrier, full_state, gradient_sync, parallelize,
 )
 from datamill.train.dpo_config import DPOConfig
 from datamill.train.metrics import RunLog
 from datamill.train.model import DEFAULT_TOKENIZER, build_model, load_tokenizer
+from datamill.train.runtime import (
+    StopOnSigterm, TrainResult, adamw, learning_rate, resume, save_final, trained_parameters,
+)
 
 LOGP_CHUNK = 2048
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -309,8 +312,6 @@ def reference_key(cfg: TrainConfig, pairs_key: str, use_bf16: bool) -> str:
 
 def run_dpo(cfg: TrainConfig, env: Dist):
     """Train on preference pairs; returns the same TrainResult as SFT (eval_loss: held-out DPO loss)."""
-    from datamill.train.loop import StopOnSigterm, TrainResult, learning_rate, save_final
-
     if cfg.kd_weight > 0:
         raise ValueError("kd_weight > 0 works with objective: sft only")
     out_dir = Path(cfg.out_dir)
@@ -358,19 +359,9 @@ def run_dpo(cfg: TrainConfig, env: Dist):
         ref_train, ref_eval = np.zeros((len(train_pairs), 2)), np.zeros((len(eval_pairs), 2))
 
     parallel_model = parallelize(model, cfg.distributed, env)
-    params = [p for p in parallel_model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                  fused=device.type in ("cuda", "cpu"))
-    start_step = 0
-    checkpoint_path = latest_checkpoint(out_dir) if cfg.resume else None
-    if checkpoint_path is not None:
-        state = load_checkpoint(checkpoint_path)
-        load_full_state(parallel_model, optimizer, state["model"], state["optimizer"], cfg.distributed, env)
-        start_step = state["step"]
-        console.print(f"resuming from {checkpoint_path} (step {start_step})")
-        del state
+    optimizer = adamw(parallel_model, cfg.optim, device)
+    start_step, checkpoint_path = resume(parallel_model, optimizer, cfg, env, out_dir, console)
+    params = trained_parameters(parallel_model)
     compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
     runner = torch.compile(parallel_model, dynamic=True) if compile_model else parallel_model
 

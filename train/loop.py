@@ -14,10 +14,7 @@ big batch all compute the same gradient.
 from __future__ import annotations
 
 import math
-import signal
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,32 +22,19 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from datamill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from datamill.train.config import DeviceCaps, OptimConfig, TrainConfig, device_plan, load_config
+from datamill.train.checkpoint import save_checkpoint
+from datamill.train.config import DeviceCaps, TrainConfig, device_plan, load_config
 from datamill.train.data import PackedRows, rows_for_step, tokenize_corpus
 from datamill.train.distributed import (
-    Dist, all_sum, any_process, barrier, full_state, gradient_sync, init_distributed, load_full_state,
-    parallelize, shutdown, unwrap,
+    Dist, all_sum, any_process, barrier, full_state, gradient_sync, init_distributed, parallelize, shutdown,
 )
 from datamill.train.metrics import RunLog, device_bf16_peak, flops_per_token
 from datamill.train.model import (
     DEFAULT_TOKENIZER, LossModel, attention_mask_for, build_model, load_tokenizer,
 )
-
-
-@dataclass
-class TrainResult:
-    out_dir: Path
-    steps: int                   # optimizer steps completed (in total, across resumes)
-    train_loss: float | None     # the last logged training loss
-    eval_loss: float | None      # held-out loss at the end (None without held-out data)
-    eval_ppl: float | None
-    tokens_per_s: float | None   # this session's mean, the first step (compilation) excluded
-    mfu: float | None            # model FLOPs utilization vs the device's bf16 peak (None on CPU)
-    interrupted: bool            # stopped by SIGTERM after writing a checkpoint
-    checkpoint: Path | None
-    final_dir: Path | None       # the save_pretrained folder
-    log_path: Path
+from datamill.train.runtime import (
+    StopOnSigterm, TrainResult, adamw, learning_rate, resume, save_final, trained_parameters,
+)
 
 
 def train(config: TrainConfig | dict | str | Path) -> TrainResult:
@@ -65,35 +49,6 @@ def train(config: TrainConfig | dict | str | Path) -> TrainResult:
         return run(cfg, env)
     finally:
         shutdown(env)
-
-
-def learning_rate(step: int, total_steps: int, optim: OptimConfig) -> float:
-    """Linear warmup to optim.lr, then cosine decay to optim.lr × min_lr_ratio at the last step."""
-    if step < optim.warmup_steps:
-        return optim.lr * (step + 1) / optim.warmup_steps
-    progress = (step - optim.warmup_steps) / max(1, total_steps - 1 - optim.warmup_steps)
-    min_lr = optim.lr * optim.min_lr_ratio
-    return min_lr + 0.5 * (optim.lr - min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
-
-
-class StopOnSigterm:
-    """Notes a SIGTERM instead of dying, so the loop can checkpoint and return."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self.note)
-        return self
-
-    def note(self, signum, frame):
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
 
 
 def run(cfg: TrainConfig, env: Dist) -> TrainResult:
@@ -135,21 +90,11 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
 
     # 3. optimizer: fused AdamW (one kernel per step on GPU; on CPU ~5x faster than the per-tensor
     #    default), no weight decay on norms and biases
-    params = [p for p in parallel_model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.optim.weight_decay},
-              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.optim.lr, betas=cfg.optim.betas, eps=cfg.optim.eps,
-                                  fused=device.type in ("cuda", "cpu"))
+    optimizer = adamw(parallel_model, cfg.optim, device)
 
     # 4. resume: weights and optimizer state; data order and LR follow from the step alone
-    start_step = 0
-    checkpoint = latest_checkpoint(out_dir) if cfg.resume else None
-    if checkpoint is not None:
-        state = load_checkpoint(checkpoint)
-        load_full_state(parallel_model, optimizer, state["model"], state["optimizer"], cfg.distributed, env)
-        start_step = state["step"]
-        console.print(f"resuming from {checkpoint} (step {start_step})")
-        del state
+    start_step, checkpoint = resume(parallel_model, optimizer, cfg, env, out_dir, console)
+    params = trained_parameters(parallel_model)
 
     compile_model = plan.compile
     runner = torch.compile(parallel_model) if compile_model else parallel_model
@@ -316,17 +261,3 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
     if log is not None:
         log.close()
     return result
-
-
-def save_final(parallel_model, tokenizer, folder: Path, cfg: TrainConfig, env: Dist) -> Path:
-    """save_pretrained the language model (gathered from its shards under FSDP) and the tokenizer."""
-    model_state, _ = full_state(parallel_model, None, cfg.distributed, env)
-    if env.is_main:
-        lm = unwrap(parallel_model).lm
-        lm.config.use_cache = True
-        lm.generation_config.use_cache = True  # else generate() runs without a KV cache
-        lm_state = {name.removeprefix("lm."): tensor for name, tensor in model_state.items()}
-        lm.save_pretrained(folder, state_dict=lm_state)
-        tokenizer.save_pretrained(folder)
-    barrier(env)
-    return folder
