@@ -29,6 +29,7 @@ import torch
 
 from datamill.curate.models.lm_scoring import token_losses
 from datamill.curate.models.resolve import load_causal_lm
+from datamill.filters.perplexity import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS
 from datamill.curate.sources.installed_docs import DEFAULT_EXCLUDE, docstrings, parse_python, stdlib_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -77,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=500)
     parser.add_argument("--max-tokens", type=int, default=256)
-    parser.add_argument("--batch-tokens", type=int, default=16384)
+    parser.add_argument("--batch-tokens", type=int, default=None, help="default: the perplexity stage's for the device")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--model", default="smollm2-135m")
@@ -86,6 +87,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    if args.batch_tokens is None:
+        on_gpu = (args.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+        args.batch_tokens = GPU_BATCH_TOKENS if on_gpu else CPU_BATCH_TOKENS
     texts = real_documents(args.docs) if args.corpus == "real" else stdlib_docstrings(args.docs)
     model, tokenizer = load_causal_lm(args.model, device=args.device)
     lengths = [min(len(ids), args.max_tokens) for ids in tokenizer(texts)["input_ids"]]

@@ -158,3 +158,10 @@ def test_recipe_with_perplexity_stage_drops_junk_documents(tmp_path):
     assert sorted(corpus["text"].to_list()) == sorted(docs)
     assert corpus["ppl"].max() < 300 and corpus["ppl_tokens"].min() > 10
     assert stats["stages"][0]["dropped"] == {"perplexity_too_high": 3}
+
+
+def test_batch_tokens_default_follows_the_device_and_a_set_value_wins():
+    from datamill.filters.perplexity import CPU_BATCH_TOKENS, PerplexityFilter, PerplexityParams
+
+    assert PerplexityFilter().batch_tokens() == CPU_BATCH_TOKENS  # no model loaded: CPU
+    assert PerplexityFilter(PerplexityParams(batch_tokens=100)).batch_tokens() == 100
