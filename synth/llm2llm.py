@@ -38,6 +38,7 @@ from datamill.synth.generation import Generator, GeneratorSpec, SamplingParams
 from datamill.synth.rest_em import check_solutions, fine_tune
 from datamill.synth.rouge import RougePool
 from datamill.synth.templates import render, user_turn
+from datamill.synth.json_lines import json_lines
 
 VARIANT = r"(?is)question\s*[:：]\s*(?P<question>.+?)\s*\n\s*(?:correct\s+)?answer\s*[:：]\s*(?P<answer>.+?)\s*$"
 
@@ -66,13 +67,7 @@ class LLM2LLMConfig(BaseModel):
 
 def read_seed(path: Path) -> pl.DataFrame:
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for number, row in json_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or row.get("answer") is None:
             raise ValueError(f"{path}:{number}: needs a string 'question' and an 'answer'")
         answer = str(row["answer"])

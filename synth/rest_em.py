@@ -41,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from datamill.synth.distill import extract_answer
 from datamill.synth.generation import Generator, GeneratorSpec, SamplingParams
 from datamill.synth.templates import user_turn
+from datamill.synth.json_lines import json_lines
 
 CODE_BLOCK = r"```(?:python|py)?\s*\n(.*?)```"
 NO_NETWORK = ("import socket as _s\n"
@@ -75,13 +76,7 @@ def read_problems(path: Path, check: str) -> pl.DataFrame:
     """id, question and answer (or tests) of each problem; a bad line raises naming file and line."""
     need = "tests" if check == "code" else "answer"
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for number, row in json_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("question"), str) or row.get(need) is None:
             raise ValueError(f"{path}:{number}: needs a string 'question' and a {need!r}")
         rows.append({"id": str(row.get("id", number)), "question": row["question"], "target": str(row[need])})

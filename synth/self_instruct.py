@@ -18,7 +18,6 @@ candidate becomes a quarantine row with reason `self_instruct:<rule>` and the ca
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -35,6 +34,7 @@ from datamill.synth.factory import make_generator
 from datamill.synth.generation import GeneratorSpec, SamplingParams
 from datamill.synth.rouge import RougePool, rouge_l_matrix, rouge_tokens
 from datamill.synth.templates import SFTFormat, instruction_prompt, render, sft_columns, user_turn
+from datamill.synth.json_lines import json_lines
 
 BLACKLIST = ["image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
              "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram"]
@@ -78,13 +78,7 @@ def read_seed_tasks(path: Path) -> pl.DataFrame:
     """id, instruction, input, output of every seed task (id defaults to `seed_<line>`); a bad line
     raises naming file, line and field."""
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+    for number, row in json_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("instruction"), str) or not row["instruction"].strip():
             raise ValueError(f"{path}:{number}: field 'instruction' must be a non-empty string")
         for field in ("input", "output"):
