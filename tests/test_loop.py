@@ -136,3 +136,32 @@ def test_ablate_command_writes_report_for_every_arm_and_seed(tmp_path, monkeypat
     for arm in ("raw", "curated", "selected"):
         assert f"{arms[arm]['ppl_mean']:.2f}" in md
     assert "data:image/png;base64," in (root / "report.html").read_text()
+
+
+def test_rest_em_and_llm2llm_sections_run_as_loop_phases_after_curation(tmp_path, monkeypatch):
+    (tmp_path / "problems.jsonl").write_text('{"id": "p1", "question": "2+2?", "answer": "4"}\n')
+    calls = []
+
+    def recorder(name):
+        def run_phase(cfg, base_dir, log):
+            assert (Path(tmp_path / "out" / "loop" / "shards")).is_dir()  # curation ran first
+            calls.append((name, cfg.out_dir, str(base_dir)))
+            return {"pass_at_1": [0.5]}
+        return run_phase
+
+    monkeypatch.setattr(loop_module, "run_rest_em", recorder("rest_em"))
+    monkeypatch.setattr(loop_module, "run_llm2llm", recorder("llm2llm"))
+    raw = tiny_recipe(tmp_path, rest_em={"problems": "problems.jsonl", "iterations": 1},
+                      llm2llm={"seed_data": "problems.jsonl", "out_dir": str(tmp_path / "mine")})
+    for key in ("train", "eval", "select"):
+        raw.pop(key)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    recipe = load_recipe(path)
+    done = run_loop(recipe, log=lambda *a: None)
+    assert calls == [("rest_em", str(tmp_path / "out" / "loop" / "phases" / "rest_em"), str(tmp_path)),
+                     ("llm2llm", str(tmp_path / "mine"), str(tmp_path))]
+    assert done["rest_em"] == {"pass_at_1": [0.5]}
+    bad = {**raw, "rest_em": {"problems": "problems.jsonl", "samples": 0}}
+    with pytest.raises(RecipeError, match=r"rest_em\.samples: 0 is not in \[1, inf\)"):
+        validate_recipe(bad)

@@ -10,7 +10,9 @@ each reading the previous phase's output folder:
   target text, and the loop asserts the two are disjoint;
 - `train: {...}` is the trainer's own config (see `datamill.train.config`); its `data.path` is set to
   the last data phase, minus the target;
-- `eval` then scores the trained model's checkpoints on the target text (loss and perplexity curve).
+- `eval` then scores the trained model's checkpoints on the target text (loss and perplexity curve);
+- `rest_em: {...}` and `llm2llm: {...}` run those self-improvement loops (see `datamill.synth.rest_em`,
+  `datamill.synth.llm2llm`) under `phases/<name>/` unless they name their own `out_dir`.
 
 Everything lands under `<output.dir>/phases/`. A finished phase leaves `<phase>.done.json` holding a hash
 of what decided it; a re-run skips it, or refuses when the recipe changed (use `fresh=True`).
@@ -31,6 +33,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datamill.curate.engine.recipe import RecipeSection, register_section, stage_entry_problems
+from datamill.synth.llm2llm import LLM2LLMConfig, run_llm2llm
+from datamill.synth.rest_em import RestEMConfig, run_rest_em
 
 TARGET_FILE = "target.parquet"
 
@@ -95,6 +99,8 @@ for _phase in ("synth", "select"):
 register_section("train", RecipeSection(None, train_section_problems, "datamill.train's config; data comes from the loop"))
 register_section("eval", RecipeSection(EvalSpec, None, "held-out target text and how the model is scored"))
 register_section("ablate", RecipeSection(AblateSpec, None, "`datamill ablate`: raw vs curated vs selected"))
+register_section("rest_em", RecipeSection(RestEMConfig, None, "ReST-EM: sample, keep verified solutions, fine-tune, repeat"))
+register_section("llm2llm", RecipeSection(LLM2LLMConfig, None, "LLM2LLM: the teacher augments what the student gets wrong"))
 
 
 # ---- folders and markers ------------------------------------------------------------------------
@@ -390,9 +396,19 @@ def run_loop(recipe, *, workers: int | None = None, resume: bool = True, log: Ca
     """Run every phase the recipe has, skipping finished ones; returns what each phase did."""
     layout = LoopLayout(recipe)
     done = data_phases(recipe, workers=workers, resume=resume, log=log)
+    if recipe.section("train") is not None:
+        train_and_eval(recipe, layout, done, resume=resume, log=log)
+    for name, run_phase in (("rest_em", run_rest_em), ("llm2llm", run_llm2llm)):
+        spec = recipe.section(name)
+        if spec is not None:  # self-contained phases with their own data; they resume per iteration
+            out_dir = spec.out_dir if "out_dir" in spec.model_fields_set else str(layout.phase(name))
+            done[name] = run_phase(spec.model_copy(update={"out_dir": out_dir}), base_dir=recipe.base_dir, log=log)
+    return done
+
+
+def train_and_eval(recipe, layout: LoopLayout, done: dict, *, resume: bool, log: Callable) -> None:
+    """Train on the last data phase (minus the target) and score the checkpoints on the target."""
     train_spec, eval_spec = recipe.section("train"), recipe.section("eval")
-    if train_spec is None:
-        return done
     last = done[done["last"]]
     data_dir = Path(last["dir"])
     if eval_spec is not None:
@@ -404,4 +420,3 @@ def run_loop(recipe, *, workers: int | None = None, resume: bool = True, log: Ca
     done["train"] = train_phase(cfg, layout.marker("train"), resume=resume, log=log)
     if eval_spec is not None:
         done["eval"] = eval_phase(cfg, layout.target, eval_spec, layout.marker("eval"), resume=resume, log=log)
-    return done
