@@ -50,17 +50,16 @@ from rich.console import Console
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from datamill.train.checkpoint import save_checkpoint
 from datamill.train.config import TrainConfig
 from datamill.train.data import cache_key, corpus_files, rows_for_step, scan
 from datamill.train.distributed import (
-    Dist, all_sum, any_process, barrier, full_state, gradient_sync, parallelize,
+    Dist, all_sum, any_process, barrier, gradient_sync, parallelize,
 )
 from datamill.train.dpo_config import DPOConfig
 from datamill.train.metrics import RunLog
 from datamill.train.model import DEFAULT_TOKENIZER, build_model, load_tokenizer
 from datamill.train.runtime import (
-    StopOnSigterm, TrainResult, adamw, learning_rate, resume, save_final, trained_parameters,
+    StopOnSigterm, TrainResult, adamw, learning_rate, resume, save_final, save_state, trained_parameters,
 )
 
 LOGP_CHUNK = 2048
@@ -420,13 +419,7 @@ def run_dpo(cfg: TrainConfig, env: Dist):
         return loss
 
     def save(step: int) -> Path | None:
-        model_state, optim_state = full_state(parallel_model, optimizer, cfg.distributed, env)
-        path = None
-        if env.is_main:
-            path = save_checkpoint(out_dir, step, model_state, optim_state, {"config": cfg.model_dump()},
-                                   cfg.keep_checkpoints)
-        barrier(env)
-        return path
+        return save_state(parallel_model, optimizer, cfg, env, out_dir, step)
 
     train_loss, interrupted, last_checkpoint, done = None, False, checkpoint_path, start_step
     seconds, timed_pairs, clock = 0.0, 0, None

@@ -22,18 +22,17 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from datamill.train.checkpoint import save_checkpoint
 from datamill.train.config import DeviceCaps, TrainConfig, device_plan, load_config
 from datamill.train.data import PackedRows, rows_for_step, tokenize_corpus
 from datamill.train.distributed import (
-    Dist, all_sum, any_process, barrier, full_state, gradient_sync, init_distributed, parallelize, shutdown,
+    Dist, all_sum, any_process, barrier, gradient_sync, init_distributed, parallelize, shutdown,
 )
 from datamill.train.metrics import RunLog, device_bf16_peak, flops_per_token
 from datamill.train.model import (
     DEFAULT_TOKENIZER, LossModel, attention_mask_for, build_model, load_tokenizer,
 )
 from datamill.train.runtime import (
-    StopOnSigterm, TrainResult, adamw, learning_rate, resume, save_final, trained_parameters,
+    StopOnSigterm, TrainResult, adamw, learning_rate, resume, save_final, save_state, trained_parameters,
 )
 
 
@@ -113,13 +112,7 @@ def run(cfg: TrainConfig, env: Dist) -> TrainResult:
             log.write(record)
 
     def save(step: int) -> Path | None:
-        model_state, optim_state = full_state(parallel_model, optimizer, cfg.distributed, env)
-        path = None
-        if env.is_main:
-            path = save_checkpoint(out_dir, step, model_state, optim_state, {"config": cfg.model_dump()},
-                                   cfg.keep_checkpoints)
-        barrier(env)
-        return path
+        return save_state(parallel_model, optimizer, cfg, env, out_dir, step)
 
     def evaluate(step: int) -> tuple[float, float] | None:
         """Held-out loss (plain mean CE over learned targets) and perplexity, on every process."""

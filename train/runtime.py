@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from datamill.train.checkpoint import latest_checkpoint, load_checkpoint
+from datamill.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from datamill.train.config import OptimConfig, TrainConfig
 from datamill.train.distributed import Dist, barrier, full_state, load_full_state, unwrap
 
@@ -81,6 +81,18 @@ def resume(parallel_model: torch.nn.Module, optimizer: torch.optim.Optimizer, cf
     load_full_state(parallel_model, optimizer, state["model"], state["optimizer"], cfg.distributed, env)
     console.print(f"resuming from {checkpoint} (step {state['step']})")
     return state["step"], checkpoint
+
+
+def save_state(parallel_model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, env: Dist,
+               out_dir: Path, step: int) -> Path | None:
+    """Checkpoint weights and optimizer state (gathered from every process); the path, on the main process."""
+    model_state, optim_state = full_state(parallel_model, optimizer, cfg.distributed, env)
+    path = None
+    if env.is_main:
+        path = save_checkpoint(out_dir, step, model_state, optim_state, {"config": cfg.model_dump()},
+                               cfg.keep_checkpoints)
+    barrier(env)
+    return path
 
 
 def trained_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
