@@ -17,8 +17,9 @@ is the same for any batching or worker count:
 
 What is never switched: stop words (function words), single letters and terms with digits, and
 tokens inside code, options, paths or identifiers (`--proxy-key-type`, `key_file`, `a/key`,
-`key.pem`, text between backticks). With a part-of-speech column in the lexicon (FreeDict), only
-senses whose part of speech is in `pos` are used (default nouns: noun → noun); a term that also
+`key.pem`, text between backticks), nor all-capital abbreviations of up to 3 letters. With a part-of-speech column in the lexicon (FreeDict), only
+senses whose part of speech is in `pos` are used (default nouns: noun → noun; a tagged dictionary's
+untagged rows, mostly inflected verb forms in FreeDict, are not used); a term that also
 has other parts of speech (`run`, `free`) is switched only after a determiner or preposition
 ("the run"), where it is a noun. Plural stays plural: a term that looks plural (`licenses`)
 takes only translations the lexicon marks `pl`, a singular one never those. Without a context
@@ -52,7 +53,7 @@ SENTENCE_END = r"[.!?]+(?:\s|$)"
 MATCH_SCHEMA = {"doc": pl.UInt32, "start": pl.Int64, "end": pl.Int64, "key_id": pl.Int64}
 NOUN_CONTEXT = ["the", "a", "an", "this", "that", "these", "those", "my", "your", "his", "her", "its", "our",
                 "their", "any", "each", "every", "no", "some", "of", "for", "with", "without", "in", "on", "by",
-                "to", "from", "such", "another", "other", "all", "new", "same"]
+                "from", "such", "another", "other", "all", "new", "same"]
 """Words after which a noun/verb-ambiguous term is read as a noun ("the run", "of license")."""
 CODE_BEFORE = r"[-_/\\.$@#=<>`:~%]$"
 CODE_AFTER = r"^(?:[-_/\\=<>`(\[%]|\.\w|:\w)"
@@ -142,7 +143,10 @@ class LexiconSwitch(Stage):
         tables = []
         for entry in p.lexicons:
             spec = entry if isinstance(entry, LexiconSource) else LexiconSource(path=entry)
-            tables.append(load_lexicon(spec.path, spec.source_lang or p.source_lang, spec.target_lang))
+            table = load_lexicon(spec.path, spec.source_lang or p.source_lang, spec.target_lang)
+            if p.pos is not None and table["pos"].is_not_null().mean() >= 0.5:
+                table = table.filter(pl.col("pos").is_not_null())  # untagged rows of a tagged dictionary: inflections
+            tables.append(table)
         table = combine(tables).filter(pl.col("source_lang").is_null() | (pl.col("source_lang") == p.source_lang))
         if p.target_langs is not None:
             table = table.filter(pl.col("target_lang").is_in(p.target_langs))
@@ -216,6 +220,7 @@ class LexiconSwitch(Stage):
             .filter(~pl.col("only_stopwords"))
             .filter(pl.col("target_term").str.to_lowercase() != pl.col("matched").str.to_lowercase())
             .filter(~in_code(pl.col("text"), pl.col("start"), pl.col("end")))
+            .filter(~pl.col("matched").str.contains(r"^\p{Lu}{1,3}$"))  # an abbreviation (MA, ID), not a word
             .filter(~pl.col("ambiguous") | previous_word(pl.col("text"), pl.col("start")).is_in(NOUN_CONTEXT))
             .filter(number_agrees(pl.col("matched"), pl.col("number")))
         )
