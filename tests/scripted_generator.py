@@ -39,3 +39,25 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_folder(tmp_path_factory):
+    """A 1-layer random llama with SmolLM2's tokenizer, saved as a model folder (a student or base
+    model that trains in seconds)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from datamill.train.model import load_tokenizer
+    from datamill.train.presets import llama_config
+
+    tokenizer = load_tokenizer("smollm2-135m")
+    torch.manual_seed(0)
+    config = llama_config("llama-20m", len(tokenizer), {"hidden_size": 32, "intermediate_size": 64,
+                                                         "num_hidden_layers": 1, "num_attention_heads": 2,
+                                                         "num_key_value_heads": 1},
+                          {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id})
+    folder = tmp_path_factory.mktemp("tiny-model")
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

@@ -8,12 +8,11 @@ import json
 
 import polars as pl
 import pytest
-import torch
 
 from datamill.synth import llm2llm
 from datamill.synth.llm2llm import parse_variants, run_llm2llm
 
-from scripted_generator import ScriptedGenerator, one_torch_thread  # noqa: F401
+from scripted_generator import ScriptedGenerator, one_torch_thread, tiny_model_folder  # noqa: F401
 
 
 def test_variant_parsing():
@@ -23,26 +22,7 @@ def test_variant_parsing():
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module")
-def tiny_student(tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    from datamill.train.model import load_tokenizer
-    from datamill.train.presets import llama_config
-
-    tokenizer = load_tokenizer("smollm2-135m")
-    torch.manual_seed(0)
-    config = llama_config("llama-20m", len(tokenizer), {"hidden_size": 32, "intermediate_size": 64,
-                                                         "num_hidden_layers": 1, "num_attention_heads": 2,
-                                                         "num_key_value_heads": 1},
-                          {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id})
-    folder = tmp_path_factory.mktemp("student")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_two_iterations_target_only_wrong_seed_examples(tmp_path, tiny_student, monkeypatch):
+def test_two_iterations_target_only_wrong_seed_examples(tmp_path, tiny_model_folder, monkeypatch):
     seed = [{"id": "s1", "question": "What is 2 + 2?", "answer": "4"},
             {"id": "s2", "question": "What is 17 + 25?", "answer": "42"},
             {"id": "s3", "question": "What is 3 + 1?", "answer": "4"}]
@@ -69,7 +49,7 @@ def test_two_iterations_target_only_wrong_seed_examples(tmp_path, tiny_student, 
 
     monkeypatch.setattr(llm2llm, "student_generator", student)
     monkeypatch.setattr(llm2llm, "teacher_generator", teacher)
-    config = {"seed_data": "seed.jsonl", "student": str(tiny_student), "out_dir": str(tmp_path / "out"),
+    config = {"seed_data": "seed.jsonl", "student": str(tiny_model_folder), "out_dir": str(tmp_path / "out"),
               "iterations": 2, "variants": 3,
               "train": {"max_steps": 1, "micro_batch_size": 2, "seq_len": 64}}
     summary = run_llm2llm(config, base_dir=tmp_path, log=lambda *a: None)

@@ -8,12 +8,11 @@ import json
 
 import polars as pl
 import pytest
-import torch
 
 from datamill.synth import rest_em
 from datamill.synth.rest_em import check_solutions, keep_correct, run_rest_em
 
-from scripted_generator import ScriptedGenerator, one_torch_thread  # noqa: F401
+from scripted_generator import ScriptedGenerator, one_torch_thread, tiny_model_folder  # noqa: F401
 
 
 def test_answer_checks():
@@ -40,26 +39,7 @@ def test_cap_per_problem_keeps_distinct_correct_solutions():
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory):
-    from transformers import AutoModelForCausalLM
-
-    from datamill.train.model import load_tokenizer
-    from datamill.train.presets import llama_config
-
-    tokenizer = load_tokenizer("smollm2-135m")
-    torch.manual_seed(0)
-    config = llama_config("llama-20m", len(tokenizer), {"hidden_size": 32, "intermediate_size": 64,
-                                                         "num_hidden_layers": 1, "num_attention_heads": 2,
-                                                         "num_key_value_heads": 1},
-                          {"eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id})
-    folder = tmp_path_factory.mktemp("base")
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-def test_two_iterations_report_pass_at_1(tmp_path, tiny_base, monkeypatch):
+def test_two_iterations_report_pass_at_1(tmp_path, tiny_model_folder, monkeypatch):
     problems = [{"id": f"p{a}{b}", "question": f"What is {a} + {b}?", "answer": str(a + b)}
                 for a, b in [(2, 3), (4, 4), (7, 5), (9, 1)]]
     (tmp_path / "problems.jsonl").write_text("\n".join(json.dumps(p) for p in problems))
@@ -69,7 +49,7 @@ def test_two_iterations_report_pass_at_1(tmp_path, tiny_base, monkeypatch):
         """The base model gets the first two problems right on samples 0 and 1; a fine-tuned one
         (trained on those) gets every problem right on samples 0-2 — a stand-in for learning."""
         used.append(model)
-        tuned = model != str(tiny_base)
+        tuned = model != str(tiny_model_folder)
 
         def reply(text: str, k: int, params) -> str:
             a, b = [int(x) for x in text.split("What is ")[1].split("?")[0].split(" + ")]
@@ -78,7 +58,7 @@ def test_two_iterations_report_pass_at_1(tmp_path, tiny_base, monkeypatch):
         return ScriptedGenerator(reply, model)
 
     monkeypatch.setattr(rest_em, "generator_for", student)
-    config = {"problems": "problems.jsonl", "model": str(tiny_base), "out_dir": str(tmp_path / "out"),
+    config = {"problems": "problems.jsonl", "model": str(tiny_model_folder), "out_dir": str(tmp_path / "out"),
               "iterations": 2, "samples": 4, "max_per_problem": 1,
               "train": {"max_steps": 2, "micro_batch_size": 2, "seq_len": 64, "save_final": True}}
     summary = run_rest_em(config, base_dir=tmp_path, log=lambda *a: None)
