@@ -108,8 +108,10 @@ class CachedGenerator:
     backend reports it. `tally` counts cache hits, generated completions and tokens.
     """
 
-    def __init__(self, backend: Generator, folder: Path, chunk_chats: int = 64):
+    def __init__(self, backend: Generator, folder: Path, chunk_chats: int = 64, tally_path: Path | None = None):
         self.backend = backend
+        self.tally_path = tally_path
+        """Where `tally` is written (JSON, atomically) after every call: the run report reads it."""
         self.cache = GenerationCache(folder)
         self.chunk_chats = chunk_chats
         self.model_id = backend.model_id
@@ -153,4 +155,14 @@ class CachedGenerator:
             for position, row in enumerate(generated):
                 for s, completion in enumerate(row):
                     store(position, s, completion)
+            self.save_tally()
+        self.save_tally()
         return results  # type: ignore[return-value]
+
+    def save_tally(self) -> None:
+        if self.tally_path is None:
+            return
+        self.tally_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.tally_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"model_id": self.model_id, **asdict(self.tally)}))
+        os.replace(tmp, self.tally_path)

@@ -88,7 +88,8 @@ class DistillStage(Filter):
     resources = Resources(cpus=1.0, gpus=0.0, batch_rows=64)
 
     def setup(self) -> None:
-        self.generator = make_generator(self.params.generator, getattr(self, "run_dir", None), probe=self.params.sampling)
+        self.generator = make_generator(self.params.generator, getattr(self, "run_dir", None), probe=self.params.sampling,
+                                        label=self.name)
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params

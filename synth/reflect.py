@@ -72,7 +72,7 @@ class ReflectStage(Stage):
         from datamill.curate.selection.ifd import IFDParams, IFDSelect
 
         self.generator = make_generator(self.params.generator, getattr(self, "run_dir", None),
-                                        probe=self.params.sampling)
+                                        probe=self.params.sampling, label=self.name)
         self.ifd = IFDSelect(IFDParams(model=self.params.scorer, format="prompt_completion",
                                        max_tokens=self.params.max_tokens))
         self.ifd.setup()

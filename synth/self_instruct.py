@@ -183,8 +183,9 @@ class SelfInstructSource(Source):
             raise ValueError(f"{self.seed_path()}: no seed tasks {p.input_mode.replace('_', ' ')}")
         run_dir = getattr(self, "run_dir", None)
         probe = p.instruction_sampling.model_copy(update={"n": p.new_per_prompt})
-        generator = make_generator(p.generator, run_dir, probe=probe)
-        ensemble = [generator] + [make_generator(spec, run_dir, probe=p.output_sampling) for spec in p.ensemble]
+        generator = make_generator(p.generator, run_dir, probe=probe, label=self.name)
+        ensemble = [generator] + [make_generator(spec, run_dir, probe=p.output_sampling, label=f"{self.name}.ensemble{i}")
+                                  for i, spec in enumerate(p.ensemble, start=1)]
         pool = RougePool(seeds["instruction"].to_list())
         machine: dict[str, list[str]] = {k: [] for k in wanted}
         rng = np.random.default_rng(p.seed)

@@ -331,3 +331,39 @@ def test_generation_cache_lives_in_the_run_dir_and_fresh_regenerates(tmp_path, m
     shutil.rmtree(tmp_path / "run" / "state" / "done")  # a resumed run whose shards must be redone
     run_recipe(recipe, workers=1, resume=True)
     assert echo.generated == 6  # answered from the run's cache
+    # the report's synthesis section sums this run dir's tallies: 3 generated after --fresh, then 3 cache hits
+    from datamill.curate.report.render import Table
+    from datamill.curate.report.synthesis import synthesis_blocks
+
+    stats = json.loads((tmp_path / "run" / "stats.json").read_text())
+    [table] = [b for b in synthesis_blocks(tmp_path / "run", stats, tmp_path) if isinstance(b, Table)]
+    [row] = table.rows
+    assert row[0].text == "distill" and row[1:5] == ["6", "50.0%", "3", "15"] and row[6] == "0.0%"
+
+
+def test_synthesis_report_counts_truncation_votes_and_parse_failures(tmp_path, monkeypatch):
+    from datamill.curate.report.render import Facts, Table
+    from datamill.curate.report.synthesis import synthesis_blocks
+    from tests.conftest import recipe_dict, write_jsonl
+
+    class Voting(Echo):
+        def generate(self, chats, params, on_completion=None):
+            replies = [("3 + 4 = 7.\nAnswer: 7", "stop"), ("3 + 4 = 7.\nAnswer: 7", "stop"), ("Tom had 3", "length")]
+            rows = [[Completion(t, f, 10) for t, f in replies] if "apples" in chat[-1]["content"] else
+                    [Completion("1. Count the", "length", 10)] * 3 for chat in chats]
+            for i, row in enumerate(rows):
+                for s, c in enumerate(row):
+                    on_completion(i, s, c)
+            return rows
+
+    monkeypatch.setattr("datamill.synth.factory.load_backend", lambda spec: Voting())
+    write_jsonl(tmp_path / "in" / "a.jsonl", [{"text": ARITHMETIC}, {"text": "Count the birds in the tree."}])
+    recipe = validate_recipe(recipe_dict(str(tmp_path / "in" / "*.jsonl"), str(tmp_path / "run"), [
+        {"type": "distill", "rationale": True, "vote": True, "sampling": {"n": 3, "max_new_tokens": 10}}]), where="t")
+    stats = run_recipe(recipe, workers=1, resume=False)
+    blocks = synthesis_blocks(tmp_path / "run", stats, tmp_path)
+    [table] = [b for b in blocks if isinstance(b, Table)]
+    assert table.rows[0][1:8] == ["6", "0.0%", "6", "60", "—" if table.rows[0][5] == "—" else table.rows[0][5],
+                                  "66.7%", "truncated 1"]
+    facts = dict(next(b for b in blocks if isinstance(b, Facts)).items)
+    assert facts["Records with a vote"] == "1" and facts["Mean agreement"] == "0.667"

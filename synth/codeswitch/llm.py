@@ -83,7 +83,7 @@ class LLMCodeSwitch(Stage):
 
     def setup(self) -> None:
         self.generator = make_generator(self.params.generator, getattr(self, "run_dir", None),
-                                        probe=self.params.sampling)
+                                        probe=self.params.sampling, label=self.name)
 
     def complete(self, prompts: pl.Series) -> pl.Series:
         """One completion (stripped) per prompt, as single user turns."""
