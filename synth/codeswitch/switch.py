@@ -17,7 +17,8 @@ is the same for any batching or worker count:
 
 What is never switched: stop words (function words), single letters and terms with digits, and
 tokens inside code, options, paths or identifiers (`--proxy-key-type`, `key_file`, `a/key`,
-`key.pem`, text between backticks), nor all-capital abbreviations of up to 3 letters. With a part-of-speech column in the lexicon (FreeDict), only
+`key.pem`, text between backticks), nor all-capital abbreviations of up to 2 letters. With a
+part-of-speech column in the lexicon (FreeDict), only
 senses whose part of speech is in `pos` are used (default nouns: noun → noun; a tagged dictionary's
 untagged rows, mostly inflected verb forms in FreeDict, are not used); a term that also
 has other parts of speech (`run`, `free`) is switched only after a determiner or preposition
@@ -220,7 +221,7 @@ class LexiconSwitch(Stage):
             .filter(~pl.col("only_stopwords"))
             .filter(pl.col("target_term").str.to_lowercase() != pl.col("matched").str.to_lowercase())
             .filter(~in_code(pl.col("text"), pl.col("start"), pl.col("end")))
-            .filter(~pl.col("matched").str.contains(r"^\p{Lu}{1,3}$"))  # an abbreviation (MA, ID), not a word
+            .filter(~pl.col("matched").str.contains(r"^\p{Lu}{1,2}$"))  # an abbreviation (MA, ID), not a word
             .filter(~pl.col("ambiguous") | previous_word(pl.col("text"), pl.col("start")).is_in(NOUN_CONTEXT))
             .filter(number_agrees(pl.col("matched"), pl.col("number")))
         )
