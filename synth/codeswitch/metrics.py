@@ -11,6 +11,8 @@ CMI = 100 × (1 − max_w / n) (0 for a text without tokens), `cs_ratio` = 1 −
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import polars as pl
 
 TOKEN = r"\p{L}+"
@@ -22,7 +24,9 @@ def segments(text: str, spans: list[dict], source_lang: str) -> list[tuple[str, 
     """(language, token count) of the text's stretches in order: source text between spans, spans."""
     import regex
 
-    count = lambda piece: len(regex.findall(TOKEN, piece))  # noqa: E731
+    def count(piece: str) -> int:
+        return len(regex.findall(TOKEN, piece))
+
     out, done = [], 0
     for span in sorted(spans or [], key=lambda s: s["start"]):
         out.append((source_lang, count(text[done:span["start"]])))
@@ -43,6 +47,6 @@ def span_metrics(texts: pl.Series, spans: pl.Series, source_lang: str) -> pl.Dat
         total = sum(per_lang.values())
         matrix = max(per_lang, key=lambda lang: (per_lang[lang], lang == source_lang)) if per_lang else None
         ratio = 1 - per_lang[matrix] / total if total else 0.0
-        switches = sum(a[0] != b[0] for a, b in zip(parts, parts[1:]))
+        switches = sum(a[0] != b[0] for a, b in pairwise(parts))
         rows.append((100 * ratio, ratio, switches, matrix))
     return pl.DataFrame(rows, schema=SPAN_METRICS_SCHEMA, orient="row")

@@ -163,7 +163,9 @@ class CodeSwitchVerify(Filter):
             return lid.with_columns((100 * pl.col("cs_ratio")).alias("cs_cmi"), pl.lit("lid").alias("cs_metrics_from"))
         exact = span_metrics(batch["text"], batch["cs_spans"], self.params.langs[0])
         known = batch["cs_spans"].is_not_null()
-        pick = lambda name: pl.when(pl.lit(known)).then(exact[name]).otherwise(lid[name])  # noqa: E731
+        def pick(name: str) -> pl.Expr:
+            return pl.when(pl.lit(known)).then(exact[name]).otherwise(lid[name])
+
         return lid.with_columns(pick("cs_ratio").alias("cs_ratio"), pick("switch_points").alias("switch_points"),
                                 pick("matrix_lang").alias("matrix_lang"),
                                 (100 * pick("cs_ratio")).alias("cs_cmi"),
