@@ -339,6 +339,7 @@ def test_generation_cache_lives_in_the_run_dir_and_fresh_regenerates(tmp_path, m
     [table] = [b for b in synthesis_blocks(tmp_path / "run", stats, tmp_path) if isinstance(b, Table)]
     [row] = table.rows
     assert row[0].text == "distill" and row[1:5] == ["6", "50.0%", "3", "15"] and row[6] == "0.0%"
+    assert "## Synthesis" in (tmp_path / "run" / "report.md").read_text()
 
 
 def test_synthesis_report_counts_truncation_votes_and_parse_failures(tmp_path, monkeypatch):

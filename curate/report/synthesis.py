@@ -6,7 +6,7 @@ under `<run dir>/state/synthesis/<stage>-<pid>-<random>.json` (`synth/factory.py
 processes and resumed runs), the stage's drop reasons in `stats.json` (`truncated`, `no_answer`,
 `low_agreement`, `empty_completion`…) and quarantine reasons of sources (`self_instruct:*`), and
 the `agreement` column of the output shards (self-consistency votes). Without tallies it adds
-nothing. Register with `register_report_section("synthesis")(synthesis_blocks)`.
+nothing. Registered as the report section `synthesis` (entry point `curate-report-synthesis`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from pathlib import Path
 
 import polars as pl
 
-from datamill.curate.report.render import Block, Code, Facts, Heading, Table, count, percent
+from datamill.curate.report.render import (
+    Block, Code, Facts, Heading, Table, count, percent, register_report_section)
 
 TALLY_FIELDS = ("completions", "cache_hits", "generated", "tokens", "truncated", "seconds")
 PARSE_FAILURES = ("no_answer", "truncated", "empty_completion", "empty_output", "unparsed", "parse_error")
@@ -62,6 +63,7 @@ def agreement(shards: Path) -> pl.DataFrame | None:
     return pl.concat(frames).collect() if frames else None
 
 
+@register_report_section("synthesis")
 def synthesis_blocks(run_dir: Path, stats: dict, plots_dir: Path) -> list[Block]:
     """The section's blocks; empty when no stage generated anything in this run."""
     tallies = read_tallies(Path(run_dir))
