@@ -367,4 +367,4 @@ def test_synthesis_report_counts_truncation_votes_and_parse_failures(tmp_path, m
     assert table.rows[0][1:8] == ["6", "0.0%", "6", "60", "—" if table.rows[0][5] == "—" else table.rows[0][5],
                                   "66.7%", "truncated 1"]
     facts = dict(next(b for b in blocks if isinstance(b, Facts)).items)
-    assert facts["Records with a vote"] == "1" and facts["Mean agreement"] == "0.667"
+    assert facts["Records with an agreement (vote) score"] == "1" and facts["Mean agreement"] == "0.667"

@@ -86,7 +86,7 @@ def synthesis_blocks(run_dir: Path, stats: dict, plots_dir: Path) -> list[Block]
     votes = agreement(Path(run_dir) / "shards")
     if votes is not None and votes.height:
         a = votes["agreement"].drop_nulls()
-        blocks.append(Facts([("Records with a vote", count(len(a))),
+        blocks.append(Facts([("Records with an agreement (vote) score", count(len(a))),
                              ("Mean agreement", f"{a.mean():.3f}" if len(a) else "—"),
                              ("Unanimous (agreement = 1)", percent(int((a >= 1.0).sum()), len(a)))]))
     models = sorted({m for t in tallies.values() for m in t["models"]})
