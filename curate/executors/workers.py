@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from datamill.curate.engine.layout import RunLayout
+from datamill.curate.models.threads import configure_threads
 from datamill.curate.engine.pipeline import Pipeline, ShardRun
 from datamill.curate.engine.source import ShardSpec
 
@@ -30,21 +31,15 @@ class ShardFailed(RuntimeError):
         return ShardFailed, (str(self),)
 
 
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
-"""Set for each worker to cores ÷ workers, unless the user set OMP_NUM_THREADS."""
-
-
 def worker_setup(workers: int, parent: int) -> None:
-    """Prepare a worker process: share the cores, die with the parent, leave Ctrl-C to the parent.
-
-    Without a thread budget every worker's torch/BLAS uses all cores: on 2 cores and 2 workers a
-    model stage ran ~15× slower than with one thread each. A worker whose parent was killed (even
-    with kill -9) exits within a second instead of generating on for nobody.
+    """Prepare a worker process: share the cores (`models.threads`), die with the parent, leave
+    Ctrl-C to the parent. A worker whose parent was killed (even with kill -9) exits within a second
+    instead of generating on for nobody.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops the pool on Ctrl-C
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked since birth, see sigint_deferred
-    share_cores(workers)
+    configure_threads(workers)
     die_with_parent(parent)
 
 
@@ -62,26 +57,17 @@ def sigint_deferred() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
-def share_cores(workers: int) -> int:
-    """Limit this process' compute threads to cores ÷ workers (OMP_NUM_THREADS, if set, wins)."""
-    threads = int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // max(workers, 1)))
-    for name in THREAD_VARIABLES:
-        os.environ.setdefault(name, str(threads))
-    if "torch" in sys.modules:  # already imported: the variables came too late for it
-        sys.modules["torch"].set_num_threads(threads)
-    return threads
-
-
 def die_with_parent(parent: int) -> None:
-    """Exit when the parent process (pid `parent`) dies: Linux's parent-death signal, else a watchdog thread."""
+    """Exit when the parent process (pid `parent`) dies: Linux's parent-death signal at once, and a
+    watchdog thread everywhere (the signal fires when the parent *thread* that started this process
+    ends, which need not be the parent's main thread)."""
     if os.getppid() != parent:  # it died while this process was starting
         os._exit(1)
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
-        if ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL) == 0:
-            if os.getppid() != parent:  # the parent died before the signal was armed
-                os._exit(1)
-            return
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
 
     def watch() -> None:
         while os.getppid() == parent:

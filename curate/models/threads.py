@@ -1,4 +1,4 @@
-"""Worker setup for model stages: torch/BLAS threads = cores ÷ workers, and dying with the parent.
+"""Threads for model stages: torch/BLAS threads = cores ÷ workers in every worker process.
 
 Torch and the BLAS libraries start one thread per core in every process by default, so W workers
 on C cores run W×C threads that spin against each other (on 2 shared cores a SmolLM2 self_instruct
@@ -6,21 +6,13 @@ run went from 91 s with one thread per worker to not finishing in 54 min). `conf
 gives each worker `cores // workers` threads (at least 1); `DATAMILL_THREADS_PER_WORKER`, or an
 `OMP_NUM_THREADS` the user exported, overrides it.
 
-A worker whose parent is killed (kill -9 of `datamill run`) is re-parented and would go on
-generating; `exit_with_parent` starts a watchdog thread that ends the worker within
-`poll_s` seconds of its parent's death (a parent-death signal would fire when the parent *thread*
-that spawned the worker exits, which need not be the main thread).
-
-Executors call `init_model_worker(workers)` in each pool worker's initializer and
-`configure_threads(workers)` when they run work in their own process.
+Executors call `configure_threads(workers)` in each worker process (`executors.workers.worker_setup`)
+and when they run the shards in their own process.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import threading
-import time
 
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "RAYON_NUM_THREADS")
 """Read by OpenMP, MKL, OpenBLAS and the tokenizers' Rayon pool when they start."""
@@ -68,25 +60,3 @@ def configure_threads(workers: int, cores: int | None = None) -> int:
         return threads
     torch.set_num_threads(threads)
     return threads
-
-
-def exit_with_parent(poll_s: float = 0.5) -> threading.Thread:
-    """Start a daemon thread that ends this process (exit status 1) once its parent has died."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            if os.getppid() != parent:
-                sys.stderr.write(f"datamill worker {os.getpid()}: parent {parent} died, exiting\n")
-                os._exit(1)
-            time.sleep(poll_s)
-
-    thread = threading.Thread(target=watch, name="datamill-parent-watchdog", daemon=True)
-    thread.start()
-    return thread
-
-
-def init_model_worker(workers: int) -> int:
-    """Everything a pool worker needs before it loads a model: its thread count and the watchdog."""
-    exit_with_parent()
-    return configure_threads(workers)
