@@ -116,3 +116,13 @@ def test_no_private_name_crosses_a_module():
                 crossing += [f"{name}: {node.module}.{a.name}" for a in node.names
                              if a.name.startswith("_") and not a.name.startswith("__")]
     assert crossing == []
+
+
+def test_stage_families_import_no_executor_loop_or_cli():
+    above = ("datamill.curate.executors", "datamill.curate.loop", "datamill.curate.cli")
+    families = ("datamill.curate.sources", "datamill.curate.dedup", "datamill.curate.selection",
+                "datamill.curate.report", "datamill.curate.export", "datamill.filters", "datamill.synth",
+                "datamill.train")
+    reaching_up = {name: sorted(t for t in targets if t.startswith(above))
+                   for name, targets in import_graph().items() if name.startswith(families)}
+    assert {name: targets for name, targets in reaching_up.items() if targets} == {}
