@@ -128,3 +128,14 @@ def test_cmi_and_switch_points_come_exactly_from_the_spans(tmp_path):
     spans = pl.Series([[{"start": 0, "end": 4, "lang": "es"}, {"start": 5, "end": 9, "lang": "de"}]])
     exact = span_metrics(pl.Series(["casa Haus big"]), spans, "en").row(0, named=True)
     assert exact["switch_points"] == 2 and exact["cs_cmi"] == pytest.approx(100 * (1 - 1 / 3))
+
+
+def test_function_words_are_not_switched_even_by_an_untagged_dictionary(tmp_path):
+    # FreeDict eng-spa has no part-of-speech tags, so modals and correlatives reach the switch as terms
+    rows = ["source_lang\tsource_term\ttarget_lang\ttarget_term",
+            "en\tmust\tes\ttener que", "en\tneither\tes\tnadie", "en\twhether\tes\tsi", "en\tfile\tes\tarchivo"]
+    (tmp_path / "lex.tsv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    stage = LexiconSwitch(SwitchParams(lexicons=[str(tmp_path / "lex.tsv")], p=1.0), seed=1)
+    stage.setup()
+    out = stage.process(pl.DataFrame({"id": ["0"], "text": ["Neither copy must change whether the file is open."]}))
+    assert out["text"].to_list() == ["Neither copy must change whether the archivo is open."]
