@@ -65,7 +65,8 @@ def open_binary(path: str, buffering: int = -1) -> IO[bytes]:
     return fs.open(root, "rb")
 
 
-def size(path: str) -> int:
+def file_size(path: str) -> int:
+    """Bytes in a local file or at a URL."""
     if not is_url(path):
         return os.path.getsize(path)
     fs, root = _filesystem(path)

@@ -143,9 +143,7 @@ class Recipe(BaseModel):
     def with_sections(self, **sections: Any) -> Recipe:
         """A copy with these sections set (None removes one)."""
         merged = {**self.sections, **sections}
-        copy = self.model_copy(update={"sections": {k: v for k, v in merged.items() if v is not None}})
-        copy._base_dir = self._base_dir
-        return copy
+        return self.model_copy(update={"sections": {k: v for k, v in merged.items() if v is not None}})
 
     @property
     def base_dir(self) -> str:

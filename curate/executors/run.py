@@ -111,7 +111,6 @@ def run_recipe(
     resume: bool = True,
     base_dir: str | Path | None = None,
     progress: ProgressCallback | None = None,
-    address: str | None = None,
 ) -> dict[str, Any]:
     """Run `recipe` to completion and return its stats (also written to `<output.dir>/stats.json`).
     Relative source paths are read from `base_dir`, by default `recipe.base_dir` (the recipe
@@ -128,13 +127,13 @@ def run_recipe(
         raise RunError(str(err)) from None
     try:
         return _run_locked(recipe, layout, kind, workers=workers, resume=resume, base_dir=base_dir,
-                           progress=progress, address=address)
+                           progress=progress)
     finally:
         lock.release()
 
 
 def _run_locked(recipe: Recipe, layout: RunLayout, kind: type[Executor], *, workers, resume, base_dir,
-                progress, address) -> dict[str, Any]:
+                progress) -> dict[str, Any]:
     started_wall, started = datetime.now(timezone.utc), time.perf_counter()
     if not resume:
         layout.clear()
@@ -142,8 +141,6 @@ def _run_locked(recipe: Recipe, layout: RunLayout, kind: type[Executor], *, work
     pipeline = Pipeline(recipe, str(Path(recipe.base_dir if base_dir is None else base_dir).resolve()))
     specs = load_or_make_plan(layout, pipeline)
     notify = progress or (lambda *args: None)
-    if address is not None:
-        recipe = recipe.model_copy(update={"executor": recipe.executor.model_copy(update={"address": address})})
     with kind(recipe, pipeline, specs, layout, workers or recipe.executor.workers) as executor:
         for segment in pipeline.segments:
             if segment.barrier is not None:

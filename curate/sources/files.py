@@ -57,7 +57,7 @@ class FileSourceParams(SourceParams):
         """Problems with the input paths, as `key: message` lines (empty when every pattern matches)."""
         problems = []
         for i, pattern in enumerate(as_list(self.path)):
-            if not matching_files(pattern, base_dir):
+            if not glob_files(pattern, base_dir):
                 key = "path" if isinstance(self.path, str) else f"path[{i}]"
                 problems.append(f"{key}: no file matches {pattern!r} (looked in {os.path.abspath(base_dir)})")
         return problems
@@ -101,10 +101,6 @@ def as_list(patterns: str | list[str]) -> list[str]:
     return [patterns] if isinstance(patterns, str) else list(patterns)
 
 
-def matching_files(pattern: str, base_dir: str) -> list[str]:
-    return glob_files(pattern, base_dir)
-
-
 def expand_paths(patterns: str | list[str], base_dir: str) -> list[str]:
     """Files matching the path(s) or glob(s), relative ones against `base_dir`: sorted, unique.
 
@@ -112,7 +108,7 @@ def expand_paths(patterns: str | list[str], base_dir: str) -> list[str]:
     """
     found: set[str] = set()
     for pattern in as_list(patterns):
-        matches = matching_files(pattern, base_dir)
+        matches = glob_files(pattern, base_dir)
         if not matches:
             raise FileNotFoundError(f"no file matches {pattern!r} (looked in {os.path.abspath(base_dir)})")
         found.update(matches)

@@ -24,8 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from datamill.curate.engine.paths import exists, open_binary
-from datamill.curate.engine.paths import size as file_size
+from datamill.curate.engine.paths import exists, file_size, glob_files, open_binary
 from datamill.curate.engine.records import split_table_rows
 from datamill.curate.engine.registry import register_source
 from datamill.curate.engine.source import ShardSpec, Source, SourceBatch, SourceParams
@@ -37,7 +36,6 @@ from datamill.curate.sources.files import (
     FilePart,
     FileSource,
     FileSourceParams,
-    matching_files,
 )
 
 
@@ -70,7 +68,7 @@ class HfParams(SourceParams):
         patterns = (list(files.values()) if isinstance(files, dict) else [files]) if files is not None else []
         flat = [p for entry in patterns for p in ([entry] if isinstance(entry, str) else entry)]
         return [f"data_files: no file matches {p!r} (looked in {os.path.abspath(base_dir)})"
-                for p in flat if "://" not in p and not matching_files(p, base_dir)]
+                for p in flat if "://" not in p and not glob_files(p, base_dir)]
 
 
 @register_source
