@@ -7,7 +7,15 @@ are normalized (lowercase, every run of punctuation and symbols replaced by a sp
 into word n-grams (default 13 words), and a training record is contaminated by a benchmark when it contains
 at least `min_overlap` distinct n-grams of it. N-grams are compared by 64-bit hash (see
 `datamill.filters.ngrams`: a rolling hash over polars' seeded word hashes, the same in every
-process and run of one installation); all benchmarks' hashes form one table, joined per batch.
+process and run of one installation).
+
+All benchmarks' n-grams form one index (sorted uint64 hashes with the benchmark and eval item of
+each, `datamill.filters.decontam_index`), built ONCE per run by the first worker to start, under
+`<run>/state/decontaminate/` (or `index_dir`, to reuse it across runs: its key names the eval
+files' paths, sizes and modification times, the n-gram settings and the polars version), and
+opened memory-mapped by every worker, so the pages are shared through the page cache instead of
+each worker holding its own copy. Each batch's distinct n-gram hashes are looked up with
+`np.searchsorted`.
 
 Eval texts shorter than `ngram` words have no n-gram and never match by default, as in
 open-instruct's n-gram search (`decontamination/search.py`, `get_ngram_mapping`) and datatrove's
@@ -27,6 +35,10 @@ the records each eval item hit, worst first.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -34,9 +46,13 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from datamill.curate.engine.layout import RunLayout
+from datamill.curate.engine.paths import is_url, join
 from datamill.curate.engine.registry import register_stage, source_types
 from datamill.curate.engine.source import SourceParams
 from datamill.curate.engine.stage import Filter, FilterParams
+from datamill.filters.decontam_index import FORMAT as INDEX_FORMAT
+from datamill.filters.decontam_index import NgramIndex, shared_index
 from datamill.filters.ngrams import DOC, HASH, LENGTH, N_WORDS, ngram_hashes, normalized_words
 
 READ_BATCH_ROWS = 10_000
@@ -118,6 +134,12 @@ class DecontaminateParams(FilterParams):
     min_item_tokens: int = Field(
         8, ge=1, description="With `short_items`: the fewest words an eval text needs to be indexed whole."
     )
+    index_dir: str | None = Field(
+        None,
+        description="Folder to keep the built n-gram index in, so later runs against the same eval "
+        "files and settings reuse it (one sub-folder per eval files + settings); default: the run's "
+        "`state/decontaminate`, built once per run and shared by its workers memory-mapped.",
+    )
     lowercase: bool = Field(True, description="Compare lowercased text.")
     strip_punctuation: bool = Field(True, description="Remove punctuation and symbols before comparing.")
 
@@ -146,23 +168,69 @@ class Decontaminate(Filter):
     def __init__(self, params: DecontaminateParams | None = None, *, seed: int = 0):
         super().__init__(params, seed=seed)
         """Folder relative benchmark paths are resolved against (the recipe's folder)."""
-        self.index: pl.DataFrame | None = None
+        self.index: NgramIndex | None = None
         self.lengths: list[int] = []
 
     # --- setup: the n-gram index of every benchmark --------------------------------------
     def setup(self) -> None:
-        """Read every benchmark and build one table (hash, benchmark order, benchmark name, item)."""
+        """Open the run's n-gram index of every benchmark memory-mapped, building it first if no
+        process has yet (see `datamill.filters.decontam_index`); without a run or `index_dir`
+        (the stage used on its own), build it in memory."""
+        folder = self.index_folder()
+        if folder is None:
+            self.index = self.build_index()
+        else:
+            self.index = shared_index(folder, self.index_key(), self.build_index)
+        self.lengths = list(self.index.lengths)
+
+    def index_folder(self) -> Path | None:
+        """Where the built index is kept: `index_dir`, else `<run>/state/decontaminate`."""
+        if self.params.index_dir is not None:
+            return Path(join(self.base_dir, self.params.index_dir))
+        run_dir = getattr(self, "run_dir", None)
+        return None if run_dir is None else RunLayout(run_dir).state / "decontaminate"
+
+    def index_key(self) -> str:
+        """Names everything the index depends on: the eval files (path, size, modification time),
+        the benchmarks and n-gram parameters, and the polars version (its word hash)."""
+        p = self.params
+        described = {
+            "format": INDEX_FORMAT,
+            "polars": pl.__version__,
+            "params": p.model_dump(mode="json", include={"ngram", "short_items", "min_item_tokens", "lowercase",
+                                                          "strip_punctuation"}),
+            "benchmarks": [{"fields": b.fields, "source": b.source, "files": self._eval_files(b)}
+                           for b in p.benchmarks],
+        }
+        digest = hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()
+        return f"{self.type_name}-{digest[:24]}"
+
+    def _eval_files(self, benchmark: Benchmark) -> list[list]:
+        """Each planned shard of a benchmark's source, with its file's size and mtime when local."""
+        params = benchmark.source_params()
+        source = source_types()[params.type](params, index=0, base_dir=self.base_dir)
+        try:
+            specs = source.plan()
+        except (OSError, ValueError, KeyError) as err:
+            raise ValueError(f"benchmark {benchmark.name!r}: cannot read its source: {err}") from err
+        described = []
+        for spec in specs:
+            entry = [spec.description, json.dumps(spec.payload, sort_keys=True, default=str)]
+            path = spec.payload.get("path")
+            if isinstance(path, str) and not is_url(path) and os.path.isfile(path):
+                stat = os.stat(path)
+                entry += [stat.st_size, stat.st_mtime_ns]
+            described.append(entry)
+        return described
+
+    def build_index(self) -> NgramIndex:
+        """Read every benchmark and build one index of (hash, benchmark order, eval item)."""
         tables, lengths = [], {self.params.ngram}
         for order, benchmark in enumerate(self.params.benchmarks):
             hashes = self._benchmark_hashes(benchmark)
             lengths.update(hashes[LENGTH].unique().to_list())
-            tables.append(
-                hashes.select(HASH, "_item").unique().with_columns(
-                    pl.lit(order, dtype=pl.UInt32).alias("_order"), pl.lit(benchmark.name).alias("_benchmark")
-                )
-            )
-        self.index = pl.concat(tables)
-        self.lengths = sorted(lengths)
+            tables.append(hashes.select(HASH, "_item").with_columns(pl.lit(order, dtype=pl.UInt32).alias("_order")))
+        return NgramIndex.from_table(pl.concat(tables).select(HASH, "_order", "_item"), sorted(lengths))
 
     def _benchmark_hashes(self, benchmark: Benchmark) -> pl.DataFrame:
         """(length, hash, item) of every indexed n-gram of one benchmark (item: the eval record's number)."""
@@ -221,8 +289,10 @@ class Decontaminate(Filter):
         if self.index is None:
             self.setup()
         p = self.params
-        grams = ngram_hashes(self._words(batch["text"]), self.lengths)
-        matches = grams.select(DOC, HASH).unique().join(self.index, on=HASH, how="inner")
+        pairs = ngram_hashes(self._words(batch["text"]), self.lengths).select(DOC, HASH).unique()
+        names = pl.DataFrame({"_order": range(len(p.benchmarks)), "_benchmark": [b.name for b in p.benchmarks]},
+                             schema={"_order": pl.UInt32, "_benchmark": pl.String})
+        matches = pairs.join(self.index.matches(pairs[HASH]), on=HASH, how="inner").join(names, on="_order")
         per_benchmark = (
             matches.group_by(DOC, "_order", "_benchmark")
             .agg(pl.col(HASH).n_unique().cast(pl.UInt32).alias("_shared"))
