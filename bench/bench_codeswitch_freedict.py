@@ -8,7 +8,8 @@ For each language pair:
 - the dictionary as read by the previous reader (datamill before issue #20, from git) and by the
   current one: rows, and the share of rows that are dictionary junk (annotations read as
   translations: `{…}`, `Note:`, `see:`, `Synonym`, `[…]`, quotes, examples);
-- `codeswitch_lexicon` with p = 1 (every eligible match switched): spans per sentence, the share of
+- `codeswitch_lexicon` with p = 1 (every eligible match switched; eng-spa, which has no parts of
+  speech, borrows eng-deu's English tags through `pos_from`, and is also run without them): spans per sentence, the share of
   switched spans whose translation is junk (target 0), and `--sample` spans printed with their
   sentence for hand checking;
 - with p = 0.5, the exact CMI (from cs_spans) against `codeswitch_verify`'s word-level LID
@@ -71,12 +72,18 @@ def junk_share(terms: pl.Series) -> float:
     return float(terms.str.contains(JUNK).mean()) if len(terms) else 0.0
 
 
-def switch(lang: str, frame: pl.DataFrame, p: float):
+def dictionary(lang: str) -> dict:
+    return {"path": str(DICTD / f"{PAIRS[lang]}.index"), "source_lang": "en", "target_lang": lang}
+
+
+def switch(lang: str, frame: pl.DataFrame, p: float, borrow: bool = True):
+    """`codeswitch_lexicon` with one FreeDict dictionary; an untagged one (eng-spa) borrows the English
+    parts of speech of eng-deu unless `borrow` is false."""
     from datamill.synth.codeswitch.switch import LexiconSwitch, SwitchParams
 
-    index = DICTD / f"{PAIRS[lang]}.index"
-    stage = LexiconSwitch(SwitchParams(lexicons=[{"path": str(index), "source_lang": "en", "target_lang": lang}],
-                                       target_langs=[lang], p=p), seed=1)
+    pos_from = [dictionary(other) for other in PAIRS if other != lang] if borrow else []
+    stage = LexiconSwitch(SwitchParams(lexicons=[dictionary(lang)], pos_from=pos_from, target_langs=[lang], p=p),
+                          seed=1)
     stage.setup()
     return stage.process(frame)
 
@@ -109,6 +116,10 @@ def main() -> None:
         seconds = time.perf_counter() - started
         print(f"[{lang}] previous reader: {old_rows:,} rows, {old_junk:.1%} junk | current: {rows.height:,} rows, "
               f"{junk_share(rows['target_term']):.2%} junk, read in {seconds:.1f} s; skipped {counts}")
+        if lang == "es":  # untagged: before borrowing eng-deu's English parts of speech
+            alone = switch(lang, frame, 1.0, borrow=False)
+            print(f"[{lang}] p=1 without borrowed parts of speech: {alone['cs_switches'].sum() / len(texts):.2f} "
+                  "spans per sentence")
         out = switch(lang, frame, 1.0)
         spans = out.select("id", "text", "cs_spans").explode("cs_spans").drop_nulls("cs_spans").unnest("cs_spans")
         spans = spans.with_columns(pl.col("text").str.slice(pl.col("start"), pl.col("end") - pl.col("start"))

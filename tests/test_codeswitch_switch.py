@@ -139,3 +139,33 @@ def test_function_words_are_not_switched_even_by_an_untagged_dictionary(tmp_path
     stage.setup()
     out = stage.process(pl.DataFrame({"id": ["0"], "text": ["Neither copy must change whether the file is open."]}))
     assert out["text"].to_list() == ["Neither copy must change whether the archivo is open."]
+
+
+def test_an_untagged_dictionary_borrows_parts_of_speech_from_a_tagged_one(tmp_path):
+    # like FreeDict eng-deu (tagged) beside eng-spa (untagged): the English side's parts of speech decide
+    tagged = ["source_lang\tsource_term\ttarget_lang\ttarget_term\tpos",
+              "en\tset\tde\tSatz\tnoun", "en\tset\tde\tsetzen\tverb", "en\tsure\tde\tsicher\tadj",
+              "en\tfile\tde\tDatei\tnoun"]
+    untagged = ["source_lang\tsource_term\ttarget_lang\ttarget_term",
+                "en\tset\tes\tgrupo", "en\tsure\tes\tcierto", "en\tfile\tes\tarchivo", "en\tzebra\tes\tcebra"]
+    (tmp_path / "en-de.tsv").write_text("\n".join(tagged) + "\n", encoding="utf-8")
+    (tmp_path / "en-es.tsv").write_text("\n".join(untagged) + "\n", encoding="utf-8")
+    text = "Make sure you set the set of file names; a zebra is sure."
+    batch = pl.DataFrame({"id": ["0"], "text": [text]})
+
+    def switched(**params):
+        stage = LexiconSwitch(SwitchParams(target_langs=["es"], p=1.0, **params), seed=1)
+        stage.setup()
+        return stage.process(batch)["text"][0]
+
+    # alone, the untagged dictionary switches the adjective and the verb
+    assert switched(lexicons=[str(tmp_path / "en-es.tsv")]) == (
+        "Make cierto you grupo the grupo of archivo names; a cebra is cierto.")
+    # with the tagged one as a part-of-speech source: only nouns, `set` only in a noun context;
+    # a term the tagged dictionary does not know (zebra) keeps working
+    expected = "Make sure you set the grupo of archivo names; a cebra is sure."
+    assert switched(lexicons=[str(tmp_path / "en-es.tsv")], pos_from=[str(tmp_path / "en-de.tsv")]) == expected
+    # a tagged lexicon listed for switching lends its parts of speech too (targets limited to es here)
+    assert switched(lexicons=[str(tmp_path / "en-es.tsv"), str(tmp_path / "en-de.tsv")]) == expected
+    assert switched(lexicons=[str(tmp_path / "en-es.tsv")], pos_from=[str(tmp_path / "en-de.tsv")], pos=None) == (
+        "Make cierto you grupo the grupo of archivo names; a cebra is cierto.")

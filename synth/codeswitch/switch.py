@@ -20,7 +20,9 @@ tokens inside code, options, paths or identifiers (`--proxy-key-type`, `key_file
 `key.pem`, text between backticks), nor all-capital abbreviations of up to 2 letters. With a
 part-of-speech column in the lexicon (FreeDict), only
 senses whose part of speech is in `pos` are used (default nouns: noun → noun; a tagged dictionary's
-untagged rows, mostly inflected verb forms in FreeDict, are not used); a term that also
+untagged rows, mostly inflected verb forms in FreeDict, are not used; an untagged lexicon such as
+FreeDict eng-spa borrows its English terms' parts of speech from the tagged lexicons in
+`lexicons` and `pos_from`, see `pos.py`); a term that also
 has other parts of speech (`run`, `free`) is switched only after a determiner or preposition
 ("the run"), where it is a noun. Plural stays plural: a term that looks plural (`licenses`)
 takes only translations the lexicon marks `pl`, a singular one never those. Without a context
@@ -37,7 +39,6 @@ ranked and spliced back into the text with string slices and a grouped join.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
 import polars as pl
@@ -45,8 +46,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Stage, StageParams
-from datamill.synth.codeswitch.lexicon import combine, data_path, load_lexicon
+from datamill.synth.codeswitch.lexicon import combine, data_path, lexicon_exists, load_lexicon
 from datamill.synth.codeswitch.metrics import span_metrics
+from datamill.synth.codeswitch.pos import borrow_pos, is_tagged, source_term_pos
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 SPAN_TYPE = pl.Struct({"start": pl.Int64, "end": pl.Int64, "lang": pl.String, "source_term": pl.String})
@@ -83,6 +85,9 @@ class SwitchParams(StageParams):
     skip_stopwords: bool = Field(True, description="Never switch matches made only of stop words.")
     pos: list[str] | None = Field(["noun"], description="Use only lexicon senses with these parts of speech "
                                   "(rows without one are kept); null: any.")
+    pos_from: list[str | LexiconSource] = Field(
+        default_factory=list, description="Tagged lexicons (e.g. FreeDict eng-deu) whose source terms' parts of "
+        "speech are given to untagged lexicons (eng-spa); tagged entries of `lexicons` are always used too.")
     sense: Literal["most_frequent", "random"] = Field(
         "most_frequent", description="Without a context model: the lexicon's rank-1 translation, or a seeded pick.")
     stopwords: dict[str, str] = Field(
@@ -91,9 +96,11 @@ class SwitchParams(StageParams):
     def check_paths(self, base_dir: str) -> list[str]:
         """Lexicons are read as the stage reads them: a path, else a shipped file of that name."""
         problems = []
-        for i, entry in enumerate(self.lexicons):
-            path, key = (entry, f"lexicons[{i}]") if isinstance(entry, str) else (entry.path, f"lexicons[{i}].path")
-            if not Path(path).expanduser().exists() and not data_path(path).exists():
+        named = [(entry, f"lexicons[{i}]") for i, entry in enumerate(self.lexicons)]
+        named += [(entry, f"pos_from[{i}]") for i, entry in enumerate(self.pos_from)]
+        for entry, where in named:
+            path, key = (entry, where) if isinstance(entry, str) else (entry.path, f"{where}.path")
+            if not lexicon_exists(path):
                 problems.append(f"{key}: lexicon {path!r} not found (neither a path nor a file in {data_path('')})")
         return problems
 
@@ -141,13 +148,13 @@ class LexiconSwitch(Stage):
     def lexicon(self) -> pl.DataFrame:
         """The combined lexicon rows this stage can use (source language and targets applied)."""
         p = self.params
-        tables = []
-        for entry in p.lexicons:
-            spec = entry if isinstance(entry, LexiconSource) else LexiconSource(path=entry)
-            table = load_lexicon(spec.path, spec.source_lang or p.source_lang, spec.target_lang)
-            if p.pos is not None and table["pos"].is_not_null().mean() >= 0.5:
-                table = table.filter(pl.col("pos").is_not_null())  # untagged rows of a tagged dictionary: inflections
-            tables.append(table)
+        tables = [self.load(entry) for entry in p.lexicons]
+        if p.pos is not None:
+            tagged = [t for t in tables if is_tagged(t)]
+            term_pos = source_term_pos(tagged + [self.load(entry) for entry in p.pos_from], p.source_lang)
+            # untagged rows of a tagged dictionary are mostly inflections: dropped; untagged lexicons borrow tags
+            tables = [t.filter(pl.col("pos").is_not_null()) if is_tagged(t) else borrow_pos(t, term_pos)
+                      for t in tables]
         table = combine(tables).filter(pl.col("source_lang").is_null() | (pl.col("source_lang") == p.source_lang))
         if p.target_langs is not None:
             table = table.filter(pl.col("target_lang").is_in(p.target_langs))
@@ -156,6 +163,10 @@ class LexiconSwitch(Stage):
             raise ValueError(f"stage {self.name!r}: the lexicons {p.lexicons} have no {p.source_lang}→"
                              f"{p.target_langs or 'any'} entries")
         return table
+
+    def load(self, entry: str | LexiconSource) -> pl.DataFrame:
+        spec = entry if isinstance(entry, LexiconSource) else LexiconSource(path=entry)
+        return load_lexicon(spec.path, spec.source_lang or self.params.source_lang, spec.target_lang)
 
     def setup(self) -> None:
         import ahocorasick
