@@ -5,8 +5,11 @@ Each round picks one method per instruction (seeded by record and round) from `m
 in-depth — `constraints` (add one more constraint or requirement), `deepen` (increase the depth and
 breadth of the inquiry), `concretize` (replace general concepts with more specific ones),
 `reasoning` (ask for multiple-step reasoning explicitly) — with WizardLM's "Prompt Rewriter"
-template (synth/prompts/evol_depth.txt, "can only add 10 to 20 words"), or in-breadth `breadth`
-(a brand-new, rarer prompt in the same domain, evol_breadth.txt). The generator then answers the
+template (synth/prompts/evol_depth.txt, "can only add 10 to 20 words"); `complicate_input`, the
+paper's fifth in-depth operation (add structured input data the task must use: the paper's examples
+add XML, SQL, JSON, HTML, shell, code or LaTeX data), with our own template
+(synth/prompts/evol_input.txt) and one of `input_formats` picked per record and round, seeded; or
+in-breadth `breadth` (a brand-new, rarer prompt in the same domain, evol_breadth.txt). The generator then answers the
 evolved instruction. Section 3.3 of the paper eliminates an evolution when:
   1. it gives no information gain over its parent — here: the evolved text equals the parent or
      its ROUGE-L F1 with it is ≥ `max_rouge`; with `equality_check: llm` also the paper's own
@@ -19,7 +22,8 @@ evolved instruction. Section 3.3 of the paper eliminates an evolution when:
   (and an empty evolution → `evol_empty`).
 As in the paper, a failed evolution is dropped and its parent stays in the pool for the next
 round; a successful one replaces it. Output: the original record (`evol_round` 0, with
-`keep_original`) and one row per round (`evol_round`, `evol_method`, `evolved_from`), failures
+`keep_original`) and one row per round (`evol_round`, `evol_method`, `evol_input_format` for
+complicate_input, `evolved_from`), failures
 dropped with their reason (kept under removed/ with `output.keep_removed`). SFT columns as
 `distill`: `messages` or `prompt`/`completion`, plus `instruction` and `output`.
 """
@@ -48,7 +52,10 @@ DEPTH_METHODS = {
     "reasoning": "If #The Given Prompt# can be solved with just a few simple thinking processes, you can rewrite it "
                  "to explicitly request multiple-step reasoning.",
 }
-METHODS = [*DEPTH_METHODS, "breadth"]
+INPUT_FORMATS = ["JSON data", "XML data", "an SQL table (CREATE TABLE and INSERT statements)", "Python code",
+                 "an HTML page", "a shell command and its output", "a LaTeX formula", "a Markdown table", "CSV data"]
+METHODS = [*DEPTH_METHODS, "complicate_input", "breadth"]
+Method = Literal["constraints", "deepen", "concretize", "reasoning", "complicate_input", "breadth"]
 COPIED = r"(?i)#?\s*(?:the\s+)?(?:given|rewritten|created)\s+prompt\s*#?"
 STOP_WORDS = frozenset("""a about above after again against all am an and any are as at be because been before being
 below between both but by can could did do does doing down during each few for from further had has have having he
@@ -66,8 +73,10 @@ class EvolParams(FilterParams):
     response_sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.7,
                                                                                      max_new_tokens=512))
     rounds: int = Field(4, ge=1, le=20, description="Evolution rounds (WizardLM: 4).")
-    methods: list[Literal["constraints", "deepen", "concretize", "reasoning", "breadth"]] = Field(
-        default_factory=lambda: list(METHODS))
+    methods: list[Method] = Field(default_factory=lambda: list(METHODS))
+    input_formats: list[str] = Field(default_factory=lambda: list(INPUT_FORMATS), min_length=1,
+                                     description="complicate_input: the kinds of input data to add (one picked per "
+                                     "record and round).")
     max_rouge: float = Field(0.9, gt=0, le=1, description="Rule 1: ROUGE-L F1 with the parent at or above this = "
                              "no information gain.")
     equality_check: Literal["rouge", "llm"] = Field("rouge", description="llm: also ask the generator the paper's "
@@ -77,9 +86,11 @@ class EvolParams(FilterParams):
     format: SFTFormat = "messages"
 
 
-def evolution_prompt(method: str, instruction: str) -> str:
+def evolution_prompt(method: str, instruction: str, input_format: str = "JSON data") -> str:
     if method == "breadth":
         return render("evol_breadth", instruction=instruction)
+    if method == "complicate_input":
+        return render("evol_input", input_format=input_format, instruction=instruction)
     return render("evol_depth", method=DEPTH_METHODS[method], instruction=instruction)
 
 
@@ -117,6 +128,12 @@ def pick_method(methods: list[str], record_id: str, round_index: int, seed: int)
     return methods[int.from_bytes(digest[:4], "little") % len(methods)]
 
 
+def pick_input_format(formats: list[str], record_id: str, round_index: int, seed: int) -> str:
+    """complicate_input's kind of data for one record and round (seeded, independent of the method pick)."""
+    digest = hashlib.sha256(f"{seed}:{record_id}:{round_index}:input".encode()).digest()
+    return formats[int.from_bytes(digest[:4], "little") % len(formats)]
+
+
 def evolve(generator: Generator, ids: list[str], instructions: list[str], params: EvolParams,
            seed: int = 0) -> pl.DataFrame:
     """All rounds for a set of instructions: one row per (record, round) with the candidate, its
@@ -125,7 +142,9 @@ def evolve(generator: Generator, ids: list[str], instructions: list[str], params
     rows = []
     for r in range(1, params.rounds + 1):
         methods = [pick_method(params.methods, i, r, seed) for i in ids]
-        asks = [user_turn(evolution_prompt(m, q)) for m, q in zip(methods, current)]
+        formats = [pick_input_format(params.input_formats, i, r, seed) if m == "complicate_input" else None
+                   for i, m in zip(ids, methods)]
+        asks = [user_turn(evolution_prompt(m, q, f or "")) for m, q, f in zip(methods, current, formats)]
         sampling = params.sampling.model_copy(update={"n": 1, "seed": params.sampling.seed + seed + r})
         evolved = [clean_evolution(g[0].text) for g in generator.generate(asks, sampling)]
         pre = elimination_reasons(current, evolved, [None] * len(ids), params)
@@ -144,12 +163,13 @@ def evolve(generator: Generator, ids: list[str], instructions: list[str], params
                     equal[k] = re.match(r"\s*equal\b", g[0].text, re.I) is not None
         reasons = [p or q for p, q in zip(pre, elimination_reasons(current, evolved, responses, params, equal))]
         for k in range(len(ids)):
-            rows.append({"row": k, "evol_round": r, "evol_method": methods[k], "evolved_from": current[k],
-                         "instruction": evolved[k], "output": responses[k] or "", "evol_status": reasons[k]})
+            rows.append({"row": k, "evol_round": r, "evol_method": methods[k], "evol_input_format": formats[k],
+                         "evolved_from": current[k], "instruction": evolved[k], "output": responses[k] or "", "evol_status": reasons[k]})
             if reasons[k] is None:
                 current[k] = evolved[k]
     return pl.DataFrame(rows, schema={"row": pl.Int64, "evol_round": pl.Int64, "evol_method": pl.String,
-                                      "evolved_from": pl.String, "instruction": pl.String, "output": pl.String,
+                                      "evol_input_format": pl.String, "evolved_from": pl.String,
+                                      "instruction": pl.String, "output": pl.String,
                                       "evol_status": pl.String})
 
 
@@ -182,7 +202,7 @@ class EvolInstructStage(Filter):
             for k, g in zip(unanswered, replies):
                 answers[k] = g[0].text.strip()
         originals = pl.DataFrame({"row": range(batch.height), "evol_round": 0, "evol_method": None,
-                                  "evolved_from": None, "instruction": instructions,
+                                  "evol_input_format": None, "evolved_from": None, "instruction": instructions,
                                   "output": [a or "" for a in answers], "evol_status": None},
                                  schema=table.schema)
         if p.keep_original:

@@ -62,3 +62,33 @@ def test_methods_are_seeded_per_record_and_round():
     picks = {pick_method(methods, f"r{i}", r, 0) for i in range(20) for r in range(1, 5)}
     assert picks == set(methods)
     assert pick_method(methods, "r1", 1, 0) == pick_method(methods, "r1", 1, 0)
+
+
+def data_adder(text: str, k: int, params) -> str:
+    """complicate_input prompts: the instruction with a block of the data kind it was asked for."""
+    if "#The Given Prompt#:" in text:
+        kind = text.split("small, concrete piece of ")[1].split(" that the task")[0]
+        given = text.split("Prompt#:\n")[1].split("\n\n#")[0]
+        return f"{given.rstrip('.')} for the records below, using every field.\nData ({kind}): id=1 name=ada; id=2 name=bob"
+    return "Record 1 is ada and record 2 is bob, so both names are listed and used in the answer."
+
+
+def test_complicate_input_adds_data_of_a_seeded_kind():
+    params = EvolParams(rounds=2, methods=["complicate_input"], input_formats=["XML data", "CSV data"])
+    stage = EvolInstructStage(params)
+    stage.generator = ScriptedGenerator(data_adder)
+    batch = pl.DataFrame({"id": [f"r{i}" for i in range(6)], "instruction": [f"List the names {i}." for i in range(6)]})
+    out = stage.process(batch).filter(pl.col("evol_round") > 0)
+    assert out["evol_method"].unique().to_list() == ["complicate_input"]
+    assert set(out["evol_input_format"]) == {"XML data", "CSV data"}  # picked per record and round
+    assert out["_drop_reason"].null_count() == out.height
+    for row in out.iter_rows(named=True):
+        assert f"Data ({row['evol_input_format']})" in row["instruction"]
+    asked = [a for a in stage.generator.asked if "#The Given Prompt#:" in a]
+    assert len(asked) == 12 and all("10 to 20 words" not in a for a in asked)  # its own template, not the depth one
+    again = EvolInstructStage(params)
+    again.generator = ScriptedGenerator(data_adder)
+    assert again.process(batch).filter(pl.col("evol_round") > 0)["evol_input_format"].to_list() == \
+        out["evol_input_format"].to_list()
+    # the default method list holds all five in-depth operations and in-breadth
+    assert EvolParams().methods == ["constraints", "deepen", "concretize", "reasoning", "complicate_input", "breadth"]
