@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal
 import polars as pl
 from pydantic import Field, model_validator
 
+from datamill.curate.engine.paths import exists, is_dir, is_url, join, local_copy
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import DROP_REASON, POSITION, Filter, FilterParams, Resources
 from datamill.curate.selection.ranking import SELECTED, Budget, select_by_rank
@@ -65,6 +66,16 @@ class ClassifierParams(FilterParams):
     max_tokens: int = Field(512, ge=8, description="Transformers models: tokens of each text read.")
     batch_tokens: int = Field(16384, ge=64, description="Transformers models: rows × padded length per batch.")
     device: str | None = Field(None, description="torch device; default: cuda when visible, else cpu.")
+
+    def check_paths(self, base_dir: str) -> list[str]:
+        """The model file or folder exists (local, or a URL checked through fsspec)."""
+        if self.model is None:
+            return []
+        where = self.model if is_url(self.model) else join(base_dir, self.model)
+        if exists(where) or is_dir(where):
+            return []
+        return [f"model: no classifier file or folder {self.model!r}"
+                + ("" if is_url(self.model) else f" (looked in {Path(base_dir).resolve()})")]
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -100,6 +111,8 @@ class ClassifierFilter(Filter):
     def model_path(self) -> Path:
         if self.params.train is not None:
             return Path(self.params.train.out)
+        if is_url(self.params.model):  # fastText and transformers read local files: downloaded once
+            return Path(local_copy(self.params.model))
         path = Path(self.params.model).expanduser()
         return path if path.is_absolute() else Path(self.base_dir) / path
 

@@ -30,6 +30,7 @@ import polars as pl
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from datamill.curate.engine.paths import is_url, local_copy
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Filter
 from datamill.curate.models.params import FastTextModelParams
@@ -98,6 +99,8 @@ class LanguageFilter(Filter):
     def model_path(self) -> Path:
         """The fastText model file this stage loads (checked to exist)."""
         if self.params.model is not None:
+            if is_url(self.params.model):  # fastText reads a local file: downloaded once into the cache
+                return Path(local_copy(self.params.model))
             path = Path(self.params.model).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"stage {self.name!r}: language model file not found: {path}")

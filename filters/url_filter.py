@@ -11,12 +11,16 @@ Lists are files the user names (none ship with datamill), in the formats block-l
 - `regex`: one regular expression per line (Rust `regex` syntax: no look-around), searched in the URL.
 - `ut1`: the UT1 blacklists folder (`<category>/domains`, `<category>/urls`); `categories` picks
   some (default: all); the reason is the category.
-- `adblock`: AdBlock Plus filter lists as Dolma's URL taggers use (OISD, Brave, EasyList style):
-  `||domain^` rules become domain entries, other network rules are translated to regexes
-  (`||`, `|`, `*`, `^`), `@@` exceptions go to the allow side. Cosmetic rules (`##`) and rules
-  with `$` options are skipped (a page URL has no request type to match them against).
+- `adblock`: AdBlock Plus / uBlock Origin filter lists as Dolma's URL taggers use (OISD, Brave,
+  EasyList style), read as a crawled page is: a first-party `document` request (see `adblock.py`).
+  `||domain^` rules become domain entries, other network rules regexes (`||`, `|`, `*`, `^`);
+  `$document`, `$domain=`, `$match-case`, `$important`, `$~third-party` and `$badfilter` are
+  honoured; `@@` exceptions (with options too) keep a URL unless an `$important` rule blocks it.
+  Rules that cannot decide about a page URL (cosmetic `##` rules, `$script`/`$image`… only,
+  `$third-party`, `$csp=`/`$redirect=`…) are counted by why in the report's set-up line.
 
-Every block list gives its reason (`name`, by default the file name or UT1 category), the first
+Paths may be URLs (`s3://`, `gs://`, `hf://`, `file://`); a UT1 folder at a URL is copied once into
+datamill's cache. Every block list gives its reason (`name`, by default the file name or UT1 category), the first
 matching list in order names a row's reason; a row matching any allow list is kept. Matching is
 vectorized: hosts are expanded to their parent domains and joined against the domain table,
 normalized URLs joined against the URL table, substrings and regexes run as polars expressions.
@@ -26,15 +30,20 @@ from __future__ import annotations
 
 import gzip
 import re
+from collections import Counter
 from pathlib import Path
 from typing import ClassVar, Literal
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datamill.curate.engine.paths import exists, is_dir, is_url, join, local_copy, read_bytes
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import DROP_REASON, FilterParams, Stage
+from datamill.filters.adblock import NetworkRule, parse_adblock
 
+REGEXES_PER_PATTERN = 1000
+"""AdBlock rules joined into one alternation (keeps each compiled regex well under its size limit)."""
 MAX_LABELS = 12
 """Parent domains tried per host (a.b.c.example.com has 5)."""
 HOST = r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?//(?:[^@/?#]*@)?([^:/?#]+)"
@@ -68,12 +77,13 @@ class UrlFilterParams(FilterParams):
         problems = []
         for side in ("block", "allow"):
             for i, spec in enumerate(getattr(self, side)):
-                path = Path(base_dir) / spec.path
-                if not (path.is_dir() if spec.format == "ut1" else path.is_file()):
+                path = join(base_dir, spec.path)
+                if not (is_dir(path) if spec.format == "ut1" else exists(path)):
                     kind = "folder" if spec.format == "ut1" else "file"
-                    problems.append(f"{side}[{i}].path: no {kind} {spec.path!r} (looked in {Path(base_dir).resolve()})")
+                    where = "" if is_url(path) else f" (looked in {Path(base_dir).resolve()})"
+                    problems.append(f"{side}[{i}].path: no {kind} {spec.path!r}{where}")
                 elif spec.format == "ut1" and spec.categories:
-                    missing = [c for c in spec.categories if not (path / c).is_dir()]
+                    missing = [c for c in spec.categories if not is_dir(f"{path.rstrip('/')}/{c}")]
                     if missing:
                         problems.append(f"{side}[{i}].categories: {missing} not in {spec.path!r}")
         return problems
@@ -87,6 +97,8 @@ class Rules:
         self.urls: list[tuple[str, str, int]] = []
         self.substrings: list[tuple[list[str], str, int]] = []
         self.regexes: list[tuple[str, str, int]] = []
+        self.constrained: list[tuple[str, tuple[tuple[str | None, str | None], ...], str, int]] = []
+        """AdBlock rules limited to some page hosts: (URL regex, host constraints, reason, order)."""
         self._tables: tuple[pl.DataFrame | None, pl.DataFrame | None] | None = None
 
     def add_lines(self, kind: str, lines: list[str], reason: str, order: int, where: str) -> None:
@@ -105,6 +117,19 @@ class Rules:
             if patterns:
                 self.regexes.append(("|".join(f"(?:{p})" for p in patterns), reason, order))
 
+    def add_adblock(self, rules: list[NetworkRule], reason: str, order: int) -> None:
+        """AdBlock network rules: bare hosts to the domain table, unconstrained patterns joined
+        into alternations (one case-insensitive, one case-sensitive), host-limited ones kept apart."""
+        self.domains += [(rule.host, reason, order) for rule in rules if rule.host]
+        for case_sensitive in (False, True):
+            patterns = [r.pattern for r in rules if not r.host and not r.hosts and r.case_sensitive == case_sensitive]
+            flag = "" if case_sensitive else "(?i)"
+            for start in range(0, len(patterns), REGEXES_PER_PATTERN):
+                chunk = patterns[start:start + REGEXES_PER_PATTERN]
+                self.regexes.append((flag + "|".join(f"(?:{p})" for p in chunk), reason, order))
+        self.constrained += [(("" if r.case_sensitive else "(?i)") + r.pattern, r.hosts, reason, order)
+                             for r in rules if r.hosts]
+
     def match(self, frame: pl.DataFrame) -> pl.Series:
         """Per row of `frame` (columns `_row`, `_url`, `_host`, `_key`): the reason of the first
         matching list, or null."""
@@ -121,6 +146,15 @@ class Rules:
             found.append(hit.select("_row", pl.lit(reason).alias("_reason"), pl.lit(order, dtype=pl.Int64).alias("_order")))
         for pattern, reason, order in self.regexes:
             hit = frame.filter(pl.col("_url").str.contains(pattern).fill_null(False))
+            found.append(hit.select("_row", pl.lit(reason).alias("_reason"), pl.lit(order, dtype=pl.Int64).alias("_order")))
+        for pattern, hosts, reason, order in self.constrained:
+            condition = pl.col("_url").str.contains(pattern)
+            for include, exclude in hosts:
+                if include is not None:
+                    condition &= pl.col("_host").str.contains(include)
+                if exclude is not None:
+                    condition &= ~pl.col("_host").str.contains(exclude)
+            hit = frame.filter(condition.fill_null(False))
             found.append(hit.select("_row", pl.lit(reason).alias("_reason"), pl.lit(order, dtype=pl.Int64).alias("_order")))
         reasons = pl.Series("_reason", [None] * frame.height, dtype=pl.String)
         if not found:
@@ -141,7 +175,7 @@ class Rules:
         return self._tables
 
     def __len__(self) -> int:
-        return len(self.domains) + len(self.urls) + len(self.substrings) + len(self.regexes)
+        return len(self.domains) + len(self.urls) + len(self.substrings) + len(self.regexes) + len(self.constrained)
 
 
 @register_stage
@@ -158,13 +192,23 @@ class UrlFilter(Stage):
         super().__init__(params, seed=seed)
         self.block: Rules | None = None
         self.allow: Rules | None = None
+        self.important: Rules | None = None
+        """AdBlock `$important` rules: they block even what an AdBlock exception keeps."""
+        self.exceptions: Rules | None = None
+        """AdBlock `@@` exceptions (a user's allow-lists are `allow` and win over everything)."""
+        self.rule_counts: Counter = Counter()
 
     def setup(self) -> None:
-        self.block, self.allow = Rules(), Rules()
+        self.block, self.allow, self.important, self.exceptions = Rules(), Rules(), Rules(), Rules()
+        self.rule_counts = Counter()
         for order, spec in enumerate(self.params.block):
-            load_list(spec, self.base_dir, self.block, self.allow, order)
+            load_list(spec, self.base_dir, ListTargets(self.block, self.important, self.exceptions, self.rule_counts), order)
         for spec in self.params.allow:
-            load_list(spec, self.base_dir, self.allow, self.allow, 0)
+            load_list(spec, self.base_dir, ListTargets(self.allow, self.allow, self.allow, self.rule_counts), 0)
+
+    def facts(self) -> dict[str, int]:
+        """AdBlock rules used, and those that cannot decide about a page URL, by why."""
+        return dict(self.rule_counts)
 
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
         if self.block is None:
@@ -175,6 +219,10 @@ class UrlFilter(Stage):
         frame = batch.select(pl.col(column).cast(pl.String).alias("_url")).with_row_index("_row").with_columns(
             host_of(pl.col("_url")).alias("_host"), url_key(pl.col("_url")).alias("_key"))
         blocked = self.block.match(frame)
+        if len(self.exceptions):
+            excepted = self.exceptions.match(frame).is_not_null()
+            important = self.important.match(frame) if len(self.important) else pl.Series([None] * batch.height, dtype=pl.String)
+            blocked = pl.select(pl.when(pl.lit(excepted)).then(pl.lit(important)).otherwise(pl.lit(blocked))).to_series()
         allowed = self.allow.match(frame).is_not_null() if len(self.allow) else pl.Series([False] * batch.height)
         reason = pl.when(pl.lit(allowed)).then(None).otherwise(pl.lit(blocked))
         if self.params.missing_url == "drop":
@@ -183,12 +231,21 @@ class UrlFilter(Stage):
         return batch.with_columns(reason.cast(pl.String).alias(DROP_REASON))
 
 
-def load_list(spec: UrlList, base_dir: str, block: Rules, allow: Rules, order: int) -> None:
-    """Read one list into `block` (and, for AdBlock exceptions, `allow`)."""
-    path = Path(base_dir) / spec.path
+class ListTargets:
+    """Where one list's rules go: plain blocks, AdBlock `$important` blocks and `@@` exceptions,
+    and the counter of AdBlock rules by use."""
+
+    def __init__(self, block: Rules, important: Rules, exceptions: Rules, counts: Counter):
+        self.block, self.important, self.exceptions, self.counts = block, important, exceptions, counts
+
+
+def load_list(spec: UrlList, base_dir: str, targets: ListTargets, order: int) -> None:
+    """Read one list (a local path or a URL) into `targets`."""
+    where = join(base_dir, spec.path)
     if spec.format == "ut1":
-        if not path.is_dir():
-            raise FileNotFoundError(f"url_filter: UT1 folder {spec.path!r} not found (looked in {path.resolve()})")
+        if not is_dir(where):
+            raise FileNotFoundError(f"url_filter: UT1 folder {spec.path!r} not found (looked in {where})")
+        path = Path(local_copy(where))
         available = sorted(p.name for p in path.iterdir() if p.is_dir())
         wanted = spec.categories if spec.categories is not None else available
         unknown = [c for c in wanted if c not in available]
@@ -198,26 +255,29 @@ def load_list(spec: UrlList, base_dir: str, block: Rules, allow: Rules, order: i
             for kind in ("domains", "urls"):
                 for file in sorted((path / category).glob(f"{kind}*")):
                     if file.name in (kind, f"{kind}.gz"):
-                        block.add_lines(kind, read_lines(file), spec.name or f"ut1:{category}", order, str(file))
+                        targets.block.add_lines(kind, read_lines(str(file)), spec.name or f"ut1:{category}", order, str(file))
         return
-    if not path.is_file():
-        raise FileNotFoundError(f"url_filter: list {spec.path!r} not found (looked in {path.resolve()})")
-    reason = spec.name or path.name.removesuffix(".gz")
-    lines = read_lines(path)
+    if not exists(where):
+        raise FileNotFoundError(f"url_filter: list {spec.path!r} not found (looked in {where})")
+    reason = spec.name or where.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gz")
+    lines = read_lines(where)
     if spec.format == "adblock":
-        blocked, excepted = adblock_rules(lines)
-        for kind, items in blocked.items():
-            block.add_lines(kind, items, reason, order, str(path))
-        for kind, items in excepted.items():
-            allow.add_lines(kind, items, reason, 0, str(path))
+        parsed = parse_adblock(lines, lambda pattern: check_regex(pattern, ""))
+        blocks = [r for r in parsed.rules if not r.exception]
+        targets.block.add_adblock(blocks, reason, order)
+        targets.important.add_adblock([r for r in blocks if r.important], reason, order)
+        targets.exceptions.add_adblock([r for r in parsed.rules if r.exception], reason, 0)
+        targets.counts.update({"adblock_block_rules": len(blocks), "adblock_exception_rules": len(parsed.rules) - len(blocks)})
+        targets.counts.update({f"adblock_not_applicable:{why}": n for why, n in parsed.not_applicable.items()})
         return
-    block.add_lines(spec.format, lines, reason, order, str(path))
+    targets.block.add_lines(spec.format, lines, reason, order, where)
 
 
-def read_lines(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as handle:
-        return handle.read().decode("utf-8", "replace").splitlines()
+def read_lines(path: str) -> list[str]:
+    data = read_bytes(path)
+    if path.endswith(".gz"):
+        data = gzip.decompress(data)
+    return data.decode("utf-8", "replace").splitlines()
 
 
 def entries(lines: list[str]) -> list[str]:
@@ -265,43 +325,3 @@ def parent_domains(host: pl.Expr) -> pl.Expr:
     labels = host.str.split(".")
     return pl.concat_list([labels.list.slice(k).list.join(".") for k in range(MAX_LABELS)]).list.eval(
         pl.element().filter(pl.element() != "")).list.unique(maintain_order=True)
-
-
-def adblock_rules(lines: list[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
-    """AdBlock Plus network rules as ({domains, regex} to block, {domains, regex} to allow)."""
-    block: dict[str, list[str]] = {"domains": [], "regex": []}
-    allow: dict[str, list[str]] = {"domains": [], "regex": []}
-    for raw in lines:
-        rule = raw.strip()
-        if not rule or rule.startswith(("!", "[")) or "##" in rule or "#@#" in rule or "#?#" in rule or "#$#" in rule:
-            continue
-        side = block
-        if rule.startswith("@@"):
-            side, rule = allow, rule[2:]
-        if "$" in rule:
-            continue
-        plain_domain = re.fullmatch(r"\|\|([a-z0-9.-]+)\^?\|?", rule.lower())
-        if plain_domain:
-            side["domains"].append(plain_domain.group(1))
-        else:
-            is_regex = rule.startswith("/") and rule.endswith("/") and len(rule) > 2
-            pattern = rule[1:-1] if is_regex else adblock_to_regex(rule)
-            try:
-                check_regex(pattern, "")
-            except ValueError:
-                continue  # a JavaScript-only regex feature: the rule is skipped
-            side["regex"].append(pattern)
-    return block, allow
-
-
-def adblock_to_regex(rule: str) -> str:
-    """One AdBlock pattern as a regex over the full URL (case-insensitive)."""
-    start, end = "", ""
-    if rule.startswith("||"):
-        start, rule = r"^[a-z][a-z0-9+.-]*://(?:[^/?#]*\.)?", rule[2:]
-    elif rule.startswith("|"):
-        start, rule = "^", rule[1:]
-    if rule.endswith("|"):
-        end, rule = "$", rule[:-1]
-    body = "".join(".*" if c == "*" else r"(?:[^\w.%-]|$)" if c == "^" else re.escape(c) for c in rule)
-    return f"(?i){start}{body}{end}"

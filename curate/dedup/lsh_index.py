@@ -37,7 +37,6 @@ the same output.
 from __future__ import annotations
 
 import io
-import os
 import pickle
 from pathlib import Path
 from typing import Any, ClassVar
@@ -48,6 +47,7 @@ from pydantic import Field, model_validator
 
 from datamill.curate.dedup.minhash import MinHasher, text_signatures
 from datamill.curate.dedup.minhash_stage import MinHashParams
+from datamill.curate.engine.paths import exists, is_url, join, read_bytes, write_bytes
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage
 
@@ -95,14 +95,27 @@ class MinHashLSHIndexParams(MinHashParams):
     )
     key_field: str = Field("id", description="Column whose value (as text) is a document's key in the index.")
 
+    def check_paths(self, base_dir: str) -> list[str]:
+        """The index to load exists (a local file, or a URL checked through fsspec)."""
+        if self.index is None or exists(join(base_dir, self.index)):
+            return []
+        return [f"index: LSH index {self.index!r} does not exist (set index: null to start a new one)"]
+
     @model_validator(mode="after")
     def _check_index(self) -> MinHashLSHIndexParams:
         if self.index is not None and self.save_index is not None:
-            if Path(self.index).resolve() == Path(self.save_index).resolve():
+            if same_place(self.index, self.save_index):
                 raise ValueError("save_index must differ from index (a re-run must start from the same index)")
         if self.num_perm < 2:
             raise ValueError("datasketch's MinHashLSH needs num_perm >= 2")
         return self
+
+
+def same_place(a: str, b: str) -> bool:
+    """True when two index paths name one file (URLs compared as written, local paths resolved)."""
+    if is_url(a) or is_url(b):
+        return a.rstrip("/") == b.rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
 
 
 class _IndexUnpickler(pickle.Unpickler):
@@ -135,9 +148,9 @@ def load_index(path: str | Path) -> Any:
     """The `datasketch.MinHashLSH` pickled at `path` (restricted unpickling)."""
     from datasketch import MinHashLSH
 
-    path = Path(path)
+    path = str(path)
     try:
-        data = path.read_bytes()
+        data = read_bytes(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"LSH index {path} does not exist (set index: null to start a new one)") from None
     index = _IndexUnpickler(io.BytesIO(data), path).load()
@@ -147,12 +160,8 @@ def load_index(path: str | Path) -> Any:
 
 
 def save_index(index: Any, path: str | Path) -> None:
-    """Pickle `index` to `path` atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL))
-    os.replace(tmp, path)
+    """Pickle `index` to `path` (a local path or a URL) atomically: temp file then rename, or one PUT."""
+    write_bytes(str(path), pickle.dumps(index, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 @register_stage
@@ -171,8 +180,8 @@ class MinHashLSHIndex(BarrierStage):
         self.hasher = MinHasher(p.num_perm, p.seed, p.scheme)
         self.shingler = p.shingler()
 
-    def _path(self, value: str) -> Path:
-        return Path(self.base_dir) / value
+    def _path(self, value: str) -> str:
+        return join(self.base_dir, value)
 
     def open_index(self) -> Any:
         """The loaded index (checked against the params), or a new empty one."""

@@ -9,7 +9,10 @@ reads the same records on any machine that can reach the store.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import IO
 
@@ -51,10 +54,25 @@ def glob_files(pattern: str, base_dir: str = ".") -> list[str]:
 
 
 def exists(path: str) -> bool:
+    """True when `path` (a local path or a URL) is a file."""
     if not is_url(path):
         return os.path.isfile(path)
     fs, root = _filesystem(path)
     return fs.isfile(root)
+
+
+def is_dir(path: str) -> bool:
+    """True when `path` (a local path or a URL) is a folder (on object stores: a non-empty prefix)."""
+    if not is_url(path):
+        return os.path.isdir(path)
+    fs, root = _filesystem(path)
+    return fs.isdir(root)
+
+
+def read_bytes(path: str) -> bytes:
+    """The whole file at a local path or a URL."""
+    with open_binary(path) as handle:
+        return handle.read()
 
 
 def open_binary(path: str, buffering: int = -1) -> IO[bytes]:
@@ -71,3 +89,76 @@ def file_size(path: str) -> int:
         return os.path.getsize(path)
     fs, root = _filesystem(path)
     return int(fs.size(root))
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write a whole file atomically: locally a temporary name renamed into place (folders made);
+    on an object store one PUT, which readers see whole or not at all."""
+    if is_url(path):
+        fs, root = _filesystem(path)
+        fs.pipe_file(root, data)
+        return
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def download_dir() -> Path:
+    """Where `local_copy` keeps remote files: `$DATAMILL_CACHE/downloads` (default `~/.cache/datamill`)."""
+    root = os.environ.get("DATAMILL_CACHE") or Path.home() / ".cache" / "datamill"
+    return Path(root).expanduser() / "downloads"
+
+
+def _fingerprint(fs, root: str) -> tuple[str, list[str]]:
+    """What identifies the current content at `root` (ETags, sizes, times) and, for a folder, its files."""
+    def stamp(info: dict) -> str:
+        keys = ("ETag", "etag", "size", "LastModified", "mtime", "last_modified", "oid", "blob_id")
+        return ";".join(f"{k}={info[k]}" for k in keys if info.get(k) is not None)
+
+    info = fs.info(root)
+    if info.get("type") != "directory":
+        return stamp(info), []
+    found = fs.find(root, detail=True)
+    files = sorted(found)
+    return "|".join(f"{name}:{stamp(found[name])}" for name in files), files
+
+
+def local_copy(path: str) -> str:
+    """A local path holding the file or folder at `path`: plain paths come back unchanged; a URL is
+    downloaded once into `download_dir()`, keyed by the URL and its ETag/size/time, so libraries
+    that need a real file (fastText, transformers, dictd's random access) can read it. A changed
+    object gets a fresh copy; concurrent workers download to temporary names and the first rename
+    wins, so nobody sees a half-written copy."""
+    if not is_url(path):
+        return path
+    fs, root = _filesystem(path)
+    if not fs.exists(root):
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    stamp, files = _fingerprint(fs, root)
+    key = hashlib.sha256(f"{path}\n{stamp}".encode()).hexdigest()[:32]
+    name = root.rstrip("/").rsplit("/", 1)[-1] or "download"
+    target = download_dir() / key / name
+    if target.exists():
+        return str(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
+    try:
+        if not files:
+            fs.get_file(root, str(staging / name))
+        else:
+            prefix = root.rstrip("/") + "/"
+            for remote in files:
+                local = staging / name / remote.removeprefix(prefix)
+                local.parent.mkdir(parents=True, exist_ok=True)
+                fs.get_file(remote, str(local))
+            (staging / name).mkdir(exist_ok=True)
+        try:
+            os.rename(staging / name, target)
+        except OSError:
+            if not target.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)

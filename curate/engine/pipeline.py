@@ -213,6 +213,8 @@ class ShardRun:
             result = result.with_columns(approx_tokens(pl.col("text")).alias(TOKENS))
         self.stats.sample_scores(stage.name, result, stage.outputs)
         counts.tallies.update(stage.tallies(result))
+        if not counts.facts:
+            counts.facts.update(stage.facts())
         if DROP_REASON in result.columns:
             reasons = Counter(dict(result[DROP_REASON].drop_nulls().value_counts().iter_rows()))
             if getattr(stage.params, "action", "drop") == "flag":

@@ -96,6 +96,11 @@ class Stage:
         type); `result` is what `process` returned for one batch. Default: none."""
         return {}
 
+    def facts(self) -> dict[str, int]:
+        """Counts that describe the stage's set-up, not its batches (e.g. rules of a list that cannot
+        apply); the same in every shard, so the report shows them once. Default: none."""
+        return {}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 

@@ -44,6 +44,8 @@ class StageCounts:
     flagged: Counter = field(default_factory=Counter)
     tallies: Counter = field(default_factory=Counter)
     """What the stage counted besides drops and flags (`Stage.tallies`), by name."""
+    facts: dict = field(default_factory=dict)
+    """Counts describing the stage's set-up (`Stage.facts`): the same in every shard, not summed."""
     errors: int = 0
     seconds: float = 0.0
 
@@ -56,6 +58,7 @@ class StageCounts:
             "dropped": dict(sorted(self.dropped.items())),
             "flagged": dict(sorted(self.flagged.items())),
             "tallies": dict(sorted(self.tallies.items())),
+            **({"facts": dict(sorted(self.facts.items()))} if self.facts else {}),
             "errors": self.errors,
             "seconds": round(self.seconds, 4),
         }
@@ -174,6 +177,7 @@ def aggregate(
             total.dropped.update(c["dropped"])
             total.flagged.update(c["flagged"])
             total.tallies.update(c.get("tallies", {}))
+            total.facts.update(c.get("facts", {}))
             total.errors += c["errors"]
             total.seconds += c["seconds"]
         for key, values in m["score_samples"].items():

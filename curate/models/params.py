@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from datamill.curate.engine.paths import exists, is_url
 from datamill.curate.engine.stage import FilterParams
 
 
@@ -15,10 +16,12 @@ def causal_lm_problem(key: str, model: str) -> list[str]:
     """`key: problem` when `model` is neither a built-in model name nor a local transformers folder."""
     from datamill.curate.models.resolve import MODEL_NAMES
 
-    if model.strip().lower() in MODEL_NAMES or (Path(model).expanduser() / "config.json").is_file():
+    if model.strip().lower() in MODEL_NAMES:
+        return []
+    if exists(f"{model.rstrip('/')}/config.json") if is_url(model) else (Path(model).expanduser() / "config.json").is_file():
         return []
     return [f"{key}: {model!r} is neither a built-in model ({', '.join(MODEL_NAMES)}) "
-            "nor a local transformers model folder (with config.json)"]
+            "nor a transformers model folder (with config.json), local or at a URL"]
 
 
 class CausalLMParams(FilterParams):
@@ -44,6 +47,6 @@ class FastTextModelParams(FilterParams):
     )
 
     def check_paths(self, base_dir: str) -> list[str]:
-        if self.model is None or os.path.isfile(os.path.expanduser(self.model)):
+        if self.model is None or (exists(self.model) if is_url(self.model) else os.path.isfile(os.path.expanduser(self.model))):
             return []
         return [f"model: fastText model file {self.model!r} not found"]

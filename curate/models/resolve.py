@@ -7,7 +7,9 @@ is converted once into `$DATAMILL_CACHE/models/smollm2-135m-instruct/` (default 
 afterwards. The conversion is written to a temporary folder and renamed into place, under a file
 lock, so concurrent workers convert once and never see a half-written folder.
 
-Any other name is a local transformers model folder. Nothing is ever downloaded.
+Any other name is a transformers model folder: a local path, or a URL (`s3://`, `gs://`, `hf://`,
+`file://`) whose folder is copied once into `$DATAMILL_CACHE/downloads/` (keyed by URL and the
+files' ETags/sizes). Built-in names are never downloaded.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from datamill.curate.engine.paths import is_dir, is_url, local_copy
 
 SMOLLM2 = "smollm2-135m-instruct"
 MODEL_NAMES = {"smollm2-135m": SMOLLM2, "smollm2-135m-instruct": SMOLLM2}
@@ -39,6 +43,11 @@ def resolve_model(name_or_path: str) -> Path:
     cache_name = MODEL_NAMES.get(name_or_path.strip().lower())
     if cache_name is not None:
         return cached_conversion(cache_name)
+    if is_url(name_or_path):  # a model folder on an object store or the hub: copied once into the cache
+        if not is_dir(name_or_path):
+            raise FileNotFoundError(f"model {name_or_path!r}: no folder at that URL")
+        return require_model_folder(Path(local_copy(name_or_path)), f"model {name_or_path!r}",
+                                    "transformers model", MODEL_NAMES)
     return require_model_folder(Path(name_or_path).expanduser(), f"model {name_or_path!r}",
                                 "transformers model", MODEL_NAMES)
 

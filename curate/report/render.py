@@ -187,6 +187,9 @@ def reason_blocks(stats: dict[str, Any]) -> list[Block]:
     tallies = [Para(f"Counted by stage {stage['name']}: " + ", ".join(
         f"{name} {count(n)}" for name, n in stage["tallies"].items()) + ".")
         for stage in stats["stages"] if stage.get("tallies")]
+    tallies += [Para(f"Set-up of stage {stage['name']}: " + ", ".join(
+        f"{name} {count(n)}" for name, n in stage["facts"].items()) + ".")
+        for stage in stats["stages"] if stage.get("facts")]
     if not rows:
         return blocks + [Para("No stage dropped or flagged any record."), *tallies]
     headers = ["stage", "reason", "action", "records", "% of stage input"]

@@ -14,16 +14,19 @@ Formats, chosen by file name:
   those columns: every pair of labels of one entity in two languages becomes an `entity` row.
 
 A name that is not an existing path is looked up in the lexicons that ship with datamill
-(`synth/codeswitch/data/`), e.g. `en-es.tsv`.
+(`synth/codeswitch/data/`), e.g. `en-es.tsv`. A URL (`s3://`, `gs://`, `hf://`, `file://`) is
+downloaded once into datamill's cache (a dictd `.index` with its `.dict.dz`/`.dict` beside it).
 """
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 
 import polars as pl
 
+from datamill.curate.engine.paths import exists, is_url, local_copy
 from datamill.synth.codeswitch.dictd import normalize_pos, read_dictd
 from datamill.synth.codeswitch.tei import read_tei
 
@@ -48,8 +51,18 @@ def data_path(name: str) -> Path:
     return Path(str(resources.files(DATA_PACKAGE).joinpath("data", name)))
 
 
+def lexicon_exists(path: str) -> bool:
+    """True when `path` is an existing file or URL, or the name of a shipped lexicon."""
+    if is_url(path):
+        return exists(path)
+    return Path(path).expanduser().exists() or data_path(path).exists()
+
+
 def resolve(path: str | Path) -> Path:
-    """An existing path, else the shipped data file of that name; raises naming both places."""
+    """An existing path, a URL (downloaded once into the cache), else the shipped data file of that
+    name; raises naming the places looked in."""
+    if is_url(path):
+        return fetch(str(path))
     given = Path(path).expanduser()
     if given.exists():
         return given
@@ -57,6 +70,25 @@ def resolve(path: str | Path) -> Path:
     if shipped.exists():
         return shipped
     raise FileNotFoundError(f"lexicon {str(path)!r} not found (neither a path nor a file in {data_path('')})")
+
+
+def fetch(url: str) -> Path:
+    """A local copy of a lexicon URL; a dictd `.index` brings its `.dict.dz` / `.dict` along."""
+    if not exists(url):
+        raise FileNotFoundError(f"lexicon {url!r} not found")
+    local = Path(local_copy(url))
+    if local.suffix.lower() == ".index":
+        stem = url[: -len(".index")]
+        for suffix in (".dict.dz", ".dict"):
+            beside = local.parent / (local.stem + suffix)
+            if exists(stem + suffix):
+                if not beside.exists():
+                    try:
+                        os.symlink(local_copy(stem + suffix), beside)
+                    except FileExistsError:  # another worker linked it first
+                        pass
+                break
+    return local
 
 
 def read_table(path: Path) -> pl.DataFrame:

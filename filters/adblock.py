@@ -1,0 +1,195 @@
+"""AdBlock filter lists read for page URLs: which network rules block (or except) a crawled document, and why the rest do not apply.
+
+A crawled page is a top-level `document` request to its own site, so of the AdBlock Plus / uBlock
+Origin / AdGuard syntax this keeps what can decide about such a URL:
+
+- network rules (`||host^`, `|https://…`, `*`, `^`, `/regex/`) with no options, or with options
+  that admit a document: `$document` (`doc`, `all`), negated types that do not negate `document`
+  (`$~script`), `$~third-party` / `$first-party` / `$1p` (a page is first-party to itself),
+  `$domain=a.com|~b.com` (also `from=`; the page's own host is the source), `$to=` and
+  `$denyallow=` (the page's host is also the target), `$match-case`, `$important`;
+- `@@` exceptions with the same options; `$important` blocks win over exceptions;
+- `$badfilter` disables the rule it names.
+
+Everything else is counted, never silently dropped: `cosmetic` (`##`, `#@#`, `#?#`, `#$#`,
+scriptlets, `$$` HTML filters: they hide page elements, they never block a URL), `resource_type`
+(only `script`, `image`, … — a page is not one), `third_party` (a page is never third-party to
+itself), `modifier` (`csp=`, `redirect=`, `removeparam=`…: they rewrite a request instead of
+blocking it), `cosmetic_exception` (`@@…$elemhide`, `$generichide`…), `unsupported_option`,
+`bad_regex` (JavaScript-only regex syntax) and `badfilter` (disabled).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+
+DOCUMENT_TYPES = frozenset({"document", "doc", "all"})
+RESOURCE_TYPES = frozenset({
+    "script", "image", "stylesheet", "css", "object", "object-subrequest", "xmlhttprequest", "xhr",
+    "subdocument", "frame", "ping", "beacon", "media", "font", "websocket", "webrtc", "other", "popup",
+    "popunder", "csp_report", "inline-script", "inline-font", "fetch", "webbundle"})
+FIRST_PARTY = frozenset({"~third-party", "first-party", "1p", "~3p", "strict1p", "strict-first-party"})
+THIRD_PARTY = frozenset({"third-party", "3p", "~first-party", "~1p", "strict3p", "strict-third-party"})
+MODIFIERS = frozenset({
+    "csp", "redirect", "redirect-rule", "removeparam", "queryprune", "replace", "rewrite", "header",
+    "removeheader", "permissions", "cookie", "hls", "jsonprune", "json-prune", "uritransform", "urltransform",
+    "urlskip", "empty", "mp4", "network", "app", "referrerpolicy", "stealth", "cname", "xmlprune"})
+COSMETIC_EXCEPTIONS = frozenset({
+    "elemhide", "ehide", "generichide", "ghide", "specifichide", "shide", "genericblock", "content",
+    "jsinject", "extension", "urlblock", "sitekey"})
+DOMAIN_OPTIONS = ("domain", "from", "to", "denyallow")
+COSMETIC = re.compile(r"^[^\s/|@$]*?(?:#[@?$%]{0,2}#|#@[$?]#|\$@?\$)")
+OPTION = re.compile(r"~?[a-z0-9][a-z0-9_-]*(?:=.*)?")
+HOST_ONLY = re.compile(r"\|\|([a-z0-9.-]+)\^?\|?")
+
+
+@dataclass(frozen=True)
+class NetworkRule:
+    """One network rule that can decide about a page URL."""
+
+    pattern: str
+    """A regex searched in the full URL (no case flag: see `case_sensitive`)."""
+    exception: bool = False
+    important: bool = False
+    case_sensitive: bool = False
+    host: str | None = None
+    """Set for a bare `||example.com^` rule without constraints: matched by domain table instead of regex."""
+    hosts: tuple[tuple[str | None, str | None], ...] = ()
+    """(regex the page's host must match, regex it must not match) per `domain=`/`to=`/`denyallow=`."""
+
+
+@dataclass
+class AdblockList:
+    """A parsed list: the rules that apply to page URLs and counts of the rules that do not, by why."""
+
+    rules: list[NetworkRule] = field(default_factory=list)
+    not_applicable: Counter = field(default_factory=Counter)
+
+
+def parse_adblock(lines: list[str], check_regex=None) -> AdblockList:
+    """The document-applicable rules of an AdBlock list; `check_regex(pattern)` raises ValueError
+    for a pattern the matcher cannot run (counted as `bad_regex`)."""
+    out = AdblockList()
+    disabled: set[str] = set()
+    candidates: list[tuple[str, NetworkRule]] = []
+    for raw in lines:
+        rule = raw.strip()
+        if not rule or rule.startswith(("!", "[")):
+            continue
+        if COSMETIC.match(rule):
+            out.not_applicable["cosmetic"] += 1
+            continue
+        body, options = split_options(rule)
+        if "badfilter" in options:
+            disabled.add(body + join_options([o for o in options if o != "badfilter"]))
+            out.not_applicable["badfilter"] += 1
+            continue
+        parsed = parse_rule(body, options)
+        if isinstance(parsed, str):
+            out.not_applicable[parsed] += 1
+            continue
+        if check_regex is not None:
+            try:
+                check_regex(("" if parsed.case_sensitive else "(?i)") + parsed.pattern)
+            except ValueError:
+                out.not_applicable["bad_regex"] += 1
+                continue
+        candidates.append((rule, parsed))
+    for text, parsed in candidates:
+        if text in disabled:
+            out.not_applicable["badfilter"] += 1
+        else:
+            out.rules.append(parsed)
+    return out
+
+
+def split_options(rule: str) -> tuple[str, list[str]]:
+    """(`@@…pattern`, options in lower case); a `$` not followed by an option list is pattern text."""
+    at = rule.rfind("$")
+    if at <= 0 or (rule.startswith(("/", "@@/")) and rule.rfind("/") > at):
+        return rule, []
+    items = rule[at + 1:].split(",")
+    if not all(OPTION.fullmatch(item.lower()) for item in items):
+        return rule, []
+    return rule[:at], [item if item.lower().startswith(("domain=", "from=", "to=", "denyallow="))
+                       else item.lower() for item in items]
+
+
+def join_options(options: list[str]) -> str:
+    return "$" + ",".join(options) if options else ""
+
+
+def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
+    """A NetworkRule, or the reason the rule does not apply to page URLs."""
+    exception = body.startswith("@@")
+    body = body[2:] if exception else body
+    if not body or body in ("*", "|", "||"):
+        return "unsupported_option" if options else "empty_pattern"
+    important = case_sensitive = False
+    positive, negative, constraints = set(), set(), []
+    for option in options:
+        name, _, value = option.partition("=")
+        key = name.lower()
+        if key in DOMAIN_OPTIONS:
+            constraint = host_constraint(value, negate_all=key == "denyallow")
+            if constraint is None:
+                return "unsupported_option"
+            constraints.append(constraint)
+        elif key == "important":
+            important = True
+        elif key == "match-case":
+            case_sensitive = True
+        elif key in FIRST_PARTY:
+            continue
+        elif key in THIRD_PARTY:
+            return "third_party"
+        elif key.lstrip("~") in DOCUMENT_TYPES or key.lstrip("~") in RESOURCE_TYPES:
+            (negative if key.startswith("~") else positive).add(key.lstrip("~"))
+        elif key in MODIFIERS:
+            return "modifier"
+        elif key in COSMETIC_EXCEPTIONS:
+            return "cosmetic_exception" if exception else "unsupported_option"
+        else:
+            return "unsupported_option"
+    if positive and not positive & DOCUMENT_TYPES:
+        return "resource_type"
+    if not positive and negative & DOCUMENT_TYPES:
+        return "resource_type"
+    is_regex = body.startswith("/") and body.endswith("/") and len(body) > 2
+    pattern = body[1:-1] if is_regex else pattern_to_regex(body)
+    bare = HOST_ONLY.fullmatch(body.lower()) if not is_regex else None
+    host = bare.group(1) if bare and not constraints else None
+    return NetworkRule(pattern, exception, important, case_sensitive, host, tuple(constraints))
+
+
+def host_constraint(value: str, negate_all: bool = False) -> tuple[str | None, str | None] | None:
+    """`a.com|~b.com|google.*` as (regex the page's host must match, regex it must not match), on the
+    host in lower case without `www.`; a domain matches itself and its subdomains. None when malformed."""
+    include, exclude = [], []
+    for entry in value.split("|"):
+        entry = entry.strip().lower()
+        negated = entry.startswith("~") or negate_all
+        name = entry.lstrip("~").removeprefix("www.")
+        if not re.fullmatch(r"[a-z0-9*][a-z0-9.*-]*", name or "-"):
+            return None
+        regex = re.escape(name).replace(r"\*", r"[^.]+(?:\.[^.]+)?" if name.endswith("*") else "[^.]*")
+        (exclude if negated else include).append(regex)
+
+    def suffix(names: list[str]) -> str | None:
+        return r"(?:^|\.)(?:" + "|".join(names) + ")$" if names else None
+    return suffix(include), suffix(exclude)
+
+
+def pattern_to_regex(rule: str) -> str:
+    """One AdBlock pattern as a regex over the full URL (`||` host anchor, `|` ends, `*`, `^`)."""
+    start, end = "", ""
+    if rule.startswith("||"):
+        start, rule = r"^[a-z][a-z0-9+.-]*://(?:[^/?#]*\.)?", rule[2:]
+    elif rule.startswith("|"):
+        start, rule = "^", rule[1:]
+    if rule.endswith("|"):
+        end, rule = "$", rule[:-1]
+    body = "".join(".*" if c == "*" else r"(?:[^\w.%-]|$)" if c == "^" else re.escape(c) for c in rule)
+    return f"{start}{body}{end}"

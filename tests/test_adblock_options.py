@@ -1,0 +1,90 @@
+"""AdBlock `$` options as a crawled page sees them (a first-party document request), and the rules that cannot apply counted, not lost."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from datamill.curate.engine.stage import DROP_REASON
+from datamill.filters.adblock import parse_adblock
+from datamill.filters.url_filter import UrlFilter, UrlFilterParams
+
+
+def reasons_for(tmp_path, rules: list[str], urls: list[str], allow: list[str] | None = None) -> tuple[dict, dict]:
+    (tmp_path / "list.txt").write_text("\n".join(rules) + "\n")
+    params = {"block": [{"path": "list.txt", "format": "adblock", "name": "ads"}]}
+    if allow:
+        (tmp_path / "mine.txt").write_text("\n".join(allow) + "\n")
+        params["allow"] = [{"path": "mine.txt"}]
+    stage = UrlFilter(UrlFilterParams(**params))
+    stage.base_dir = str(tmp_path)
+    stage.setup()
+    out = stage.process(pl.DataFrame({"url": urls}))
+    return dict(zip(urls, out[DROP_REASON].to_list())), stage.facts()
+
+
+def test_type_options_decide_whether_a_page_url_is_blocked(tmp_path):
+    rules = ["||scripts.com^$script", "||images.com^$image,font", "||page.com^$document", "||mixed.com^$script,document",
+             "||notscript.com^$~script", "||notdoc.com^$~document", "||everything.com^$all", "||doc.net^$doc"]
+    urls = ["https://scripts.com/a.js", "https://cdn.images.com/x", "https://page.com/", "https://mixed.com/p",
+            "https://notscript.com/", "https://notdoc.com/", "https://everything.com/", "https://doc.net/"]
+    got, facts = reasons_for(tmp_path, rules, urls)
+    assert [got[u] for u in urls] == [None, None, "ads", "ads", "ads", None, "ads", "ads"]
+    assert facts["adblock_not_applicable:resource_type"] == 3
+    assert facts["adblock_block_rules"] == 5
+
+
+def test_domain_option_includes_excludes_and_wildcard_tlds(tmp_path):
+    rules = ["/promo/$domain=a.com|b.org", "/promo/$domain=~safe.a.com|a.com", "/tracking/$domain=~c.com",
+             "/deals/$domain=shop.*"]
+    urls = ["https://a.com/promo/1", "https://www.b.org/promo", "https://x.a.com/promo",  # included (and a subdomain)
+            "https://safe.a.com/promo", "https://other.net/promo",  # excluded by the second rule; not included at all
+            "https://d.net/tracking/", "https://c.com/tracking/", "https://sub.c.com/tracking/",  # only an exclusion
+            "https://shop.de/deals/", "https://shop.co.uk/deals/", "https://myshop.de/deals/"]  # entity wildcard
+    got, _ = reasons_for(tmp_path, rules, urls)
+    assert [got[u] for u in urls] == ["ads", "ads", "ads", "ads", None, "ads", None, None, "ads", "ads", None]
+    # `safe.a.com` is excluded by the second rule but still included by the first (a.com covers subdomains)
+    got, _ = reasons_for(tmp_path, rules[1:2], ["https://safe.a.com/promo", "https://a.com/promo"])
+    assert list(got.values()) == [None, "ads"]
+
+
+def test_match_case_party_and_important_against_exceptions(tmp_path):
+    rules = ["/Banner/$match-case", "||third.com^$third-party", "||first.com^$~third-party", "||one.com^$1p",
+             "||imp.org^$important", "@@||imp.org^", "||plain.org^", "@@||plain.org/ok^", "@@||plain.org/doc$document",
+             "@@||plain.org/js$script"]
+    urls = ["https://s.com/Banner/1", "https://s.com/banner/1", "https://third.com/", "https://first.com/",
+            "https://one.com/", "https://imp.org/", "https://plain.org/x", "https://plain.org/ok", "https://plain.org/doc",
+            "https://plain.org/js"]
+    got, facts = reasons_for(tmp_path, rules, urls)
+    assert [got[u] for u in urls] == ["ads", None, None, "ads", "ads", "ads", "ads", None, None, "ads"]
+    assert facts["adblock_not_applicable:third_party"] == 1
+    assert facts["adblock_not_applicable:resource_type"] == 1  # the $script exception
+    assert facts["adblock_exception_rules"] == 3
+
+
+def test_a_users_allow_list_wins_even_over_important(tmp_path):
+    got, _ = reasons_for(tmp_path, ["||imp.org^$important"], ["https://imp.org/", "https://keep.imp.org/"],
+                         allow=["keep.imp.org"])
+    assert list(got.values()) == ["ads", None]
+
+
+def test_cosmetic_modifier_badfilter_and_unknown_rules_are_counted(tmp_path):
+    rules = ["example.com##.ad", "##.banner", "example.com#@#.ad", "site.org#?#div:-abp-has(.ad)",
+             "example.com##+js(set-constant, x, 1)", "example.com#$#body { color: red }", "example.com$$script[data-x]",
+             "||csp.com^$csp=script-src 'none'", "||redir.com/a.js$redirect=noopjs", "||bad.com^", "||bad.com^$badfilter",
+             "@@||page.com^$elemhide", "@@||page.com^$generichide", "||odd.com^$sitekey=abc", "||weird.com^$frobnicate",
+             "/(?<=x)y/", "||kept.com^"]
+    urls = ["https://example.com/", "https://csp.com/", "https://redir.com/a.js", "https://bad.com/", "https://page.com/",
+            "https://weird.com/", "https://kept.com/", "https://xy.com/xy"]
+    got, facts = reasons_for(tmp_path, rules, urls)
+    assert [got[u] for u in urls] == [None] * 6 + ["ads", None]
+    assert {k.removeprefix("adblock_not_applicable:"): v for k, v in facts.items() if "not_applicable" in k} == {
+        "cosmetic": 7, "modifier": 2, "badfilter": 2, "cosmetic_exception": 2, "unsupported_option": 2, "bad_regex": 1}
+    assert facts["adblock_block_rules"] == 1
+
+
+def test_options_parse_without_eating_pattern_dollars():
+    parsed = parse_adblock(["/price\\$[0-9]+$/", "||x.com/pay$/now", "||y.com^$DOMAIN=Foo.com|~Bar.Foo.com,Important"])
+    assert parsed.rules[0].pattern == "price\\$[0-9]+$"
+    assert parsed.rules[1].pattern.endswith("pay\\$/now") and not parsed.not_applicable
+    third = parsed.rules[2]
+    assert third.important and third.hosts == ((r"(?:^|\.)(?:foo\.com)$", r"(?:^|\.)(?:bar\.foo\.com)$"),)
