@@ -11,6 +11,18 @@ the first output with the most common answer, dropping records whose majority sh
 Empty outputs never win (`ensemble_empty` when all are). Columns: the SFT columns (`messages`
 or `prompt`/`completion`), `ensemble_agreement`, `ensemble_model` (who wrote the kept output),
 `ensemble_outputs` (every generator's output, in `generators` order).
+
+`propose_instructions: true` runs the paper's instruction side first (synth/ensemble_tasks.py):
+each record is a seed task (`instruction` + optional `input`, else its prompt), every generator
+proposes a new task of the same kind for it from a few-shot prompt of `examples_per_prompt` seeds,
+proposals that do not parse or are not novel (ROUGE-L ≥ `novelty_rouge` with the batch's seeds
+or an earlier proposal) are dropped, and with `instruction_consensus: rouge` only the proposal the
+generators agree on most is kept per seed. The kept tasks are then answered by every generator
+and their outputs ensembled as above. One row per (seed, generator) proposal: `id`
+(`<seed id>/ens<generator>`), `instruction`, `input`, `seed_id`, `seed_instruction`,
+`ensemble_proposer`, `instruction_agreement`, `instruction_novelty_rouge`, plus the output
+columns; dropped proposals carry their reason (`ensemble_instruction_unparsed`, `_duplicate`,
+`_disagree`, `_outvoted`). The novelty pool is per batch (`batch_rows` seeds).
 """
 
 from __future__ import annotations
@@ -24,10 +36,15 @@ from pydantic import Field, field_validator
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Filter, FilterParams, Resources
 from datamill.synth.distill import extract_answer
+from datamill.synth.ensemble_tasks import judge_proposals, propose_tasks
 from datamill.synth.factory import make_generator
 from datamill.synth.generation import GeneratorSpec, SamplingParams
 from datamill.synth.rouge import rouge_l_matrix, rouge_tokens
-from datamill.synth.templates import SFTFormat, chats_from_batch
+from datamill.synth.templates import SFTFormat, chats_from_batch, instruction_prompt, user_turn
+
+INSTRUCTION_REASONS = ("ensemble_instruction_unparsed", "ensemble_instruction_disagree", "ensemble_instruction_outvoted",
+                       "ensemble_instruction_duplicate")
+OUTPUT_REASONS = ("ensemble_empty", "ensemble_no_answer", "ensemble_disagree")
 
 
 class EnsembleParams(FilterParams):
@@ -38,6 +55,18 @@ class EnsembleParams(FilterParams):
                                  "others; majority: least share of outputs with the majority answer.")
     number_fallback: bool = Field(True, description="majority: without an 'Answer:' line, the last number is the answer.")
     format: SFTFormat = "messages"
+    propose_instructions: bool = Field(False, description="Instruction side: every generator proposes a new task "
+                                       "per seed record; the kept ones are answered and ensembled.")
+    instruction_sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.7,
+                                                                                        max_new_tokens=128))
+    examples_per_prompt: int = Field(3, ge=1, le=24, description="Seed tasks shown per proposal prompt (the "
+                                     "record's own first, then others of its kind from the batch).")
+    novelty_rouge: float = Field(0.7, gt=0, le=1, description="Drop a proposal this similar (ROUGE-L F1) to a seed "
+                                 "or an earlier proposal.")
+    instruction_consensus: Literal["none", "rouge"] = Field(
+        "none", description="none: every novel proposal is kept (the paper); rouge: per seed only the proposal "
+                            "with the highest mean ROUGE-L to the others, if ≥ instruction_min_agreement.")
+    instruction_min_agreement: float = Field(0.3, ge=0, le=1)
 
     @field_validator("generators")
     @classmethod
@@ -95,11 +124,12 @@ class EnsembleInstructStage(Filter):
         run_dir = getattr(self, "run_dir", None)
         self.generators = [make_generator(spec, run_dir, probe=self.params.sampling) for spec in self.params.generators]
 
-    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+    def answer(self, chats: list[list[dict[str, str]]]) -> pl.DataFrame:
+        """Every generator answers every chat; the consensus columns and the kept reply (`reply`)."""
         p = self.params
-        chats, _ = chats_from_batch(batch)
         sampling = p.sampling.model_copy(update={"n": 1, "seed": p.sampling.seed + self.seed})
-        per_model = [[g[0].text.strip() for g in gen.generate(chats, sampling)] for gen in self.generators]
+        per_model = [[g[0].text.strip() for g in gen.generate(chats, sampling)] for gen in self.generators] if chats \
+            else [[] for _ in self.generators]
         outputs = [list(row) for row in zip(*per_model)]
         picks, agreement = (rouge_consensus(outputs) if p.consensus == "rouge"
                             else majority_consensus(outputs, p.number_fallback))
@@ -107,14 +137,16 @@ class EnsembleInstructStage(Filter):
         status = ["ensemble_empty" if e else "ensemble_no_answer" if k is None else
                   "ensemble_disagree" if a < p.min_agreement else None
                   for e, k, a in zip(empty, picks, agreement)]
-        reply = [row[k] if k is not None else "" for row, k in zip(outputs, picks)]
-        model = [self.generators[k].model_id if k is not None else None for k in picks]
-        out = batch.drop([c for c in ("messages", "prompt", "completion") if c in batch.columns]).with_columns(
-            pl.Series("ensemble_agreement", agreement, dtype=pl.Float64),
-            pl.Series("ensemble_model", model, dtype=pl.String),
-            pl.Series("ensemble_outputs", outputs, dtype=pl.List(pl.String)),
-            pl.Series("ensemble_status", status, dtype=pl.String))
-        if p.format == "messages":
+        return pl.DataFrame({"ensemble_agreement": pl.Series(agreement, dtype=pl.Float64),
+                             "ensemble_model": pl.Series([self.generators[k].model_id if k is not None else None
+                                                          for k in picks], dtype=pl.String),
+                             "ensemble_outputs": pl.Series(outputs, dtype=pl.List(pl.String)),
+                             "ensemble_status": pl.Series(status, dtype=pl.String),
+                             "reply": pl.Series([row[k] if k is not None else "" for row, k in zip(outputs, picks)],
+                                                dtype=pl.String)})
+
+    def with_sft(self, out: pl.DataFrame, chats: list[list[dict[str, str]]], reply: list[str]) -> pl.DataFrame:
+        if self.params.format == "messages":
             conversations = [[*chat, {"role": "assistant", "content": r}] for chat, r in zip(chats, reply)]
             return out.with_columns(pl.Series("messages", conversations,
                                               dtype=pl.List(pl.Struct({"role": pl.String, "content": pl.String}))))
@@ -123,5 +155,55 @@ class EnsembleInstructStage(Filter):
         return out.with_columns(pl.Series("prompt", [c[-1]["content"] for c in chats], dtype=pl.String),
                                 pl.Series("completion", reply, dtype=pl.String))
 
+    def score(self, batch: pl.DataFrame) -> pl.DataFrame:
+        if self.params.propose_instructions:
+            return self.score_proposals(batch)
+        chats, _ = chats_from_batch(batch)
+        answered = self.answer(chats)
+        out = batch.drop([c for c in ("messages", "prompt", "completion") if c in batch.columns]).hstack(
+            answered.drop("reply"))
+        return self.with_sft(out, chats, answered["reply"].to_list())
+
+    def score_proposals(self, batch: pl.DataFrame) -> pl.DataFrame:
+        """The instruction side: proposals per (seed, generator), judged, the kept ones answered."""
+        p = self.params
+        ids = batch["id"].cast(pl.String).to_list() if "id" in batch.columns else [str(i) for i in range(batch.height)]
+        if "instruction" in batch.columns:
+            given = batch["input"].fill_null("").to_list() if "input" in batch.columns else [""] * batch.height
+            seeds = [(q or "", (x or "").strip()) for q, x in zip(batch["instruction"].to_list(), given)]
+        else:
+            seeds = [(chat[-1]["content"], "") for chat in chats_from_batch(batch)[0]]
+        sampling = p.instruction_sampling.model_copy(update={"seed": p.instruction_sampling.seed + self.seed})
+        replies = propose_tasks(self.generators, seeds, ids, p.examples_per_prompt, sampling, self.seed)
+        parsed, status, agreement, novelty = judge_proposals(seeds, replies, p.novelty_rouge, p.instruction_consensus,
+                                                             p.instruction_min_agreement)
+        rows = []
+        for i, row in enumerate(parsed):
+            for k, task in enumerate(row):
+                rows.append({"row": i, "id": f"{ids[i]}/ens{k}", "seed_id": ids[i], "seed_instruction": seeds[i][0],
+                             "ensemble_proposer": self.generators[k].model_id,
+                             "instruction": task[0] if task else None, "input": task[1] if task else None,
+                             "proposal": replies[i][k], "instruction_agreement": agreement[i][k],
+                             "instruction_novelty_rouge": novelty[i][k], "instruction_status": status[i][k]})
+        table = pl.DataFrame(rows, schema={"row": pl.Int64, "id": pl.String, "seed_id": pl.String,
+                                           "seed_instruction": pl.String, "ensemble_proposer": pl.String,
+                                           "instruction": pl.String, "input": pl.String, "proposal": pl.String,
+                                           "instruction_agreement": pl.Float64, "instruction_novelty_rouge": pl.Float64,
+                                           "instruction_status": pl.String})
+        live = table["instruction_status"].is_null()
+        kept = table.filter(live)
+        chats = [user_turn(t) for t in kept.select(instruction_prompt(pl.col("instruction"), pl.col("input")))
+                 .to_series().to_list()]
+        consensus = self.answer(chats)
+        answered = self.with_sft(kept.hstack(consensus), chats, consensus["reply"].to_list())
+        dropped = table.filter(~live)
+        out = pl.concat([answered.drop("reply"), dropped], how="diagonal_relaxed").sort("row", "id")
+        out = out.with_columns(pl.coalesce("instruction_status", "ensemble_status").alias("ensemble_status"))
+        base = batch.drop([c for c in (*out.columns, "messages", "prompt", "completion", "text", "output")
+                           if c in batch.columns]).with_row_index("row")
+        return out.join(base.with_columns(pl.col("row").cast(pl.Int64)), on="row", how="left").drop(
+            "row", "instruction_status")
+
     def drop_rules(self) -> list[tuple[str, pl.Expr]]:
-        return [(r, pl.col("ensemble_status") == r) for r in ("ensemble_empty", "ensemble_no_answer", "ensemble_disagree")]
+        reasons = (*INSTRUCTION_REASONS, *OUTPUT_REASONS) if self.params.propose_instructions else OUTPUT_REASONS
+        return [(r, pl.col("ensemble_status") == r) for r in reasons]
