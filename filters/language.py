@@ -119,8 +119,9 @@ class LanguageFilter(Filter):
 
         self._model = fasttext.load_model(str(self.model_path()))
 
-    def predict(self, texts: pl.Series, k: int = 1) -> pl.DataFrame:
-        """The k best labels (`langs`, prefix stripped) and probabilities (`scores`) of every text."""
+    def predict_flat(self, texts: pl.Series, k: int = 1) -> tuple[np.ndarray, pl.Series, np.ndarray]:
+        """Every text's k best labels (prefix stripped) and probabilities as flat arrays, with n + 1
+        row offsets (an empty text gets none)."""
         if self._model is None:
             raise RuntimeError(f"stage {self.name!r}: call setup() before scoring")
         # one line per text, ended by the newline fastText's reader expects
@@ -130,21 +131,31 @@ class LanguageFilter(Filter):
         np.cumsum(np.fromiter(map(len, labels), dtype=np.int64, count=len(labels)), out=offsets[1:])
         flat_labels = pl.Series(list(chain.from_iterable(labels)), dtype=pl.String).str.strip_prefix(LABEL_PREFIX)
         flat_scores = np.concatenate(probabilities).astype(np.float64) if offsets[-1] else np.zeros(0)
-        return pl.DataFrame(
-            {
-                "langs": ragged_from(offsets, flat_labels.to_arrow()),
-                "scores": ragged_from(offsets, pa.array(np.clip(flat_scores, 0.0, 1.0))),
-            }
-        )
+        return offsets, flat_labels, np.clip(flat_scores, 0.0, 1.0)
+
+    def predict(self, texts: pl.Series, k: int = 1) -> pl.DataFrame:
+        """The k best labels (`langs`, prefix stripped) and probabilities (`scores`) of every text."""
+        offsets, flat_labels, flat_scores = self.predict_flat(texts, k)
+        return pl.DataFrame({"langs": ragged_from(offsets, flat_labels.to_arrow()),
+                             "scores": ragged_from(offsets, pa.array(flat_scores))})
+
+    def predict_top(self, texts: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """Every text's best label and its probability (null for an empty text)."""
+        offsets, flat_labels, flat_scores = self.predict_flat(texts, 1)
+        if offsets[-1] == len(texts):  # a label for every text: the flat arrays are the columns
+            return flat_labels, pl.Series(flat_scores)
+        predicted = pl.DataFrame({"langs": ragged_from(offsets, flat_labels.to_arrow()),
+                                  "scores": ragged_from(offsets, pa.array(flat_scores))})
+        return predicted["langs"].list.first(), predicted["scores"].list.first()
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params
-        predicted = self.predict(batch["text"], k=p.k)
-        columns = [
-            predicted["langs"].list.first().alias("lang"),
-            predicted["scores"].list.first().alias("lang_score"),
-            dominant_script(batch["text"]).alias("script"),
-        ]
+        if p.k > 1:
+            predicted = self.predict(batch["text"], k=p.k)
+            lang, score = predicted["langs"].list.first(), predicted["scores"].list.first()
+        else:
+            lang, score = self.predict_top(batch["text"])
+        columns = [lang.alias("lang"), score.alias("lang_score"), dominant_script(batch["text"]).alias("script")]
         if p.k > 1:
             columns.append(top_labels(predicted).alias("lang_top"))
         if p.mix:
@@ -162,7 +173,7 @@ class LanguageFilter(Filter):
             .filter(pl.col("segment").str.len_chars() >= p.min_segment_chars)
         )
         segments = segments.with_columns(
-            self.predict(segments["segment"])["langs"].list.first().alias("lang"),
+            self.predict_top(segments["segment"])[0].alias("lang"),
             pl.col("segment").str.len_chars().alias("chars"),
         )
         shares = (
