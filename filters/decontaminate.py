@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_core import PydanticCustomError
 
 from datamill.curate.engine.layout import RunLayout
-from datamill.curate.engine.paths import is_url, join
+from datamill.curate.engine.paths import is_url, join, version_stamp
 from datamill.curate.engine.registry import register_stage, source_types
 from datamill.curate.engine.source import SourceParams
 from datamill.curate.engine.stage import Filter, FilterParams
@@ -220,6 +220,8 @@ class Decontaminate(Filter):
             if isinstance(path, str) and not is_url(path) and os.path.isfile(path):
                 stat = os.stat(path)
                 entry += [stat.st_size, stat.st_mtime_ns]
+            elif isinstance(path, str) and is_url(path):
+                entry.append(version_stamp(path))  # an eval set replaced on the store rebuilds the index
             described.append(entry)
         return described
 

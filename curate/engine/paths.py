@@ -125,6 +125,13 @@ def _fingerprint(fs, root: str) -> tuple[str, list[str]]:
     return "|".join(f"{name}:{stamp(found[name])}" for name in files), files
 
 
+def version_stamp(url: str) -> str:
+    """What identifies the current content at a URL (its ETag, size and time as the store reports
+    them), so caches keyed by it are rebuilt when the object changes."""
+    fs, root = _filesystem(url)
+    return _fingerprint(fs, root)[0]
+
+
 def local_copy(path: str) -> str:
     """A local path holding the file or folder at `path`: plain paths come back unchanged; a URL is
     downloaded once into `download_dir()`, keyed by the URL and its ETag/size/time, so libraries
@@ -137,7 +144,8 @@ def local_copy(path: str) -> str:
     if not fs.exists(root):
         raise FileNotFoundError(f"{path}: no such file or folder")
     stamp, files = _fingerprint(fs, root)
-    key = hashlib.sha256(f"{path}\n{stamp}".encode()).hexdigest()[:32]
+    where = f"{path.split('://', 1)[0]}://{root.rstrip('/')}"  # one copy for `s3://b/m` and `s3://b/m/`
+    key = hashlib.sha256(f"{where}\n{stamp}".encode()).hexdigest()[:32]
     name = root.rstrip("/").rsplit("/", 1)[-1] or "download"
     target = download_dir() / key / name
     if target.exists():

@@ -38,7 +38,7 @@ import polars as pl
 from pydantic import Field, model_validator
 
 from datamill.curate.engine.records import QUARANTINE_SCHEMA, quarantine_row, record_schema
-from datamill.curate.engine.paths import open_binary
+from datamill.curate.engine.paths import exists, is_url, join, open_binary
 from datamill.curate.engine.registry import register_source
 from datamill.curate.engine.source import ShardSpec, SourceBatch
 from datamill.curate.sources.files import (
@@ -64,6 +64,8 @@ SCAN_CHUNK = 1 << 20
 METADATA_BYTES = 64 << 10
 MARKER = b"WARC/1."
 GZIP_MAGIC = b"\x1f\x8b\x08"
+URLS_CHECKED = 16
+"""URL entries of a `paths_file` checked up front (the rest are found missing when read)."""
 
 
 class WarcParams(FileSourceParams):
@@ -75,11 +77,12 @@ class WarcParams(FileSourceParams):
     )
     paths_file: str | None = Field(
         None,
-        description="Instead of `path`: a file listing one path per line (a crawl's `warc.paths` / "
-        "`wet.paths`, optionally .gz), each joined to `paths_prefix`.",
+        description="Instead of `path`: a file or URL listing one path per line (a crawl's `warc.paths` / "
+        "`wet.paths`, optionally .gz), each joined to `paths_prefix`; entries may be URLs themselves.",
     )
     paths_prefix: str = Field(
-        "", description="Folder the `paths_file` entries are relative to (where the crawl was downloaded)."
+        "", description="Folder or URL the `paths_file` entries are relative to (where the crawl was "
+        "downloaded, or e.g. `s3://commoncrawl/`)."
     )
     http_status: list[int] = Field(
         default_factory=lambda: [200], description="HTTP statuses whose responses become documents."
@@ -103,18 +106,26 @@ class WarcParams(FileSourceParams):
 
     def listed_paths(self, base_dir: str) -> list[str]:
         """The paths named by `paths_file` (joined to `paths_prefix`, relative to `base_dir`)."""
-        listing = Path(base_dir) / self.paths_file
-        with open_file(listing) as reader:
+        with open_file(join(base_dir, self.paths_file)) as reader:
             lines = reader.stream.read().decode("utf-8").splitlines()
+        entries = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+        if is_url(self.paths_prefix):
+            prefix = self.paths_prefix.rstrip("/") + "/"
+            return [entry if is_url(entry) else prefix + entry.lstrip("/") for entry in entries]
         prefix = Path(base_dir) / self.paths_prefix
-        return [str(prefix / line.strip()) for line in lines if line.strip() and not line.startswith("#")]
+        return [entry if is_url(entry) else str(prefix / entry) for entry in entries]
 
     def check_paths(self, base_dir: str) -> list[str]:
         if self.paths_file is None:
             return super().check_paths(base_dir)
-        if not (Path(base_dir) / self.paths_file).is_file():
-            return [f"paths_file: no file {self.paths_file!r} (looked in {Path(base_dir).resolve()})"]
-        missing = [p for p in self.listed_paths(base_dir) if not Path(p).is_file()]
+        if not exists(join(base_dir, self.paths_file)):
+            where = "" if is_url(self.paths_file) else f" (looked in {Path(base_dir).resolve()})"
+            return [f"paths_file: no file {self.paths_file!r}{where}"]
+        listed = self.listed_paths(base_dir)
+        # every local entry is checked; of URLs (a crawl lists ~100k objects) the first few
+        local = [p for p in listed if not is_url(p)]
+        remote = [p for p in listed if is_url(p)][:URLS_CHECKED]
+        missing = [p for p in local + remote if not exists(p)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             return [f"paths_file: {len(missing)} listed file(s) do not exist: {', '.join(missing[:3])}{more}"]
