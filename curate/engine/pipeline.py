@@ -20,7 +20,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from datamill.curate.engine.layout import RunLayout, shard_prefix
+from datamill.curate.engine.layout import RunLayout, local_run_dir, shard_prefix
 from datamill.curate.engine.recipe import Recipe
 from datamill.curate.engine.records import QUARANTINE_SCHEMA, TOKENS, approx_tokens, record_schema
 from datamill.curate.engine.registry import source_types, stage_types
@@ -58,8 +58,9 @@ class Pipeline:
         self.sources: list[Source] = [
             sources[p.type](p, index=i, base_dir=base_dir) for i, p in enumerate(recipe.source_params())
         ]
+        run_dir = local_run_dir(recipe.output.dir)
         for source in self.sources:
-            source.run_dir = recipe.output.dir
+            source.run_dir = run_dir
         declared: dict[str, str] = {}
         for source in self.sources:
             for name, kind in source.params.columns.items():
@@ -73,7 +74,7 @@ class Pipeline:
         for i, (type_name, params) in enumerate(recipe.stage_params()):
             stage = types[type_name](params, seed=recipe.seed * 7919 + i)
             stage.base_dir = base_dir
-            stage.run_dir = recipe.output.dir  # where a stage keeps run-local state (the generation cache)
+            stage.run_dir = run_dir  # where a stage keeps run-local state (the generation cache)
             seen[stage.name] += 1
             if seen[stage.name] > 1:
                 stage.name = f"{stage.name}_{seen[stage.name]}"
@@ -170,15 +171,15 @@ class ShardRun:
                 self.stats.add_lengths("input", records)
                 yield records
             return
-        path = self.layout.intermediate(self.segment.index - 1, self.shard)
-        if path.exists():
+        path = self.layout.fetch(self.layout.intermediate(self.segment.index - 1, self.shard))
+        if path is not None:
             for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
                 yield pl.from_arrow(record_batch)
 
     def _decision_table(self) -> pl.DataFrame:
         if self._decision is None:
             lo = self.shard << SHARD_BITS
-            decision = pl.scan_parquet(self.layout.decision(self.segment.index))
+            decision = pl.scan_parquet(self.layout.fetch(self.layout.decision(self.segment.index)))
             self._decision = self.segment.barrier.decision_for_shard(decision, lo, lo + (1 << SHARD_BITS))
         return self._decision
 

@@ -28,6 +28,7 @@ from datamill.curate.engine.plugins import load_plugins
 from datamill.curate.engine.registry import source_types, stage_types
 from datamill.curate.engine.source import SourceParams
 from datamill.curate.engine.stage import StageParams
+from datamill.curate.engine.store import is_remote, output_store_problems
 from datamill.recipes import builtin_recipe_names
 
 
@@ -216,7 +217,9 @@ def path_problems(recipe: Recipe) -> list[str]:
                 for p in params.check_paths(recipe.base_dir)]
     problems += [f"stages[{i}].{p}" for i, (_, params) in enumerate(recipe.stage_params())
                  for p in params.check_paths(recipe.base_dir)]
-    folder = Path(recipe.output.dir).expanduser().absolute()
+    if is_remote(recipe.output.dir):
+        return problems + output_store_problems(recipe.output.dir)
+    folder = Path(recipe.output.dir.removeprefix("file://")).expanduser().absolute()
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = "is not a folder" if not existing.is_dir() else "is not writable"

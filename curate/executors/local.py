@@ -42,7 +42,7 @@ class LocalExecutor(Executor):
             self.queue = context.Queue()
             self.pool = ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_init_worker,
-                initargs=(self.recipe.model_dump_json(), self.pipeline.base_dir, str(self.layout.root),
+                initargs=(self.recipe.model_dump_json(), self.pipeline.base_dir, self.layout.location,
                           self.workers, os.getpid(), self.queue))
         return self
 

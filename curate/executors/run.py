@@ -13,7 +13,6 @@ executors register by name (`@register_executor`) and are found through datamill
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import time
@@ -28,7 +27,7 @@ import polars as pl
 
 from datamill.curate.dedup.partition_pool import reduce_partitioned
 from datamill.curate.dedup.partitioned import partition_reducer
-from datamill.curate.engine.layout import RunLayout, write_json_atomic
+from datamill.curate.engine.layout import RunLayout
 from datamill.curate.engine.lock import RunLock, RunLocked
 from datamill.curate.engine.pipeline import Pipeline, Segment
 from datamill.curate.engine.plugins import load_plugins
@@ -120,7 +119,7 @@ def run_recipe(
         raise RunError(f"executor.type {recipe.executor.type!r} is not installed; "
                        f"known: {', '.join(executor_types())}")
     layout = RunLayout(recipe.output.dir)
-    lock = RunLock(layout.root)
+    lock = RunLock(layout.location)
     try:
         lock.acquire()
     except RunLocked as err:
@@ -171,7 +170,7 @@ def finish_run(layout: RunLayout, pipeline: Pipeline, recipe: Recipe, *, executo
         last_segment=len(pipeline.segments) - 1,
         header={
             "recipe": recipe.name,
-            "run_dir": str(layout.root),
+            "run_dir": layout.store.url if layout.store else str(layout.root),
             "executor": executor,
             "workers": workers,
             "started_at": started_wall.isoformat(timespec="seconds"),
@@ -180,8 +179,8 @@ def finish_run(layout: RunLayout, pipeline: Pipeline, recipe: Recipe, *, executo
         },
         output_format=recipe.output.format,
     )
-    write_json_atomic(layout.root / "stats.json", stats)
-    render_report(layout.root)
+    layout.write_json(layout.root / "stats.json", stats)
+    render_report(layout.location)
     return stats
 
 
@@ -194,38 +193,37 @@ def phase_name(pipeline: Pipeline, segment: int) -> str:
 
 def check_same_recipe(layout: RunLayout, recipe: Recipe) -> None:
     """Refuse to continue a run directory that holds another recipe's run; remember this one's."""
-    saved = layout.state / "recipe.json"
-    if saved.exists():
-        previous = json.loads(saved.read_text())
+    saved = layout.read_bytes(layout.state / "recipe.json")
+    if saved is not None:
+        previous = json.loads(saved)
         if previous["fingerprint"] != recipe.fingerprint():
             raise RunError(
                 f"{layout.root} holds a run of a different recipe (or different limits); "
                 "re-run with --fresh to discard it, or choose another output.dir"
             )
     else:
-        write_json_atomic(saved, {"fingerprint": recipe.fingerprint(), "recipe": recipe.model_dump(mode="json")})
+        layout.write_json(layout.state / "recipe.json",
+                          {"fingerprint": recipe.fingerprint(), "recipe": recipe.model_dump(mode="json")})
 
 
 def load_or_make_plan(layout: RunLayout, pipeline: Pipeline) -> list[ShardSpec]:
     """The run's shards: planned once, saved in state/plan.pkl, read back on resume."""
-    path = layout.state / "plan.pkl"
-    if path.exists():
-        return pickle.loads(path.read_bytes())
+    saved = layout.read_bytes(layout.state / "plan.pkl")
+    if saved is not None:
+        return pickle.loads(saved)
     specs = pipeline.plan()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(specs))
-    os.replace(tmp, path)
+    layout.write_bytes(layout.state / "plan.pkl", pickle.dumps(specs))
     return specs
 
 
 def reduce_barrier(layout: RunLayout, segment: int, barrier: BarrierStage,
                    reduce: Callable[[BarrierStage, list[Path], Path], pl.DataFrame]) -> None:
-    """Write segment `segment`'s decision table from the summaries of the segment before (once)."""
+    """Write segment `segment`'s decision table from the summaries of the segment before (once);
+    on a remote run the summaries are read back from the store and the decision uploaded."""
     target = layout.decision(segment)
-    if target.exists():
+    if layout.exists(target):
         return
-    summaries = sorted(layout.segment_dir(segment - 1).glob("summary-*.parquet"))
+    summaries = layout.fetch_matching(layout.segment_dir(segment - 1), "summary-*.parquet")
     if summaries:
         workdir = layout.segment_dir(segment) / "reduce"
         shutil.rmtree(workdir, ignore_errors=True)  # what an interrupted reduce left
@@ -236,4 +234,4 @@ def reduce_barrier(layout: RunLayout, segment: int, barrier: BarrierStage,
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name("decision.tmp.parquet")
     decision.write_parquet(tmp)
-    os.replace(tmp, target)
+    layout.publish(tmp, target)

@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from datamill.curate.engine.layout import RunLayout
+from datamill.curate.engine.store import is_remote
 from datamill.curate.export.corpus import run_info, shard_files
 
 FORMATS = ("megatron", "nanotron", "hf")
@@ -33,7 +35,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, tokenizer: str
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if data_format not in RECORD_FORMATS:
         raise ExportError(f"unknown record format {data_format!r}; choose one of {', '.join(RECORD_FORMATS)}")
-    run_dir, out = Path(run_dir), Path(out)
+    source = str(run_dir)
+    run_dir, out = local_run_copy(run_dir), Path(out)
     try:
         files = shard_files(run_dir)
     except FileNotFoundError as err:
@@ -48,7 +51,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, tokenizer: str
             written = _write(fmt, files, staging, info, name, tokenizer, data_format, batch_rows, log)
         except ValueError as err:  # bad records or columns, named by file
             raise ExportError(str(err)) from None
-        manifest = {"format": fmt, "source": str(run_dir.resolve()), "name": name, **written}
+        manifest = {"format": fmt, "source": source if is_remote(source) else str(run_dir.resolve()),
+                    "name": name, **written}
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=1))
         staging.chmod(0o755)
         if out.exists():
@@ -57,6 +61,17 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, *, tokenizer: str
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return manifest
+
+
+def local_run_copy(run_dir: str | Path) -> Path:
+    """The run dir as a local folder: a path as it is; an object-store run's corpus, stats and
+    recipe fetched into its local mirror (files already there and unchanged are not fetched again)."""
+    if not is_remote(run_dir):
+        return Path(run_dir)
+    layout = RunLayout(run_dir)
+    if not layout.store.listing("shards"):
+        raise ExportError(f"{run_dir} holds no shards/: is it a finished datamill run?")
+    return layout.sync_down(("shards", "stats.json", "state/recipe.json"))
 
 
 def _check_target(out: Path, overwrite: bool) -> None:

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Union
 
+from datamill.curate.engine.layout import RunLayout
 from datamill.curate.engine.plugins import load_plugins
 from datamill.curate.report.plots import draw_all
 
@@ -105,6 +106,8 @@ def timestamp(value: str) -> str:
 
 
 def run_path(stats: dict[str, Any], sub_dir: str) -> Code:
+    if "://" in stats["run_dir"]:  # an object-store run dir keeps its URL
+        return Code(f"{stats['run_dir'].rstrip('/')}/{sub_dir}")
     return Code(str(Path(stats["run_dir"]) / sub_dir))
 
 
@@ -381,19 +384,29 @@ def section_blocks(run_dir: Path, stats: dict[str, Any], plots_dir: Path) -> lis
     return blocks
 
 
-def render_report(run_dir: Path) -> dict[str, Path]:
-    """Write report.md, report.html and plots/*.png for the run in `run_dir`.
+REPORT_INPUTS = ("stats.json", "state/recipe.json", "state/synthesis", "shards", "removed")
+"""What the report reads from a run dir; a remote run's are fetched into its local mirror first."""
 
-    Returns the written paths: "md", "html" and one entry per drawn plot (funnel,
-    drop_reasons, length_hist, scores); a plot without data is skipped and the report says so.
+
+def render_report(run_dir: str | Path) -> dict[str, Path | str]:
+    """Write report.md, report.html and plots/*.png for the run in `run_dir` (a path or an
+    object-store URL: then rendered in the local mirror and uploaded beside the run's stats).
+
+    Returns the written paths (URLs for a remote run): "md", "html" and one entry per drawn plot
+    (funnel, drop_reasons, length_hist, scores); a plot without data is skipped and the report says so.
     """
-    run_dir = Path(run_dir)
-    stats = json.loads((run_dir / "stats.json").read_text(encoding="utf-8"))
-    plots = draw_all(stats, run_dir / "plots")
-    blocks = report_blocks(stats, plots) + section_blocks(run_dir, stats, run_dir / "plots")
-    md_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    layout = RunLayout(run_dir)
+    local = layout.sync_down(REPORT_INPUTS)
+    stats = json.loads((local / "stats.json").read_text(encoding="utf-8"))
+    plots = draw_all(dict(stats, run_dir=str(local)), local / "plots")
+    blocks = report_blocks(stats, plots) + section_blocks(local, stats, local / "plots")
+    md_path, html_path = local / "report.md", local / "report.html"
     md_path.write_text(to_markdown(blocks), encoding="utf-8")
     html_path.write_text(to_html(blocks, f"datamill report: {stats['recipe']}"), encoding="utf-8")
-    return {"md": md_path, "html": html_path,
-            **{name: png for name, png in plots.items() if png is not None}}
+    written = {"md": md_path, "html": html_path, **{name: png for name, png in plots.items() if png is not None}}
+    if layout.store is None:
+        return written
+    for path in written.values():
+        layout.publish(path, path)
+    return {name: layout.store.url_of(layout.rel(path)) for name, path in written.items()}
 

@@ -1,0 +1,159 @@
+"""A whole run directory on an S3-compatible store (moto's server on 127.0.0.1): same bytes as on disk,
+resume that trusts only verified markers, the object-store lock, --fresh, report and export."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import polars as pl
+import pytest
+
+from conftest import make_documents, write_jsonl
+from datamill.curate.engine.layout import RunLayout
+from datamill.curate.engine.recipe import validate_recipe
+from datamill.curate.executors.run import RunError, run_recipe
+
+s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install datamill[s3])")
+pytest.importorskip("moto.server", reason="moto[server] is not installed (dev extra)")
+from test_object_store import s3_endpoint  # noqa: E402,F401  (the module's S3 server fixture)
+
+BUCKET = "runs"
+
+
+def recipe(inputs, out, **output):
+    return validate_recipe({
+        "name": "store-run", "seed": 3,
+        "output": {"dir": str(out), "shard_rows": 20, "keep_removed": True, **output},
+        "sources": [{"type": "jsonl", "path": str(inputs / "*.jsonl"), "name": "docs"}],
+        "stages": [{"type": "length_filter", "min_words": 5},
+                   {"type": "exact_dedup"}]})
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    docs = make_documents(120)
+    for k in range(3):  # duplicates across files, a short doc and a broken line in each
+        rows = [{"text": d} for d in docs[k * 40:(k + 1) * 40]] + [{"text": docs[k]}, {"text": "too short"}, "{bad"]
+        write_jsonl(folder / f"part{k}.jsonl", rows)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def store(s3_endpoint, tmp_path_factory):
+    fs = s3fs.S3FileSystem()
+    fs.mkdir(BUCKET)
+    scratch = tmp_path_factory.mktemp("scratch")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("DATAMILL_SCRATCH", str(scratch))  # the runs' local mirrors
+    yield fs
+    patch.undo()
+
+
+def objects(fs, url: str, folder: str) -> dict[str, bytes]:
+    fs.invalidate_cache()
+    root = url.removeprefix("s3://") + "/" + folder
+    return {p.rsplit("/", 1)[-1]: fs.cat_file(p) for p in sorted(fs.find(root))}
+
+
+def local_files(folder) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def disk_run(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("disk") / "run"
+    stats = run_recipe(recipe(inputs, out), workers=1)
+    return out, stats
+
+
+def test_an_s3_run_writes_the_same_shards_report_and_stats_as_a_local_run(store, inputs, disk_run):
+    disk, disk_stats = disk_run
+    url = f"s3://{BUCKET}/same"
+    stats = run_recipe(recipe(inputs, url), workers=1)
+    assert objects(store, url, "shards") == local_files(disk / "shards")
+    assert objects(store, url, "quarantine") == local_files(disk / "quarantine")
+    assert objects(store, url, "removed/exact_dedup") == local_files(disk / "removed" / "exact_dedup")
+    assert stats["output"] == disk_stats["output"] and stats["run_dir"] == url
+    assert stats["quarantine"]["by_reason"] == disk_stats["quarantine"]["by_reason"] == {"bad_json": 3}
+    saved = json.loads(store.cat_file(f"{BUCKET}/same/stats.json"))
+    assert saved["output"]["records"] == stats["output"]["records"] > 0
+    report = store.cat_file(f"{BUCKET}/same/report.md").decode()
+    assert f"{url}/shards" in report and store.exists(f"{BUCKET}/same/report.html")
+    assert store.find(f"{BUCKET}/same/plots")  # the plots were uploaded too
+    markers = RunLayout(url).done_markers()
+    assert len(markers) == 2 * 3 and all(e.get("version") for m in markers for e in m["committed"])
+
+
+def test_resume_redoes_exactly_the_shards_whose_objects_were_deleted_or_altered(store, inputs, disk_run, tmp_path):
+    disk, _ = disk_run
+    url = f"s3://{BUCKET}/resume"
+    run_recipe(recipe(inputs, url), workers=1)
+    root = f"{BUCKET}/resume"
+    shards = sorted(store.find(f"{root}/shards"))
+    store.rm(shards[0])                                            # shard 0's first file deleted
+    store.pipe_file(shards[-1], store.cat_file(shards[-1])[:-1] + b"!")  # shard 2's last file edited
+    # an interrupted attempt at shard 1: files under their final names, no marker, one extra
+    store.rm(f"{root}/state/done/segment-1-shard-00001.json")
+    store.pipe_file(f"{root}/shards/part-00001-009.parquet", b"partial upload")
+    seen = []
+    run_recipe(recipe(inputs, url), workers=1, progress=lambda phase, done, total, n: seen.append((phase, done)))
+    last = [done for phase, done in seen if phase.startswith("segment 2/2")]
+    assert last[0] == 0  # none of the three last-segment shards verified: all redone
+    first = [done for phase, done in seen if phase.startswith("segment 1/2")]
+    assert first[0] == 3  # segment 0's objects were untouched: trusted, not redone
+    assert objects(store, url, "shards") == local_files(disk / "shards")  # the stray part is gone
+
+
+def test_an_altered_intermediate_segment_object_redoes_that_shard_only(store, inputs, disk_run):
+    disk, _ = disk_run
+    url = f"s3://{BUCKET}/intermediate"
+    run_recipe(recipe(inputs, url), workers=1)
+    part = f"{BUCKET}/intermediate/state/segment-0/part-00002-000.parquet"
+    store.pipe_file(part, b"not parquet at all")
+    layout = RunLayout(url)
+    assert [layout.verified_done(0, i) for i in range(3)] == [True, True, False]
+    run_recipe(recipe(inputs, url), workers=1)
+    assert [layout.verified_done(0, i) for i in range(3)] == [True, True, True]
+    assert objects(store, url, "shards") == local_files(disk / "shards")
+
+
+def test_a_held_s3_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(store, inputs, monkeypatch):
+    from datamill.curate.engine import lock as lock_module
+
+    url = f"s3://{BUCKET}/locked"
+    holder = lock_module.RunLock(url)
+    holder.acquire()
+    try:
+        with pytest.raises(RunError, match=r"being written by another run \(pid \d+ on .+, last heartbeat"):
+            run_recipe(recipe(inputs, url), workers=1)
+        with pytest.raises(lock_module.RunLocked):
+            lock_module.RunLock(url).acquire()
+    finally:
+        holder.release()
+    assert not store.exists(f"{BUCKET}/locked/state/run.lock")
+    # a dead run's lock: no heartbeat for longer than stale_after_s → taken over
+    dead = {"pid": 1, "host": "gone", "started_at": "2026-01-01T00:00:00+00:00", "token": "x",
+            "heartbeat": time.time() - 3600}
+    store.pipe_file(f"{BUCKET}/locked/state/run.lock", json.dumps(dead).encode())
+    monkeypatch.setattr(lock_module, "SETTLE_S", 0.0)
+    with lock_module.RunLock(url) as taken:
+        assert json.loads(store.cat_file(f"{BUCKET}/locked/state/run.lock"))["token"] == taken._token
+    assert not store.exists(f"{BUCKET}/locked/state/run.lock")
+
+
+def test_fresh_clears_the_store_prefix_and_export_reads_an_s3_run(store, inputs, disk_run, tmp_path):
+    from datamill.curate.export.run import export_run
+
+    disk, _ = disk_run
+    url = f"s3://{BUCKET}/fresh"
+    store.pipe_file(f"{BUCKET}/fresh/shards/part-00099-000.parquet", b"left by an older run")
+    run_recipe(recipe(inputs, url), workers=1, resume=False)
+    assert objects(store, url, "shards") == local_files(disk / "shards")
+    manifest = export_run(url, "hf", tmp_path / "hf")
+    exported = pl.read_parquet(sorted((tmp_path / "hf").rglob("*.parquet")))
+    corpus = pl.read_parquet(sorted((disk / "shards").glob("*.parquet")))
+    assert manifest["documents"] == corpus.height == exported.height
+    assert exported["text"].to_list() == corpus["text"].to_list()
+    assert manifest["source"] == url
