@@ -109,12 +109,15 @@ def stages() -> None:
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="A run directory (holds stats.json).")) -> None:
+def report(run_dir: str = typer.Argument(..., help="A run directory or its URL (s3://…; holds stats.json).")) -> None:
     """Render report.md and report.html again from a run's stats.json."""
     from datamill.curate.report.render import render_report
 
-    if not (run_dir / "stats.json").exists():
-        console.print(f"[red]error:[/] {run_dir / 'stats.json'} not found: is {run_dir} a finished run?")
+    from datamill.curate.engine.layout import RunLayout
+
+    layout = RunLayout(run_dir)
+    if not layout.exists(layout.root / "stats.json"):
+        console.print(f"[red]error:[/] {run_dir.rstrip('/')}/stats.json not found: is {run_dir} a finished run?")
         raise typer.Exit(1)
     paths = render_report(run_dir)
     console.print(f"report: {paths['html']}\n        {paths['md']}")
@@ -130,7 +133,8 @@ class ExportFormat(str, Enum):
 
 @app.command()
 def export(
-    run_dir: Path = typer.Argument(..., help="A run directory (its shards/), or a folder of parquet/jsonl files."),
+    run_dir: str = typer.Argument(..., help="A run directory or its URL (s3://…; its shards/), or a folder of "
+                                  "parquet/jsonl files."),
     format: ExportFormat = typer.Option(..., "--format", "-f", help="megatron: .bin/.idx indexed dataset; nanotron: "
                                         "datatrove .ds token shards; hf: parquet + README dataset card."),
     out: Path = typer.Option(..., "--out", "-o", help="Folder to write (must be empty or an earlier export)."),
@@ -272,12 +276,12 @@ def _print_summary(stats: dict) -> None:
         f"[green]done[/] in {stats['seconds']:.1f}s: {read:,} read → {out['records']:,} kept "
         f"({out['tokens']:,} tokens) in {out['files']} file(s); {q:,} quarantined{damage_note}"
     )
-    root = Path(stats["run_dir"])
+    root = stats["run_dir"].rstrip("/")  # a path or an object-store URL
     if out["files"]:
-        console.print(f"corpus: {root / 'shards'}")
+        console.print(f"corpus: {root}/shards")
     else:
         console.print("corpus: [yellow]no records were kept[/], so no shard files were written")
-    console.print(f"report: {root / 'report.html'}")
+    console.print(f"report: {root}/report.html")
 
 
 def _interrupted() -> None:

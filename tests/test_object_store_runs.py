@@ -8,8 +8,11 @@ import time
 
 import polars as pl
 import pytest
+import yaml
+from typer.testing import CliRunner
 
 from conftest import make_documents, write_jsonl
+from datamill.curate.cli import app
 from datamill.curate.engine.layout import RunLayout
 from datamill.curate.engine.recipe import validate_recipe
 from datamill.curate.executors.run import RunError, run_recipe
@@ -19,6 +22,7 @@ pytest.importorskip("moto.server", reason="moto[server] is not installed (dev ex
 from test_object_store import s3_endpoint  # noqa: E402,F401  (the module's S3 server fixture)
 
 BUCKET = "runs"
+runner = CliRunner()
 
 
 def recipe(inputs, out, **output):
@@ -68,22 +72,29 @@ def disk_run(inputs, tmp_path_factory):
     return out, stats
 
 
-def test_an_s3_run_writes_the_same_shards_report_and_stats_as_a_local_run(store, inputs, disk_run):
+def test_datamill_run_to_s3_writes_the_same_shards_report_and_stats_as_a_local_run(store, inputs, disk_run, tmp_path):
     disk, disk_stats = disk_run
     url = f"s3://{BUCKET}/same"
-    stats = run_recipe(recipe(inputs, url), workers=1)
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(recipe(inputs, "unused").model_dump(mode="json")))
+    result = runner.invoke(app, ["run", str(recipe_file), "-o", url, "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    assert f"corpus: {url}/shards" in result.output and f"report: {url}/report.html" in result.output
     assert objects(store, url, "shards") == local_files(disk / "shards")
     assert objects(store, url, "quarantine") == local_files(disk / "quarantine")
     assert objects(store, url, "removed/exact_dedup") == local_files(disk / "removed" / "exact_dedup")
+    stats = json.loads(store.cat_file(f"{BUCKET}/same/stats.json"))
     assert stats["output"] == disk_stats["output"] and stats["run_dir"] == url
     assert stats["quarantine"]["by_reason"] == disk_stats["quarantine"]["by_reason"] == {"bad_json": 3}
-    saved = json.loads(store.cat_file(f"{BUCKET}/same/stats.json"))
-    assert saved["output"]["records"] == stats["output"]["records"] > 0
     report = store.cat_file(f"{BUCKET}/same/report.md").decode()
     assert f"{url}/shards" in report and store.exists(f"{BUCKET}/same/report.html")
     assert store.find(f"{BUCKET}/same/plots")  # the plots were uploaded too
     markers = RunLayout(url).done_markers()
     assert len(markers) == 2 * 3 and all(e.get("version") for m in markers for e in m["committed"])
+    store.rm(f"{BUCKET}/same/report.md")
+    result = runner.invoke(app, ["report", url])  # re-rendered from the store's stats.json
+    assert result.exit_code == 0, result.output
+    assert store.cat_file(f"{BUCKET}/same/report.md").decode() == report
 
 
 def test_resume_redoes_exactly_the_shards_whose_objects_were_deleted_or_altered(store, inputs, disk_run, tmp_path):
@@ -97,26 +108,18 @@ def test_resume_redoes_exactly_the_shards_whose_objects_were_deleted_or_altered(
     # an interrupted attempt at shard 1: files under their final names, no marker, one extra
     store.rm(f"{root}/state/done/segment-1-shard-00001.json")
     store.pipe_file(f"{root}/shards/part-00001-009.parquet", b"partial upload")
-    seen = []
-    run_recipe(recipe(inputs, url), workers=1, progress=lambda phase, done, total, n: seen.append((phase, done)))
-    last = [done for phase, done in seen if phase.startswith("segment 2/2")]
-    assert last[0] == 0  # none of the three last-segment shards verified: all redone
-    first = [done for phase, done in seen if phase.startswith("segment 1/2")]
-    assert first[0] == 3  # segment 0's objects were untouched: trusted, not redone
-    assert objects(store, url, "shards") == local_files(disk / "shards")  # the stray part is gone
-
-
-def test_an_altered_intermediate_segment_object_redoes_that_shard_only(store, inputs, disk_run):
-    disk, _ = disk_run
-    url = f"s3://{BUCKET}/intermediate"
-    run_recipe(recipe(inputs, url), workers=1)
-    part = f"{BUCKET}/intermediate/state/segment-0/part-00002-000.parquet"
-    store.pipe_file(part, b"not parquet at all")
+    # shard 2's intermediate (segment 0 output, read back by segment 1) replaced on the store
+    store.pipe_file(f"{root}/state/segment-0/part-00002-000.parquet", b"not parquet at all")
     layout = RunLayout(url)
     assert [layout.verified_done(0, i) for i in range(3)] == [True, True, False]
-    run_recipe(recipe(inputs, url), workers=1)
-    assert [layout.verified_done(0, i) for i in range(3)] == [True, True, True]
-    assert objects(store, url, "shards") == local_files(disk / "shards")
+    seen = []
+    run_recipe(recipe(inputs, url), workers=1, progress=lambda phase, done, total, n: seen.append((phase, done)))
+    first = [done for phase, done in seen if phase.startswith("segment 1/2")]
+    assert first[0] == 2  # segment 0: only shard 2 redone, the others' objects verified and trusted
+    last = [done for phase, done in seen if phase.startswith("segment 2/2")]
+    assert last[0] == 0  # none of the three last-segment shards verified: all redone
+    assert [layout.verified_done(s, i) for s in (0, 1) for i in range(3)] == [True] * 6
+    assert objects(store, url, "shards") == local_files(disk / "shards")  # the stray part is gone
 
 
 def test_a_held_s3_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(store, inputs, monkeypatch):
@@ -144,14 +147,14 @@ def test_a_held_s3_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(store
 
 
 def test_fresh_clears_the_store_prefix_and_export_reads_an_s3_run(store, inputs, disk_run, tmp_path):
-    from datamill.curate.export.run import export_run
-
     disk, _ = disk_run
     url = f"s3://{BUCKET}/fresh"
     store.pipe_file(f"{BUCKET}/fresh/shards/part-00099-000.parquet", b"left by an older run")
     run_recipe(recipe(inputs, url), workers=1, resume=False)
     assert objects(store, url, "shards") == local_files(disk / "shards")
-    manifest = export_run(url, "hf", tmp_path / "hf")
+    result = runner.invoke(app, ["export", url, "--format", "hf", "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "hf" / "datamill_export.json").read_text())
     exported = pl.read_parquet(sorted((tmp_path / "hf").rglob("*.parquet")))
     corpus = pl.read_parquet(sorted((disk / "shards").glob("*.parquet")))
     assert manifest["documents"] == corpus.height == exported.height
