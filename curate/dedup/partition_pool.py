@@ -3,7 +3,8 @@
 `reduce_partitioned(stage, summary_files, workdir, partitions, workers)`:
 
 1. split — each summary file is cut by `PartitionReducer.split` into
-   `<workdir>/partition-PPPPP/summary-SSSSS.arrow` (one task per summary file);
+   `<workdir>/partition-PPPPP/summary-SSSSS.arrow`, its `PartitionReducer.stats` (if any) into
+   `<workdir>/stats/stats-SSSSS.arrow` (one task per summary file);
 2. reduce — each partition folder is reduced alone into `<workdir>/result-PPPPP.arrow`
    (one task per partition; with `workers` > 1 in a spawned process pool, so the largest
    process holds one partition, never the whole);
@@ -50,11 +51,22 @@ def split_summary_file(stage: BarrierStage, summary_file: Path, index: int, work
 def write_split(stage: BarrierStage, summary: pl.DataFrame, index: int, workdir: Path, partitions: int) -> None:
     """Cut one shard's summary (`stage.summarize` output, e.g. still in memory in the map phase)
     into `partition-PPPPP/summary-<index>.arrow` files, `index` unique per shard."""
-    frames = reducer_of(stage).split(summary, partitions)
-    for p, frame in enumerate(frames):
+    reducer = reducer_of(stage)
+    for p, frame in enumerate(reducer.split(summary, partitions)):
         target = partition_folder(workdir, p) / f"summary-{index:05d}.arrow"
         target.parent.mkdir(parents=True, exist_ok=True)
         frame.write_ipc(target)
+    stats = reducer.stats(summary)
+    if stats is not None:
+        target = Path(workdir) / "stats" / f"stats-{index:05d}.arrow"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        stats.write_ipc(target)
+
+
+def read_stats(workdir: Path) -> pl.DataFrame | None:
+    """Every shard's statistics rows (see `write_split`), or None where the reducer keeps none."""
+    files = sorted((Path(workdir) / "stats").glob("stats-*.arrow"))
+    return pl.scan_ipc(files).collect() if files else None
 
 
 def reduce_partition_folder(stage: BarrierStage, workdir: Path, partition: int, summary_files: Sequence[Path]) -> Path:
@@ -62,7 +74,8 @@ def reduce_partition_folder(stage: BarrierStage, workdir: Path, partition: int, 
     files = sorted(partition_folder(workdir, partition).glob("summary-*.arrow"))
     if not files:
         raise FileNotFoundError(f"no split summaries in {partition_folder(workdir, partition)}")
-    result = reducer_of(stage).reduce_partition(pl.scan_ipc(files), pl.scan_parquet(list(summary_files)))
+    result = reducer_of(stage).reduce_partition(pl.scan_ipc(files), pl.scan_parquet(list(summary_files)),
+                                                read_stats(workdir))
     target = result_file(workdir, partition)
     result.write_ipc(target)
     return target
@@ -71,7 +84,7 @@ def reduce_partition_folder(stage: BarrierStage, workdir: Path, partition: int, 
 def combine_results(stage: BarrierStage, workdir: Path, partitions: int, summary_files: Sequence[Path]) -> pl.DataFrame:
     """The decision table from every partition's result file."""
     results = pl.scan_ipc([result_file(workdir, p) for p in range(partitions)])
-    return reducer_of(stage).combine(results, pl.scan_parquet(list(summary_files)))
+    return reducer_of(stage).combine(results, pl.scan_parquet(list(summary_files)), read_stats(workdir))
 
 
 def reduce_partitioned(

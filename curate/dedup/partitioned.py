@@ -1,11 +1,13 @@
 """Dedup barrier reduces split into hash-range partitions: split, reduce each partition alone, combine.
 
 Three steps, each a plain function of polars frames, so any executor can run them where it likes
-(the local process pool: `partition_pool.reduce_partitioned`; Ray tasks over partition files):
+(the local process pool: `partition_pool.reduce_partitioned`; Ray tasks: `executors.ray`):
 
-1. `split(summary, P)` — per shard, after `summarize`: the shard's summary cut into P frames.
-2. `reduce_partition(partition, summaries)` — per partition, independently of the others.
-3. `combine(results, summaries)` — once: the decision table `apply` uses.
+1. `split(summary, P)` — per shard, after `summarize`: the shard's summary cut into P frames,
+   and `stats(summary)`: a few additive numbers of the shard (None where the reduce needs none;
+   the ranking barriers' row counts and DSIR's bucket counts), gathered from every shard.
+2. `reduce_partition(partition, summaries, stats)` — per partition, independently of the others.
+3. `combine(results, summaries, stats)` — once: the decision table `apply` uses.
 
 The decision table is identical (same rows, values, order and types) to the single-process
 `stage.reduce(summaries)` for every P, because a partition owns whole groups:
@@ -22,6 +24,9 @@ The decision table is identical (same rows, values, order and types) to the sing
 - `exact_dedup`: rows go to the partition of their `h0` range, so equal hashes meet in one
   partition, whose decision rows are `ExactDedup.reduce` of its rows; the combine concatenates
   them in `_pos` order.
+
+The ranking barriers (budget, percentile_band, dsir, ifd, ds_weight) have their own reducer,
+`selection.ranking_partitions.RankingPartitions`, found through the stage's `partition_reducer()`.
 
 Memory of one partition (MinHash, 64-bit band values): 18 B per band value it owns (about
 bands/P of every document's values), plus polars' group-by table of one band at a time; the
@@ -58,11 +63,18 @@ class PartitionReducer(Protocol):
         """One frame per partition (index = partition), possibly empty, always with the same columns."""
         ...
 
-    def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
+    def stats(self, summary: pl.DataFrame) -> pl.DataFrame | None:
+        """A shard's additive statistics the partitions need (every shard's rows are concatenated
+        and handed to `reduce_partition` and `combine`), or None."""
+        ...
+
+    def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame,
+                         stats: pl.DataFrame | None = None) -> pl.DataFrame:
         """The result of one partition: all shards' frames of that partition, and every summary."""
         ...
 
-    def combine(self, results: pl.LazyFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
+    def combine(self, results: pl.LazyFrame, summaries: pl.LazyFrame,
+                stats: pl.DataFrame | None = None) -> pl.DataFrame:
         """The decision table from all partitions' results (in any order) and every summary."""
         ...
 
@@ -84,7 +96,11 @@ class MinHashPartitions:
         owner = values.select(hash_partition(pl.col(HASH), partitions)).to_series()
         return [values.filter(owner == p) for p in range(partitions)]
 
-    def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
+    def stats(self, summary: pl.DataFrame) -> None:
+        return None
+
+    def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame,
+                         stats: pl.DataFrame | None = None) -> pl.DataFrame:
         values = partition.collect()
         # one row per (document, band value) of this partition, the band's column set and the
         # others null: each band's buckets are exactly those of the band's values here
@@ -95,7 +111,8 @@ class MinHashPartitions:
         )
         return self.stage.links(bands, texts=summaries)
 
-    def combine(self, results: pl.LazyFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
+    def combine(self, results: pl.LazyFrame, summaries: pl.LazyFrame,
+                stats: pl.DataFrame | None = None) -> pl.DataFrame:
         return self.stage.decisions(results.select("src", "dst").collect(), summaries)
 
 
@@ -109,17 +126,25 @@ class ExactPartitions:
         owner = summary.select(hash_partition(pl.col("h0"), partitions)).to_series()
         return [summary.filter(owner == p) for p in range(partitions)]
 
-    def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
+    def stats(self, summary: pl.DataFrame) -> None:
+        return None
+
+    def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame,
+                         stats: pl.DataFrame | None = None) -> pl.DataFrame:
         return self.stage.reduce(partition)
 
-    def combine(self, results: pl.LazyFrame, summaries: pl.LazyFrame) -> pl.DataFrame:
+    def combine(self, results: pl.LazyFrame, summaries: pl.LazyFrame,
+                stats: pl.DataFrame | None = None) -> pl.DataFrame:
         return results.sort(POSITION).collect()
 
 
 def partition_reducer(stage: BarrierStage) -> PartitionReducer | None:
-    """The partitioned reduce of a barrier stage, or None where it has none (reduce it whole)."""
+    """The partitioned reduce of a barrier stage, or None where it has none (reduce it whole):
+    the dedup stages' here, any other stage's from its `partition_reducer()` method (the ranking
+    barriers have one)."""
     if isinstance(stage, MinHashDedup):
         return MinHashPartitions(stage)
     if isinstance(stage, ExactDedup):
         return ExactPartitions(stage)
-    return None
+    own = getattr(stage, "partition_reducer", None)
+    return own() if callable(own) else None

@@ -21,7 +21,7 @@ from pydantic import Field, model_validator
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import POSITION, FilterParams
-from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, select_by_rank
+from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, RankPlan, select_by_rank
 
 
 class BudgetParams(FilterParams):
@@ -59,6 +59,11 @@ class BudgetStage(ScoreColumnRanking):
         p = self.params
         return select_by_rank(table, p.score, p.budget, descending=p.keep == "highest",
                               group_by="source" if p.per_source else None)
+
+    def rank_plan(self) -> RankPlan:
+        p = self.params
+        return RankPlan(p.score, descending=p.keep == "highest", group="source" if p.per_source else None,
+                        budget=p.budget)
 
 
 class PercentileBandParams(FilterParams):
@@ -101,3 +106,7 @@ class PercentileBand(ScoreColumnRanking):
         inside = scored.select(POSITION, percentile.is_between(p.lower, p.upper).alias(SELECTED))
         return (table.select(POSITION).join(inside, on=POSITION, how="left")
                 .with_columns(pl.col(SELECTED).fill_null(False)))
+
+    def rank_plan(self) -> RankPlan:
+        p = self.params
+        return RankPlan(p.score, descending=False, group="source" if p.per_source else None, band=(p.lower, p.upper))

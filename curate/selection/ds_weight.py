@@ -32,7 +32,8 @@ import polars as pl
 from pydantic import Field
 
 from datamill.curate.engine.registry import register_stage
-from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, select_by_rank
+from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, RankPlan, select_by_rank
+from datamill.curate.selection.ranking_partitions import ROWS, group_stats
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format,
 )
@@ -118,18 +119,45 @@ class DSWeightSelect(RankingBarrier):
         if table.height == 0:
             return pl.DataFrame(schema={POSITION: pl.Int64, **{c: pl.Float64 for c in SCORES}, SELECTED: pl.Boolean,
                                         "_consistent": pl.Boolean})
-        valid_rows, valid_loss = int(table["_valid_rows"][0]), float(table["_valid_loss"][0])
-        if valid_rows > self.params.max_valid_fraction * table.height:
-            raise ValueError(
-                f"stage {self.name!r}: the valid set has {valid_rows} records, more than max_valid_fraction="
-                f"{self.params.max_valid_fraction:g} of the {table.height} records; DS weight assumes a tiny valid set"
-            )
-        scored = table.with_columns(ds_weight(pl.col("ds_loss"), valid_loss)).with_columns(ds_shift(pl.col("ds_weight")))
-        candidates = pl.col("_consistent") & pl.col("ds_shift").is_not_null()
-        scored = scored.with_columns(pl.when(candidates).then(-pl.col("ds_shift")).alias("_closeness"))
-        n_candidates = scored.select(candidates.sum()).item()
+        scored = self.scored(table, None)
+        n_candidates = scored.select(pl.col("_closeness").is_not_null().sum()).item()
         keep = n_candidates - int(np.floor(self.params.drop_fraction * n_candidates + 0.5))
         return select_by_rank(scored, "_closeness", Budget(count=keep), descending=True)
+
+    def rank_plan(self) -> RankPlan:
+        return RankPlan("_closeness", descending=True, drop_fraction=self.params.drop_fraction)
+
+    def rank_stats(self, summary: pl.DataFrame) -> pl.DataFrame:
+        """Rows and candidates, and the valid set's numbers as the shard's first row carries them."""
+        first = summary.sort(POSITION).head(1)
+        scored = self.closeness(summary, float(first["_valid_loss"][0]) if first.height else 0.0)
+        return group_stats(scored, self.rank_plan()).with_columns(
+            pl.Series("_first_pos", first[POSITION].to_list() or [None], dtype=pl.Int64),
+            pl.Series("_valid_loss", first["_valid_loss"].to_list() or [None], dtype=pl.Float64),
+            pl.Series("_valid_rows", first["_valid_rows"].to_list() or [None], dtype=pl.Int64))
+
+    def scored(self, table: pl.DataFrame, stats: pl.DataFrame | None) -> pl.DataFrame:
+        """`ds_weight`, `ds_shift` and the ranking key `_closeness` (−shift of a candidate) of
+        every row; the valid set's numbers from the corpus' first row (in `table` or `stats`)."""
+        if stats is None:
+            first, rows = table.sort(POSITION).head(1), table.height
+        else:
+            first, rows = stats.drop_nulls("_first_pos").sort("_first_pos").head(1), int(stats[ROWS].sum())
+        if first.height == 0:
+            return self.closeness(table, 0.0)
+        valid_rows, valid_loss = int(first["_valid_rows"][0]), float(first["_valid_loss"][0])
+        if valid_rows > self.params.max_valid_fraction * rows:
+            raise ValueError(
+                f"stage {self.name!r}: the valid set has {valid_rows} records, more than max_valid_fraction="
+                f"{self.params.max_valid_fraction:g} of the {rows} records; DS weight assumes a tiny valid set"
+            )
+        return self.closeness(table, valid_loss)
+
+    @staticmethod
+    def closeness(table: pl.DataFrame, valid_loss: float) -> pl.DataFrame:
+        scored = table.with_columns(ds_weight(pl.col("ds_loss"), valid_loss)).with_columns(ds_shift(pl.col("ds_weight")))
+        candidates = pl.col("_consistent") & pl.col("ds_shift").is_not_null()
+        return scored.with_columns(pl.when(candidates).then(-pl.col("ds_shift")).alias("_closeness"))
 
     def drop_reason(self) -> pl.Expr:
         return (

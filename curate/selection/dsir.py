@@ -38,14 +38,17 @@ from datamill.curate.selection.hashed_ngrams import (
     ngram_buckets,
     sum_by_document,
 )
-from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, gumbel_noise, select_by_rank
+from datamill.curate.selection.ranking import (
+    SELECTED, Budget, RankingBarrier, RankPlan, gumbel_noise, select_by_rank,
+)
+from datamill.curate.selection.ranking_partitions import group_stats
 from datamill.curate.engine.stage import POSITION, FilterParams
 
 LOGW = "dsir_logw"
 EPSILON = 1e-8
 """Added to both probabilities before the log, as the data-selection package does."""
 READ_BATCH_ROWS = 10_000
-_BUCKETS, _WORDS, _NOISE = "_dsir_buckets", "_dsir_words", "_dsir_noise"
+_BUCKETS, _WORDS, _NOISE, _COUNTS = "_dsir_buckets", "_dsir_words", "_dsir_noise", "_dsir_counts"
 
 
 class HashedNgramDSIR:
@@ -188,13 +191,30 @@ class Dsir(RankingBarrier):
         return ((total + n * (n - 1) // 2) // n).cast(pl.UInt32)
 
     def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
-        table = table.sort(POSITION)
+        return select_by_rank(self.scored(table.sort(POSITION), None), "_key", self.params.budget)
+
+    def rank_plan(self) -> RankPlan:
+        return RankPlan("_key", descending=True, budget=self.params.budget)
+
+    def rank_stats(self, summary: pl.DataFrame) -> pl.DataFrame:
+        """Rows and least token count, and the shard's raw bucket counts (the raw model is fit on all)."""
+        counts = bucket_counts(summary[_BUCKETS], self.params.num_buckets)
+        return group_stats(summary.select(POSITION, TOKENS), self.rank_plan()).with_columns(
+            pl.Series(_COUNTS, [counts.tolist()], dtype=pl.List(pl.Int64)))
+
+    def scored(self, table: pl.DataFrame, stats: pl.DataFrame | None) -> pl.DataFrame:
+        """`dsir_logw` and the ranking key `_key` of every row, by the model fit on the whole
+        corpus (its bucket counts summed over `stats`, or over `table` when that is the corpus)."""
+        if stats is None:
+            raw = bucket_counts(table[_BUCKETS], self.params.num_buckets)
+        else:
+            raw = np.asarray(stats[_COUNTS].to_list(), dtype=np.int64).sum(axis=0)
         target = pl.concat([read_texts(entry, self.base_dir) for entry in self.params.target])
         if target.len() == 0:
             raise ValueError(f"stage {self.name!r}: the target sources hold no text")
-        model = self.model.fit(bucket_counts(table[_BUCKETS], self.params.num_buckets), self.model.counts(target))
-        logw = model.compute_weights(table[_BUCKETS])
+        model = self.model.fit(raw, self.model.counts(target))
+        logw = model.compute_weights(table[_BUCKETS]) if table.height else np.zeros(0)
         key = pl.col(LOGW) if self.params.sampling == "top_k" else pl.col(LOGW) + pl.col(_NOISE)
         eligible = pl.col(_WORDS) >= self.params.min_words
-        scored = table.select(POSITION, TOKENS, _WORDS, _NOISE).with_columns(pl.Series(LOGW, logw))
-        return select_by_rank(scored.with_columns(pl.when(eligible).then(key).alias("_key")), "_key", self.params.budget)
+        scored = table.select(POSITION, TOKENS, _WORDS, _NOISE).with_columns(pl.Series(LOGW, logw, dtype=pl.Float64))
+        return scored.with_columns(pl.when(eligible).then(key).alias("_key"))

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.registry import register_stage
-from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, select_by_rank
+from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, RankPlan, select_by_rank
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format,
 )
@@ -97,10 +97,21 @@ class IFDSelect(RankingBarrier):
     def eligible(self) -> pl.Expr:
         return pl.col("ifd").is_not_null() & (pl.col("ifd") < self.params.max_ifd)
 
-    def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
+    def scored(self, table: pl.DataFrame, stats: pl.DataFrame | None) -> pl.DataFrame:
         ranked = table.with_columns(pl.when(self.eligible()).then(pl.col("ifd")).alias("_eligible_ifd"))
         if self.params.budget is None:
             return ranked.with_columns(self.eligible().alias(SELECTED))
+        return ranked
+
+    def rank_plan(self) -> RankPlan:
+        if self.params.budget is None:
+            return RankPlan(None)
+        return RankPlan("_eligible_ifd", descending=True, budget=self.params.budget)
+
+    def ranking(self, table: pl.DataFrame) -> pl.DataFrame:
+        ranked = self.scored(table, None)
+        if self.params.budget is None:
+            return ranked
         return select_by_rank(ranked, "_eligible_ifd", self.params.budget, descending=True)
 
     def drop_reason(self) -> pl.Expr:

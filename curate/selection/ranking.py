@@ -28,11 +28,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage
+from datamill.curate.selection.ranking_partitions import SELECTED, RankingPartitions, RankPlan, group_stats
 
 RANK = "_rank"
 """Column `select_by_rank` adds: 0-based position in the ranking of the row's group."""
-SELECTED = "_selected"
-"""Column `select_by_rank` adds: true for rows inside the budget."""
+__all__ = ["RANK", "SELECTED", "Budget", "RankPlan", "RankingBarrier", "gumbel_noise", "select_by_rank",
+           "uniform_from_hash"]
 
 
 class Budget(BaseModel):
@@ -142,6 +143,10 @@ class RankingBarrier(BarrierStage):
     with `_selected` added, usually through `select_by_rank`); the base class turns that into the
     decision table — `_pos`, the `carried` score columns, and the drop reason (`reason` for rows
     outside the budget, or the subclass's own `drop_reason`) — and joins it onto each shard's rows.
+
+    A subclass that also gives `rank_plan` (and `scored`, where scores need the whole corpus)
+    can be reduced in partitions (`executor.reduce_partitions`, see `ranking_partitions`), with
+    the same decision table as `reduce`.
     """
 
     reason: ClassVar[str] = "not_selected"
@@ -156,9 +161,30 @@ class RankingBarrier(BarrierStage):
         return pl.when(~pl.col(SELECTED)).then(pl.lit(self.reason))
 
     def reduce(self, summaries: pl.LazyFrame) -> pl.DataFrame:
-        ranked = self.ranking(summaries.collect())
+        return self.decision(self.ranking(summaries.collect()))
+
+    def decision(self, ranked: pl.DataFrame) -> pl.DataFrame:
+        """The decision table from ranked rows (any order) with `_selected`."""
         reason = self.drop_reason().cast(pl.String).alias(DROP_REASON)
         return ranked.select(POSITION, *self.carried, reason).sort(POSITION)
+
+    # --- the partitioned reduce (ranking_partitions) -------------------------------------------
+
+    def rank_plan(self) -> RankPlan | None:
+        """How `scored` rows are selected; None: this stage has no partitioned reduce."""
+        return None
+
+    def scored(self, table: pl.DataFrame, stats: pl.DataFrame | None) -> pl.DataFrame:
+        """Summary rows with the `rank_plan` key (and what `drop_reason` reads), row by row;
+        `stats`: every shard's `rank_stats` rows, None when `table` is the whole corpus."""
+        return table
+
+    def rank_stats(self, summary: pl.DataFrame) -> pl.DataFrame:
+        """One shard's additive numbers the partitions need (`ranking_partitions.group_stats`)."""
+        return group_stats(self.scored(summary, None), self.rank_plan())
+
+    def partition_reducer(self) -> RankingPartitions | None:
+        return RankingPartitions(self) if self.rank_plan() is not None else None
 
     def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
         return batch.join(decision, on=POSITION, how="left", maintain_order="left")
