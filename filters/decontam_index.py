@@ -12,7 +12,7 @@ temporary folder that is never read. Opened with `mmap_mode="r"`, the arrays' pa
 page cache, shared by every worker on the machine instead of copied into each.
 
 `NgramIndex.matches(hashes)` is the lookup: the batch's distinct hashes are sorted once
-(`np.unique`), found in the sorted table with `np.searchsorted`, and only the hits are expanded
+(polars' `unique().sort()`), found in the sorted table with `np.searchsorted`, and only the hits are expanded
 to their (hash, benchmark, item) entries, with no per-record Python loop.
 
 The key must name everything the hashes depend on (eval files, n-gram parameters, polars version,
@@ -73,7 +73,7 @@ class NgramIndex:
     def matches(self, hashes: pl.Series) -> pl.DataFrame:
         """Every index entry whose hash is among `hashes`: columns hash (UInt64), _order (UInt32),
         _item (UInt32), one row per (hash, benchmark, item), in hash order."""
-        wanted = np.unique(hashes.to_numpy())
+        wanted = hashes.unique().sort().to_numpy()
         first = np.searchsorted(self.hashes, wanted, side="left")
         inside = first < len(self.hashes)
         found = np.zeros(len(wanted), dtype=bool)

@@ -11,8 +11,9 @@ step mixes more but is three times slower; over well-mixed word hashes the polyn
 makes two different n-grams collide with probability about 2^-63.)
 
 Determinism: polars' hash is fixed for a given seed in every process and run, but may change between
-polars versions. Hashes are therefore compared only with hashes made by the same installation (the
-stage that uses them builds its tables in `setup()`), never stored.
+polars versions. Hashes are therefore compared only with hashes made by the same polars version:
+a stored table of them (the decontamination index, `datamill.filters.decontam_index`) is keyed by
+`polars.__version__`, so another version builds its own.
 """
 
 from __future__ import annotations
