@@ -146,7 +146,8 @@ def test_a_held_s3_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(store
     assert not store.exists(f"{BUCKET}/locked/state/run.lock")
 
 
-def test_fresh_clears_the_store_prefix_and_export_reads_an_s3_run(store, inputs, disk_run, tmp_path):
+def test_fresh_clears_the_prefix_export_reads_an_s3_run_and_versionless_stores_rehash(store, inputs, disk_run,
+                                                                                         tmp_path, monkeypatch):
     disk, _ = disk_run
     url = f"s3://{BUCKET}/fresh"
     store.pipe_file(f"{BUCKET}/fresh/shards/part-00099-000.parquet", b"left by an older run")
@@ -160,3 +161,13 @@ def test_fresh_clears_the_store_prefix_and_export_reads_an_s3_run(store, inputs,
     assert manifest["documents"] == corpus.height == exported.height
     assert exported["text"].to_list() == corpus["text"].to_list()
     assert manifest["source"] == url
+    # a store that reports no object versions (no ETag): resume re-hashes the objects' bytes
+    import datamill.curate.engine.layout as layout_module
+
+    monkeypatch.setattr(layout_module, "version", lambda info: None)
+    layout = RunLayout(url)
+    assert layout.unfinished(1, 3) == [] and layout.verified_done(1, 0)
+    first = sorted(store.find(f"{BUCKET}/fresh/shards"))[0]
+    data = store.cat_file(first)
+    store.pipe_file(first, data[:100] + bytes([data[100] ^ 1]) + data[101:])  # same size, one bit flipped
+    assert layout.unfinished(1, 3) == [0] and not layout.verified_done(1, 0)

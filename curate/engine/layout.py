@@ -103,13 +103,33 @@ class RunLayout:
                 return False
         return True
 
+    def unfinished(self, segment: int, shards: int) -> list[int]:
+        """The shards of `segment` (of `shards`) without a verified done marker, to (re)do. On a
+        store: one listing of the run and one concurrent read of the markers, not requests per file."""
+        if not self.store:
+            return [i for i in range(shards) if not self.verified_done(segment, i)]
+        listed = self.store.listing("")
+        names = {i: self.rel(self.marker(segment, i)) for i in range(shards)}
+        present = [n for n in names.values() if n in listed]
+        markers = self.store.fs.cat([self.store.key(n) for n in present], on_error="return") if present else {}
+        todo = []
+        for i, name in names.items():
+            raw = markers.get(self.store.key(name))
+            if not isinstance(raw, bytes) or not self._committed_match(json.loads(raw).get("committed"), listed):
+                todo.append(i)
+        return todo
+
     def _verified_on_store(self, segment: int, shard: int) -> bool:
         raw = self.store.read_bytes(self.rel(self.marker(segment, shard)))
-        committed = json.loads(raw).get("committed") if raw is not None else None
+        return raw is not None and self._committed_match(json.loads(raw).get("committed"), None)
+
+    def _committed_match(self, committed: list[dict[str, Any]] | None, listed: dict[str, dict] | None) -> bool:
+        """Every committed file is on the store with its size and version (or, where the store has
+        no versions, its xxh3); `listed` is a listing of the run to look in, else one HEAD per file."""
         if committed is None:
             return False
         for entry in committed:
-            info = self.store.info(entry["path"])
+            info = listed.get(entry["path"]) if listed is not None else self.store.info(entry["path"])
             if info is None or size_of(info) != entry["bytes"]:
                 return False
             recorded, current = entry.get("version"), version(info)
@@ -169,15 +189,17 @@ class RunLayout:
 
     def fetch(self, path: Path, info: dict[str, Any] | None = None) -> Path | None:
         """A local copy of the run file `path`, or None when the run has no such file. Remote: a
-        mirror copy of the same size and store version is reused, else the object is downloaded."""
+        mirror copy of the same size and store version is reused, else (or where the store keeps
+        no versions) the object is downloaded."""
         if not self.store:
             return path if path.exists() else None
         rel = self.rel(path)
         info = info or self.store.info(rel)
         if info is None:
             return None
-        current = version(info)
-        if not (path.is_file() and path.stat().st_size == size_of(info) and self._known_version(rel) == current):
+        current = version(info)  # without one, a mirror copy cannot be told from a changed object
+        if current is None or not (path.is_file() and path.stat().st_size == size_of(info)
+                                   and self._known_version(rel) == current):
             self.store.download(rel, path)
             self._remember_version(rel, current)
         return path

@@ -76,8 +76,8 @@ class Executor(ABC):
         """Run `segment` over `shards`, yielding progress; raise RunError naming a shard that failed."""
 
     def reduce(self, barrier: BarrierStage, summary_files: list[Path], workdir: Path) -> pl.DataFrame:
-        """The barrier's decision table: in `executor.reduce_partitions` hash-range partitions on a
-        process pool where the stage has a partitioned reduce (dedup), else in this process."""
+        """The barrier's decision table: in `executor.reduce_partitions` partitions on a process
+        pool where the stage has a partitioned reduce (dedup, ranking), else in this process."""
         partitions = self.recipe.executor.reduce_partitions
         if partitions > 1 and partition_reducer(barrier) is not None:
             return reduce_partitioned(barrier, summary_files, workdir, partitions, workers=self.workers_used)
@@ -144,7 +144,7 @@ def _run_locked(recipe: Recipe, layout: RunLayout, kind: type[Executor], *, work
         for segment in pipeline.segments:
             if segment.barrier is not None:
                 reduce_barrier(layout, segment.index, segment.barrier, executor.reduce)
-            todo = [i for i in range(len(specs)) if not layout.verified_done(segment.index, i)]
+            todo = layout.unfinished(segment.index, len(specs))
             phase = phase_name(pipeline, segment.index)
             done = len(specs) - len(todo)
             notify(phase, done, len(specs), 0)
