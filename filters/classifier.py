@@ -132,11 +132,11 @@ class ClassifierFilter(Filter):
     def chosen_label(self) -> str | None:
         return self.params.label if self.params.label is not None else getattr(self.model, "default_label", None)
 
-    def texts_for_model(self, texts: pl.Series) -> list[str]:
+    def texts_for_model(self, texts: pl.Series) -> pl.Series:
         mode = self.params.preprocess
         if mode == "auto":
             mode = self.model.default_preprocess
-        return preprocess(texts, mode).to_list()
+        return preprocess(texts, mode)
 
     # --- scoring and rules ----------------------------------------------------------------
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
