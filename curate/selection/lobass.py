@@ -34,6 +34,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from datamill.curate.engine.registry import register_stage
+from datamill.curate.models.params import causal_lm_problem
 from datamill.curate.selection.scoring import (
     LMScoreParams, encode_records, record_losses, require_model, resolve_format, same_tokenizer,
 )
@@ -60,8 +61,8 @@ class LearnabilityParams(LMScoreParams):
 
     def check_paths(self, base_dir: str) -> list[str]:
         problems = list(super().check_paths(base_dir))
-        if self.finetuned is not None and not (Path(self.finetuned).expanduser() / "config.json").is_file():
-            problems.append(f"finetuned: {self.finetuned!r} is not a model folder (no config.json)")
+        if self.finetuned is not None:  # a local folder or a URL (copied once into the cache)
+            problems += causal_lm_problem("finetuned", self.finetuned)
         if self.finetune is not None and not Path(self.finetune.data).expanduser().exists():
             problems.append(f"finetune.data: {self.finetune.data!r} does not exist")
         return problems
