@@ -20,8 +20,8 @@ or an earlier proposal) are dropped, and with `instruction_consensus: rouge` onl
 generators agree on most is kept per seed. The kept tasks are then answered by every generator
 and their outputs ensembled as above. One row per (seed, generator) proposal: `id`
 (`<seed id>/ens<generator>`), `instruction`, `input`, `seed_id`, `seed_instruction`,
-`ensemble_proposer`, `instruction_agreement`, `instruction_novelty_rouge`, plus the output
-columns; dropped proposals carry their reason (`ensemble_instruction_unparsed`, `_duplicate`,
+`ensemble_proposer`, `instruction_agreement`, `instruction_novelty_rouge`, `text` (task and kept
+output; the raw proposal when dropped), plus the output columns; dropped proposals carry their reason (`ensemble_instruction_unparsed`, `_duplicate`,
 `_disagree`, `_outvoted`). The novelty pool is per batch (`batch_rows` seeds).
 """
 
@@ -196,7 +196,9 @@ class EnsembleInstructStage(Filter):
                  .to_series().to_list()]
         consensus = self.answer(chats)
         answered = self.with_sft(kept.hstack(consensus), chats, consensus["reply"].to_list())
-        dropped = table.filter(~live)
+        answered = answered.with_columns(
+            (instruction_prompt(pl.col("instruction"), pl.col("input")) + pl.lit("\n\n") + pl.col("reply")).alias("text"))
+        dropped = table.filter(~live).with_columns(pl.col("proposal").fill_null("").alias("text"))
         out = pl.concat([answered.drop("reply"), dropped], how="diagonal_relaxed").sort("row", "id")
         out = out.with_columns(pl.coalesce("instruction_status", "ensemble_status").alias("ensemble_status"))
         base = batch.drop([c for c in (*out.columns, "messages", "prompt", "completion", "text", "output")

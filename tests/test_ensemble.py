@@ -111,6 +111,8 @@ def test_generators_propose_tasks_that_are_parsed_checked_for_novelty_and_answer
     assert kept["messages"].to_list()[0] == [{"role": "user", "content": "Translate the sentence into French.\n\nThe cat sleeps."},
                                              {"role": "assistant", "content": "Le chat dort."}]
     assert kept["ensemble_outputs"].to_list()[1] == ["The dog ran."] * 3
+    assert kept["text"][1] == "Rewrite this in the past tense.\n\nThe dog runs.\n\nThe dog ran."
+    assert out.filter(pl.col("id") == "s2/ens1")["text"].item() == "Sure! Write a poem."
     assert out.filter(pl.col("id") == "s2/ens0")["instruction_novelty_rouge"].item() >= 0.7
     # the type of each seed picks the template: input tasks are shown with their input
     asked = stage.generators[0].asked
@@ -130,3 +132,25 @@ def test_instruction_consensus_keeps_the_proposal_the_generators_agree_on():
         None, "ensemble_instruction_outvoted", "ensemble_instruction_outvoted"]
     s3 = out.filter(pl.col("seed_id") == "s3")["instruction_agreement"].to_list()
     assert s3[0] == pytest.approx(s3[1]) and s3[0] > s3[2]
+
+
+def test_a_recipe_run_writes_kept_tasks_and_keeps_dropped_proposals_with_reasons(tmp_path, monkeypatch):
+    from datamill.curate.engine.recipe import validate_recipe
+    from datamill.curate.executors.run import run_recipe
+
+    seeds().write_ndjson(tmp_path / "seeds.jsonl")
+    made = iter(ScriptedGenerator(proposer(m), f"model-{'abc'[m]}") for m in range(3))
+    monkeypatch.setattr("datamill.synth.ensemble.make_generator", lambda *a, **k: next(made))
+    recipe = validate_recipe({
+        "name": "ensemble", "sources": [{"type": "jsonl", "path": str(tmp_path / "seeds.jsonl"), "text_field": "instruction",
+                                         "columns": {"instruction": "str", "input": "str"}}],
+        "stages": [{"type": "ensemble_instruct", "generators": [{"model": "a"}, {"model": "b"}, {"model": "c"}],
+                    "propose_instructions": True, "min_agreement": 0.4}],
+        "output": {"dir": str(tmp_path / "run"), "keep_removed": True}}, where="test")
+    run_recipe(recipe, workers=1, resume=False)
+    kept = pl.concat([pl.read_parquet(f) for f in sorted((tmp_path / "run" / "shards").rglob("*.parquet"))])
+    removed = pl.concat([pl.read_parquet(f) for f in sorted((tmp_path / "run" / "removed").rglob("*.parquet"))])
+    assert sorted(kept["id"].str.split("/").list.last()) == ["ens0", "ens0", "ens1", "ens2", "ens2"]
+    assert kept["seed_id"].n_unique() == 3 and kept["messages"].list.len().min() == 2
+    assert removed.height == 4 and set(removed["ensemble_status"]) == {"ensemble_instruction_unparsed",
+                                                                      "ensemble_instruction_duplicate"}
