@@ -21,8 +21,15 @@ generators agree on most is kept per seed. The kept tasks are then answered by e
 and their outputs ensembled as above. One row per (seed, generator) proposal: `id`
 (`<seed id>/ens<generator>`), `instruction`, `input`, `seed_id`, `seed_instruction`,
 `ensemble_proposer`, `instruction_agreement`, `instruction_novelty_rouge`, `text` (task and kept
-output; the raw proposal when dropped), plus the output columns; dropped proposals carry their reason (`ensemble_instruction_unparsed`, `_duplicate`,
-`_disagree`, `_outvoted`). The novelty pool is per batch (`batch_rows` seeds).
+output; the raw proposal when dropped), plus the output columns; dropped proposals carry their
+reason (`ensemble_instruction_unparsed`, `_duplicate`, `_disagree`, `_outvoted`). The novelty pool
+is per batch (`batch_rows` seeds).
+
+Fidelity note: the paper's code (IBM/ensemble-instruct, ensemble_output.py) keeps, for three
+outputs, one that exactly matches another after normalization, else the one with the highest
+summed ROUGE-L to the others — the same pick as `consensus: rouge` — and drops the example only
+when the worst pair's ROUGE-L is ≤ 0.01; here the drop rule is the kept output's mean agreement
+(`min_agreement`). It ensembles outputs only: `instruction_consensus: rouge` is our extension.
 """
 
 from __future__ import annotations
