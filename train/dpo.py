@@ -27,6 +27,13 @@ tokens, ε = label_smoothing:
   hinge    max(0, 1 − βd)                              (SLiC)
   ipo      (d_c/|c| − d_r/|r| − 1/(2β))²               (IPO, per-token normalized as in TRL)
   simpo    −(1−ε)·log σ(β(m_c − m_r) − γ) − ε·log σ(−β(m_c − m_r) + γ), m = mean token log-prob
+Devices: the SFT loop's up-front plan (`config.device_plan`: flex attention or liger off CUDA and
+bf16 where the device lacks it are refused before any work, with the same messages), except that
+`auto` attention is sdpa everywhere (right-padded rows need no document mask) and liger is refused
+(no cross-entropy here). bf16 is autocast over float32 weights, the log-softmax in float32;
+`compile` compiles the decoder in place with dynamic shapes (row widths vary per batch); under
+torchrun, DDP or FSDP2 as in SFT, each process taking its share of every step's pairs.
+
 A step's loss is the mean over its global batch of pairs. Logged per step: loss, rewards/chosen
 (β·(log π(c) − log π_ref(c)); SimPO: β·m_c), rewards/rejected, rewards/margins,
 rewards/accuracies (share of pairs with chosen reward > rejected), logps/chosen, logps/rejected;
@@ -50,7 +57,7 @@ from rich.console import Console
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from datamill.train.config import TrainConfig
+from datamill.train.config import DeviceCaps, DevicePlan, TrainConfig, TrainConfigError, device_plan
 from datamill.train.data import cache_key, corpus_files, rows_for_step, scan
 from datamill.train.distributed import (
     Dist, all_sum, any_process, barrier, gradient_sync, parallelize,
@@ -309,6 +316,19 @@ def reference_key(cfg: TrainConfig, pairs_key: str, use_bf16: bool) -> str:
 # the loop
 
 
+def dpo_device_plan(cfg: TrainConfig, caps: DeviceCaps) -> DevicePlan:
+    """The SFT loop's device plan (the same up-front refusals: flex attention or liger off CUDA, bf16
+    where the device lacks it), adapted to preference batches: `auto` attention is sdpa even on
+    CUDA (right-padded rows need only the plain causal mask, no document mask), and liger is off
+    (per-token log-probs are gathered chunk by chunk, not a cross-entropy); asking for it is refused."""
+    plan = device_plan(cfg, caps)
+    if cfg.liger:
+        raise TrainConfigError("liger: objective dpo gathers per-token log-probs chunk by chunk and does not use "
+                               "liger-kernel's fused cross-entropy; leave liger unset or false")
+    attention = "sdpa" if cfg.model.attention == "auto" else plan.attention
+    return DevicePlan(attention=attention, bf16=plan.bf16, compile=plan.compile, liger=False)
+
+
 def run_dpo(cfg: TrainConfig, env: Dist):
     """Train on preference pairs; returns the same TrainResult as SFT (eval_loss: held-out DPO loss)."""
     if cfg.kd_weight > 0:
@@ -316,6 +336,7 @@ def run_dpo(cfg: TrainConfig, env: Dist):
     out_dir = Path(cfg.out_dir)
     console = Console(stderr=True, quiet=not env.is_main)
     device = env.device
+    plan = dpo_device_plan(cfg, DeviceCaps.probe(device))  # refuse what the device cannot do, before any work
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path or DEFAULT_TOKENIZER)
@@ -328,13 +349,12 @@ def run_dpo(cfg: TrainConfig, env: Dist):
     if len(train_pairs) == 0:
         raise ValueError(f"{cfg.data.path}: no training pairs after holding out {cfg.data.eval_holdout:.0%}")
 
-    attention = "sdpa" if cfg.model.attention in ("auto", "flex_attention") else cfg.model.attention
-    lm = build_model(cfg.model, tokenizer, attention, cfg.seed)
+    lm = build_model(cfg.model, tokenizer, plan.attention, cfg.seed)
     lm.config.use_cache = False
     if cfg.model.gradient_checkpointing:
         lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = SequenceLogps(lm.to(device)).train()
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    use_bf16 = plan.bf16
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
     # the reference: the initial model scores every pair once, before any weight changes
@@ -361,8 +381,10 @@ def run_dpo(cfg: TrainConfig, env: Dist):
     optimizer = adamw(parallel_model, cfg.optim, device)
     start_step, checkpoint_path = resume(parallel_model, optimizer, cfg, env, out_dir, console)
     params = trained_parameters(parallel_model)
-    compile_model = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    runner = torch.compile(parallel_model, dynamic=True) if compile_model else parallel_model
+    compile_model = plan.compile
+    if compile_model:  # the decoder only, in place (state-dict names unchanged): the log-prob gather
+        lm.base_model.compile(dynamic=True)  # is data-dependent and would split the graph anyway
+    runner = parallel_model
 
     pairs_per_step = cfg.micro_batch_size * cfg.grad_accum * env.world_size
     if cfg.max_steps is not None:
@@ -372,7 +394,8 @@ def run_dpo(cfg: TrainConfig, env: Dist):
     log = RunLog(out_dir, cfg.tensorboard) if env.is_main else None
     console.print(f"DPO ({cfg.dpo.loss}, β={cfg.dpo.beta}) on {len(train_pairs)} pairs: {total_steps} steps × "
                   f"{pairs_per_step} pairs, {sum(p.numel() for p in lm.parameters()) / 1e6:.1f}M params on "
-                  f"{env.world_size} × {device} ({'bf16' if use_bf16 else 'fp32'}, compile={compile_model})")
+                  f"{env.world_size} × {device} ({plan.attention}, {'bf16' if use_bf16 else 'fp32'}, "
+                  f"compile={compile_model})")
 
     def write(record: dict) -> None:
         if log is not None:
