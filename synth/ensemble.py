@@ -8,6 +8,11 @@ output with the highest mean ROUGE-L F1 to the other generators' outputs, and dr
 each output's final answer (an "Answer:" line, else the last number, as `distill` does) and keeps
 the first output with the most common answer, dropping records whose majority share is below
 `min_agreement` (`ensemble_disagree`) or where no output has an answer (`ensemble_no_answer`).
+`consensus: greedy` is the paper's own rule (its code, generalized from three outputs to any
+number): an output that exactly matches another after normalization (lowercase, no punctuation,
+single spaces) is kept; else the one with the highest summed ROUGE-L to the others, and the record
+is dropped (`ensemble_disagree`) unless the worst pair's ROUGE-L is above `min_agreement` (default
+0.01 for greedy, as in the paper; `ensemble_agreement` is that worst pair, 1 on an exact match).
 Empty outputs never win (`ensemble_empty` when all are). Columns: the SFT columns (`messages`
 or `prompt`/`completion`), `ensemble_agreement`, `ensemble_model` (who wrote the kept output),
 `ensemble_outputs` (every generator's output, in `generators` order).
@@ -27,13 +32,15 @@ is per batch (`batch_rows` seeds).
 
 Fidelity note: the paper's code (IBM/ensemble-instruct, ensemble_output.py) keeps, for three
 outputs, one that exactly matches another after normalization, else the one with the highest
-summed ROUGE-L to the others — the same pick as `consensus: rouge` — and drops the example only
-when the worst pair's ROUGE-L is ≤ 0.01; here the drop rule is the kept output's mean agreement
-(`min_agreement`). It ensembles outputs only: `instruction_consensus: rouge` is our extension.
+summed ROUGE-L to the others and drops the example when the worst pair's ROUGE-L is ≤ 0.01
+(`consensus: greedy`; its ROUGE-L stems words, ours does not, and on an o1 = o2 match it writes
+the first output, where we keep the matching one). It ensembles outputs only:
+`instruction_consensus: rouge` is our extension.
 """
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -57,9 +64,11 @@ OUTPUT_REASONS = ("ensemble_empty", "ensemble_no_answer", "ensemble_disagree")
 class EnsembleParams(FilterParams):
     generators: list[GeneratorSpec] = Field(description="Two or more generators (models/backends) that all answer.")
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.0, max_new_tokens=256))
-    consensus: Literal["rouge", "majority"] = "rouge"
-    min_agreement: float = Field(0.2, ge=0, le=1, description="rouge: least mean ROUGE-L of the kept output to the "
-                                 "others; majority: least share of outputs with the majority answer.")
+    consensus: Literal["rouge", "majority", "greedy"] = "rouge"
+    min_agreement: float | None = Field(None, ge=0, le=1, description="rouge: least mean ROUGE-L of the kept output "
+                                        "to the others (default 0.2); majority: least share of outputs with the "
+                                        "majority answer (default 0.2); greedy: the worst pair's ROUGE-L must be "
+                                        "above it (default 0.01, the paper's).")
     number_fallback: bool = Field(True, description="majority: without an 'Answer:' line, the last number is the answer.")
     format: SFTFormat = "messages"
     propose_instructions: bool = Field(False, description="Instruction side: every generator proposes a new task "
@@ -94,6 +103,37 @@ def rouge_consensus(outputs: list[list[str]]) -> tuple[list[int | None], list[fl
         best = int(mean.argmax())
         picks.append(best if mean[best] >= 0 else None)
         agreement.append(float(max(mean[best], 0.0)))
+    return picks, agreement
+
+
+def normalize_output(text: str) -> str:
+    """Lowercase, punctuation removed, single spaces: what the paper compares for exact matches."""
+    return " ".join(re.sub(r"[^\w\s]|_", "", text.lower()).split())
+
+
+def greedy_consensus(outputs: list[list[str]]) -> tuple[list[int | None], list[float]]:
+    """The paper's rule per prompt: the first output that exactly matches another (normalized),
+    agreement 1; else the output with the highest summed ROUGE-L to the others, agreement = the
+    worst pair's ROUGE-L. None where every output is empty."""
+    picks: list[int | None] = []
+    agreement: list[float] = []
+    for answers in outputs:
+        normal = [normalize_output(a) for a in answers]
+        if not any(normal):
+            picks.append(None)
+            agreement.append(0.0)
+            continue
+        match = next((i for i in range(len(normal)) for j in range(len(normal))
+                      if i != j and normal[i] and normal[i] == normal[j]), None)
+        if match is not None:
+            picks.append(match)
+            agreement.append(1.0)
+            continue
+        tokens = [rouge_tokens(a) for a in normal]
+        matrix = rouge_l_matrix(tokens, tokens, workers=1)
+        sums = np.where([bool(a) for a in normal], matrix.sum(axis=1) - np.diag(matrix), -1.0)
+        picks.append(int(sums.argmax()))
+        agreement.append(float(matrix[~np.eye(len(normal), dtype=bool)].min()) if len(normal) > 1 else 0.0)
     return picks, agreement
 
 
@@ -139,11 +179,14 @@ class EnsembleInstructStage(Filter):
             else [[] for _ in self.generators]
         outputs = [list(row) for row in zip(*per_model)]
         picks, agreement = (rouge_consensus(outputs) if p.consensus == "rouge"
+                            else greedy_consensus(outputs) if p.consensus == "greedy"
                             else majority_consensus(outputs, p.number_fallback))
+        threshold = p.min_agreement if p.min_agreement is not None else 0.01 if p.consensus == "greedy" else 0.2
+        low = [a <= threshold if p.consensus == "greedy" else a < threshold for a in agreement]
         empty = [all(not o.strip() for o in row) for row in outputs]
         status = ["ensemble_empty" if e else "ensemble_no_answer" if k is None else
-                  "ensemble_disagree" if a < p.min_agreement else None
-                  for e, k, a in zip(empty, picks, agreement)]
+                  "ensemble_disagree" if too_low else None
+                  for e, k, too_low in zip(empty, picks, low)]
         return pl.DataFrame({"ensemble_agreement": pl.Series(agreement, dtype=pl.Float64),
                              "ensemble_model": pl.Series([self.generators[k].model_id if k is not None else None
                                                           for k in picks], dtype=pl.String),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import polars as pl
 import pytest
 
-from datamill.synth.ensemble import EnsembleInstructStage, EnsembleParams
+from datamill.synth.ensemble import EnsembleInstructStage, EnsembleParams, greedy_consensus
 
 from scripted_generator import ScriptedGenerator
 
@@ -44,6 +44,16 @@ def test_majority_keeps_the_most_common_answer():
     assert out["ensemble_model"][1] == "model-a" and out["ensemble_agreement"][1] == pytest.approx(2 / 3)
     assert out["messages"][1].to_list()[-1] == {"role": "assistant", "content": "6 times 7 is 42."}
     assert out["_drop_reason"].to_list()[1:] == [None, "ensemble_no_answer", "ensemble_empty"]
+
+
+def test_greedy_is_the_papers_rule_exact_match_then_best_rouge_sum_with_a_worst_pair_floor():
+    out = stage(consensus="greedy").process(batch())
+    assert out["_drop_reason"].to_list() == [None, "ensemble_disagree", "ensemble_disagree", "ensemble_empty"]
+    assert out["ensemble_model"][0] in ("model-a", "model-b")  # highest summed ROUGE-L, never "the ocean"
+    assert 0.01 < out["ensemble_agreement"][0] < 0.2  # the worst pair (the ocean vs the others) clears 0.01
+    assert stage(consensus="greedy", min_agreement=0.5).process(batch())["_drop_reason"][0] == "ensemble_disagree"
+    picks, agreement = greedy_consensus([["No idea.", "The answer is 42!", "the answer is  42"], ["", "", "x"]])
+    assert picks == [1, 2] and agreement[0] == 1.0  # an exact match after normalization wins outright
 
 
 def test_one_generator_is_not_an_ensemble():
