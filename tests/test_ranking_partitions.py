@@ -186,3 +186,28 @@ def test_a_stage_without_a_plan_has_no_partitioned_reduce():
     from datamill.curate.selection.mix import Mix
 
     assert partition_reducer(Mix(Mix.Params.model_validate({}))) is None
+
+
+def test_a_recipe_with_reduce_partitions_writes_the_same_corpus(tmp_path):
+    """`executor.reduce_partitions: 4` on the local pool: budget and percentile_band rank in
+    partitions; the shards are the bytes of the one-process run."""
+    from datamill.curate.engine.recipe import validate_recipe
+    from datamill.curate.executors.run import run_recipe
+
+    rng = random.Random(2)
+    paragraphs = real_paragraphs(160)
+    for k in range(4):
+        write_jsonl(tmp_path / "raw" / f"part{k}.jsonl",
+                    [{"text": t, "quality": rng.choice([0.1, 0.5, 0.5, 0.9, None])} for t in paragraphs[k::4]])
+    stages = [{"type": "percentile_band", "score": "quality", "lower": 5, "upper": 80},
+              {"type": "budget", "score": "quality", "budget": 0.5, "keep": "lowest"}]
+    shards = {}
+    for partitions in (1, 4):
+        spec = {"name": "rank", "stages": stages, "output": {"dir": str(tmp_path / f"p{partitions}")},
+                "sources": [{"type": "jsonl", "path": str(tmp_path / "raw" / "*.jsonl"), "name": "web",
+                             "columns": {"quality": "float"}}],
+                "executor": {"batch_rows": 16, "reduce_partitions": partitions}}
+        stats = run_recipe(validate_recipe(spec), workers=1)
+        shards[partitions] = {p.name: p.read_bytes() for p in sorted((tmp_path / f"p{partitions}" / "shards").iterdir())}
+    assert shards[4] == shards[1]
+    assert set(stats["stages"][0]["dropped"]) == {"outside_band"} and stats["stages"][1]["dropped"]["over_budget"] > 0

@@ -201,3 +201,47 @@ def test_executor_choice_does_not_change_the_fingerprint():
     assert ray_recipe.executor.type == "ray" and local.fingerprint() == ray_recipe.fingerprint()
     dumped = local.model_dump(mode="json")
     assert "address" in dumped["executor"]  # present, but left out of the hash like `workers`
+
+
+def run_with_partitions(spec: dict, executor: str, partitions: int) -> tuple[dict, dict[str, bytes]]:
+    spec = {**spec, "executor": {**spec["executor"], "type": executor, "reduce_partitions": partitions}}
+    stats = run_recipe(validate_recipe(spec), workers=1 if executor == "local" else 2)
+    out = Path(spec["output"]["dir"]) / "shards"
+    return stats, {p.name: p.read_bytes() for p in sorted(out.iterdir())}
+
+
+def test_partitioned_reduces_and_the_classifier_on_ray_write_what_the_local_executor_writes(tmp_path, ray_cluster):
+    """Issue 18/17 on Ray. One recipe, local (one process reduce) vs Ray (reduces in 3 partitions as Ray tasks):
+    exact and near copies across files, a fastText classifier (in Ray actors), and a budget ranking
+    on the classifier's score."""
+    from classifier_corpus import boilerplate, stdlib_docstrings
+    from datamill.filters.classifier_train import FastTextSettings, TrainSettings, train_classifier
+
+    docs, junk = stdlib_docstrings(40), boilerplate(40)
+    model = tmp_path / "model"
+    train_classifier(pl.DataFrame({"text": docs + junk, "label": ["doc"] * 40 + ["junk"] * 40}),
+                     TrainSettings(kind="fasttext", positive_label="doc",
+                                   fasttext=FastTextSettings(bucket=20_000, dim=16, epoch=10)), model)
+    rows = [t for pair in zip(docs, junk) for t in pair]
+    for k in range(4):
+        part = rows[k * 20:(k + 1) * 20] + [docs[(k * 7 + 11) % 40], docs[(k * 5 + 22) % 40].replace(" ", "  ", 1)
+                                            .replace("the", "a", 1) + " Also."]
+        write_jsonl(tmp_path / "raw" / f"part{k}.jsonl", [{"text": t} for t in part])
+    stages = [{"type": "exact_dedup"}, {"type": "minhash_dedup", "threshold": 0.7},
+              {"type": "classifier", "name": "q", "model": str(model), "min_score": 0.5},
+              {"type": "budget", "score": "q_score", "budget": 0.5}]
+    spec = {"name": "ray-reduce", "sources": [{"type": "jsonl", "path": str(tmp_path / "raw" / "*.jsonl"), "name": "web"}],
+            "stages": stages, "executor": {"batch_rows": 8}}
+    local_stats, local = run_with_partitions({**spec, "output": {"dir": str(tmp_path / "local")}}, "local", 1)
+    ray_stats, on_ray = run_with_partitions({**spec, "output": {"dir": str(tmp_path / "ray")}}, "ray", 3)
+    assert on_ray == local
+    assert ray_stats["executor"] == "ray"
+    dropped = [s["dropped"] for s in ray_stats["stages"]]
+    assert dropped == [s["dropped"] for s in local_stats["stages"]]
+    assert dropped[0] == {"exact_duplicate": 4} and dropped[1].get("near_duplicate", 0) >= 3
+    assert set(dropped[2]) <= {"q_below_min_score"}
+    left = 88 - sum(sum(d.values()) for d in dropped[:3])
+    assert dropped[3] == {"over_budget": left - int(left * 0.5 + 0.5)}
+    kept = pl.read_parquet(sorted((tmp_path / "ray" / "shards").glob("*.parquet")))
+    assert kept.height == int(left * 0.5 + 0.5) and kept["q_score"].null_count() == 0 and kept["q_score"].min() >= 0.5
+    assert not list((tmp_path / "ray" / "state").rglob("reduce"))

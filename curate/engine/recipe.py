@@ -64,8 +64,9 @@ class ExecutorSpec(BaseModel):
     address: str | None = Field(None, description="ray: cluster address (`auto`, `ray://host:10001`); "
                                 "default: start a local Ray cluster.")
     batch_rows: int = Field(1000, ge=1, description="Records per batch handed to stages.")
-    reduce_partitions: int = Field(1, ge=1, description="Reduce dedup barriers (minhash_dedup, exact_dedup) in this "
-                                   "many hash-range partitions, in parallel: no process holds every summary. "
+    reduce_partitions: int = Field(1, ge=1, description="Reduce dedup barriers (minhash_dedup, exact_dedup) and "
+                                   "ranking barriers (budget, percentile_band, dsir, ifd, ds_weight) in this many "
+                                   "partitions, in parallel (local pool or Ray tasks): no process holds every summary. "
                                    "Same output for any value.")
 
 

@@ -6,26 +6,35 @@ segment's Stage objects over each shard with the same `ShardRun` as the local ex
 → quarantine, drop counting, removed/, the atomic commit and the done markers are the same code).
 A segment whose stages load models in `setup()` or want GPUs runs in an actor pool (models load
 once per actor, `num_cpus`/`num_gpus` from the stages' `Resources`); other segments run as tasks.
-Barrier stages summarize in the segment before them, reduce on the driver, then apply
-(the shared orchestration in `executors.run`).
+Barrier stages summarize in the segment before them, reduce, then apply (the shared
+orchestration in `executors.run`). The reduce runs on the driver, or with
+`executor.reduce_partitions: P` (stages with a partitioned reduce: minhash_dedup, exact_dedup,
+the ranking barriers) as Ray tasks (`reduce_on_ray`): one split task per summary file returns its
+P partition frames and its statistics into Ray's object store, one task per partition reduces the
+frames of that partition, and the driver combines the partition results (duplicate pairs,
+candidates) into the decision table — the same table as the single-process reduce.
 
 A worker that dies (killed, out of memory) is restarted by Ray and its shard re-run from scratch:
 a shard's files only appear by rename with its done marker, so a retry never duplicates output.
-The run directory must be on a filesystem every node and the driver see (NFS, a shared disk).
+The run directory must be on a filesystem every node and the driver see (NFS, a shared disk):
+the partitioned reduce's tasks read the summary files there too.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from pathlib import Path
 
 import numpy as np
+import polars as pl
 
+from datamill.curate.dedup.partitioned import partition_reducer
 from datamill.curate.engine.layout import RunLayout
 from datamill.curate.engine.pipeline import Pipeline, Segment
 from datamill.curate.engine.recipe import Recipe
 from datamill.curate.engine.source import ShardSpec
-from datamill.curate.engine.stage import Resources, Stage
+from datamill.curate.engine.stage import BarrierStage, Resources, Stage
 from datamill.curate.executors.run import Executor, RunError, ShardProgress, register_executor
 from datamill.curate.executors.workers import ShardFailed, records_seen, run_shard_reporting
 
@@ -60,6 +69,17 @@ class RayExecutor(Executor):
     @property
     def workers_used(self) -> int:
         return self.used
+
+    def reduce(self, barrier: BarrierStage, summary_files: list[Path], workdir: Path) -> pl.DataFrame:
+        """In `executor.reduce_partitions` partitions as Ray tasks where the stage has a
+        partitioned reduce; else on the driver."""
+        partitions = self.recipe.executor.reduce_partitions
+        if partitions > 1 and partition_reducer(barrier) is not None:
+            try:
+                return reduce_on_ray(barrier, summary_files, partitions)
+            except Exception as err:
+                raise RunError(f"stage {barrier.name!r}: the partitioned reduce failed: {_root_message(err)}") from err
+        return super().reduce(barrier, summary_files, workdir)
 
     def map_shards(self, segment: Segment, shards: list[int]) -> Iterator[ShardProgress]:
         import ray
@@ -156,6 +176,45 @@ def _root_message(err: BaseException) -> str:
     if "ShardFailed: " in text:
         return text.rsplit("ShardFailed: ", 1)[1].strip().splitlines()[0]
     return f"the Ray run failed: {text}"
+
+
+# --- the partitioned barrier reduce as Ray tasks ---------------------------------------------
+
+def reduce_on_ray(stage: BarrierStage, summary_files: Sequence[Path], partitions: int) -> pl.DataFrame:
+    """The decision table of `stage` over `summary_files` (equal to `stage.reduce` of them all),
+    reduced in `partitions` partitions by Ray tasks on the connected cluster; the partition data
+    travels through Ray's object store, the summary files are read where the tasks run."""
+    import ray
+
+    reducer = partition_reducer(stage)
+    if reducer is None:
+        raise TypeError(f"{stage.name}: {type(stage).__name__} has no partitioned reduce")
+    files = [str(f) for f in summary_files]
+    if not files:
+        raise ValueError(f"{stage.name}: no summary files to reduce")
+    split = ray.remote(_split_summary).options(num_returns=partitions + 1, max_retries=MAX_RESTARTS)
+    reduce_one = ray.remote(_reduce_partition).options(max_retries=MAX_RESTARTS)
+    stage_ref = ray.put(stage)
+    pieces = [split.remote(stage_ref, file, partitions) for file in files]  # per file: P frames, stats
+    shard_stats = [s for s in ray.get([refs[-1] for refs in pieces]) if s is not None]
+    stats = pl.concat(shard_stats) if shard_stats else None
+    stats_ref = ray.put(stats)
+    results = ray.get([reduce_one.remote(stage_ref, files, stats_ref, *[refs[p] for refs in pieces])
+                       for p in range(partitions)])
+    return reducer.combine(pl.concat(results).lazy(), pl.scan_parquet(files), stats)
+
+
+def _split_summary(stage: BarrierStage, file: str, partitions: int) -> tuple:
+    """Task: one summary file → its partition frames and its statistics."""
+    reducer = partition_reducer(stage)
+    summary = pl.read_parquet(file)
+    return (*reducer.split(summary, partitions), reducer.stats(summary))
+
+
+def _reduce_partition(stage: BarrierStage, files: list[str], stats: pl.DataFrame | None,
+                      *frames: pl.DataFrame) -> pl.DataFrame:
+    """Task: one partition's frames (from every summary file) → the partition's result."""
+    return partition_reducer(stage).reduce_partition(pl.concat(frames).lazy(), pl.scan_parquet(files), stats)
 
 
 # --- on the workers ------------------------------------------------------------------------
