@@ -48,15 +48,15 @@ def evolved(smollm) -> pl.DataFrame:
     stage = EvolInstructStage(EvolParams(rounds=1, sampling={"max_new_tokens": 12},
                                          response_sampling={"max_new_tokens": 6}))
     stage.generator = smollm
-    return stage.process(pl.DataFrame({"id": ["q0", "q1"], "source": ["s", "s"], "instruction": QUESTIONS,
-                                       "output": ["Go to bed at the same time every night.", "The blue whale."]}))
+    return stage.process(pl.DataFrame({"id": ["q0"], "source": ["s"], "instruction": QUESTIONS[:1],
+                                       "output": ["Go to bed at the same time every night."]}))
 
 
 def test_evol_instruct(evolved, smollm):
-    assert evolved["id"].to_list() == ["q0", "q0/evol1", "q1", "q1/evol1"]
-    assert evolved["evol_round"].to_list() == [0, 1, 0, 1] and set(evolved["evol_model"]) == {smollm.model_id}
+    assert evolved["id"].to_list() == ["q0", "q0/evol1"]
+    assert evolved["evol_round"].to_list() == [0, 1] and set(evolved["evol_model"]) == {smollm.model_id}
     rounds = evolved.filter(pl.col("evol_round") == 1)
-    assert set(rounds["evol_method"]) <= set(METHODS) and rounds["evolved_from"].to_list() == QUESTIONS
+    assert set(rounds["evol_method"]) <= set(METHODS) and rounds["evolved_from"].to_list() == QUESTIONS[:1]
     assert set(rounds["_drop_reason"].drop_nulls()) <= set(REASONS)  # a rejected evolution is dropped, not raised
     for row in evolved.filter(pl.col("_drop_reason").is_null()).iter_rows(named=True):
         assert [m["role"] for m in row["messages"]] == ["user", "assistant"] and row["output"].strip()
@@ -65,7 +65,7 @@ def test_evol_instruct(evolved, smollm):
 def test_judge_absolute_and_pairwise(evolved, smollm):
     stage = JudgeStage(JudgeParams(aspects=["helpfulness"], sampling={"temperature": 0, "max_new_tokens": 5}))
     stage.generator = smollm
-    originals = evolved.filter(pl.col("evol_round") == 0).select("id", "instruction", "output").head(1)
+    originals = evolved.filter(pl.col("evol_round") == 0).select("id", "instruction", "output")
     rated = stage.process(originals)
     assert set(rated["judge_model"]) == {smollm.model_id}
     assert rated["judge_failures"].to_list() == rated["judge_helpfulness"].is_null().cast(pl.Int64).to_list()
@@ -78,6 +78,7 @@ def test_judge_absolute_and_pairwise(evolved, smollm):
                                               "response_a": ["Keep a regular bedtime and a dark, cool room."],
                                               "response_b": ["Fish."]}))
     assert verdicts["judge_verdict"].to_list()[0] in ("a", "b", "tie", "inconsistent", "unparsed")
+    assert {"judge_verdict_first", "judge_verdict_swapped", "judge_model"} <= set(verdicts.columns)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +145,7 @@ def test_glan_from_a_discipline(smollm, tmp_path, monkeypatch):
     if batch.records.height:
         assert set(batch.records["subject_source"]) == {"llm"} and set(batch.records["subject_model"]) == {smollm.model_id}
         assert set(batch.records["discipline"]) == {"Biology"} and batch.records["instruction"].str.len_chars().min() > 0
+        assert {"subject", "session", "session_index", "key_concepts", "glan_model", "messages"} <= set(batch.records.columns)
 
 
 def test_llm2llm_with_the_real_teacher(smollm, tiny_model_folder, tmp_path, monkeypatch):  # noqa: F811
