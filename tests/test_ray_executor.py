@@ -210,7 +210,8 @@ def run_with_partitions(spec: dict, executor: str, partitions: int) -> tuple[dic
     return stats, {p.name: p.read_bytes() for p in sorted(out.iterdir())}
 
 
-def test_partitioned_reduces_and_the_classifier_on_ray_write_what_the_local_executor_writes(tmp_path, ray_cluster):
+def test_partitioned_reduces_and_the_classifier_on_ray_write_what_the_local_executor_writes(tmp_path, ray_cluster,
+                                                                                           monkeypatch):
     """Issue 18/17 on Ray. One recipe, local (one process reduce) vs Ray (reduces in 3 partitions as Ray tasks):
     exact and near copies across files, a fastText classifier (in Ray actors), and a budget ranking
     on the classifier's score."""
@@ -233,6 +234,12 @@ def test_partitioned_reduces_and_the_classifier_on_ray_write_what_the_local_exec
     spec = {"name": "ray-reduce", "sources": [{"type": "jsonl", "path": str(tmp_path / "raw" / "*.jsonl"), "name": "web"}],
             "stages": stages, "executor": {"batch_rows": 8}}
     local_stats, local = run_with_partitions({**spec, "output": {"dir": str(tmp_path / "local")}}, "local", 1)
+    import datamill.curate.executors.run as run_module
+
+    def no_pool(*args, **kwargs):
+        raise AssertionError("the Ray executor reduced partitions on the driver's process pool")
+
+    monkeypatch.setattr(run_module, "reduce_partitioned", no_pool)  # the partitions must run as Ray tasks
     ray_stats, on_ray = run_with_partitions({**spec, "output": {"dir": str(tmp_path / "ray")}}, "ray", 3)
     assert on_ray == local
     assert ray_stats["executor"] == "ray"
