@@ -16,7 +16,8 @@ scriptlets, `$$` HTML filters: they hide page elements, they never block a URL),
 (only `script`, `image`, … — a page is not one), `third_party` (a page is never third-party to
 itself), `modifier` (`csp=`, `redirect=`, `removeparam=`…: they rewrite a request instead of
 blocking it), `cosmetic_exception` (`@@…$elemhide`, `$generichide`…), `unsupported_option`,
-`bad_regex` (JavaScript-only regex syntax) and `badfilter` (disabled).
+`bad_regex` (JavaScript-only regex syntax), `empty_pattern` (`*`, `|` or `||` alone, without a
+host constraint: it would block every page) and `badfilter` (disabled).
 """
 
 from __future__ import annotations
@@ -125,8 +126,8 @@ def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
     """A NetworkRule, or the reason the rule does not apply to page URLs."""
     exception = body.startswith("@@")
     body = body[2:] if exception else body
-    if not body or body in ("*", "|", "||"):
-        return "unsupported_option" if options else "empty_pattern"
+    if not body or body in ("|", "||"):
+        return "empty_pattern"
     important = case_sensitive = False
     positive, negative, constraints = set(), set(), []
     for option in options:
@@ -153,6 +154,8 @@ def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
             return "cosmetic_exception" if exception else "unsupported_option"
         else:
             return "unsupported_option"
+    if body.strip("*") == "" and not constraints:  # `*` alone would block every page
+        return "empty_pattern"
     if positive and not positive & DOCUMENT_TYPES:
         return "resource_type"
     if not positive and negative & DOCUMENT_TYPES:

@@ -88,3 +88,11 @@ def test_options_parse_without_eating_pattern_dollars():
     assert parsed.rules[1].pattern.endswith("pay\\$/now") and not parsed.not_applicable
     third = parsed.rules[2]
     assert third.important and third.hosts == ((r"(?:^|\.)(?:foo\.com)$", r"(?:^|\.)(?:bar\.foo\.com)$"),)
+
+
+def test_to_from_and_denyallow_constrain_the_page_host(tmp_path):
+    rules = ["/landing/$to=offers.com|~safe.offers.com", "/go/$from=links.net", "*$denyallow=ok.org|fine.org,domain=hub.io"]
+    urls = ["https://offers.com/landing/", "https://safe.offers.com/landing/", "https://links.net/go/1",
+            "https://other.net/go/1", "https://hub.io/x", "https://ok.org/x"]
+    got, _ = reasons_for(tmp_path, rules, urls)
+    assert [got[u] for u in urls] == ["ads", None, "ads", None, "ads", None]
