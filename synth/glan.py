@@ -46,7 +46,8 @@ from datamill.synth.templates import SFTFormat, render, sft_columns, user_turn
 
 SESSION = r"(?im)^\W*session\s*(\d+)\s*[:.\-–]\s*(.+?)\s*$"
 CONCEPTS = r"(?im)^\W*key\s+concepts?\s*[:\-–]\s*(.+?)\s*$"
-LIST_ITEM = r"^\s*(?:\d+\s*[.):]|[-*•])\s+(.+?)\s*$"
+NUMBERED = r"^\s*\d+\s*[.):]\s*(.+?)\s*$"
+BULLET = r"^\s*[-*•]\s+(.+?)\s*$"
 
 
 class GlanParams(SourceParams):
@@ -112,16 +113,18 @@ def read_taxonomy(path: Path) -> list[tuple[str, str | None]]:
 
 
 def parse_subjects(text: str, limit: int, max_words: int = 8) -> list[str]:
-    """Subject names from an LLM's numbered or bulleted list: markdown and a trailing description
-    (after ':' or ' - ') removed, over-long names skipped, duplicates (case and spacing ignored)
-    dropped, at most `limit`."""
+    """Subject names from an LLM's numbered list (or bulleted, when nothing is numbered: bullets
+    under numbered items are their subtopics): markdown and a trailing description (after ':' or
+    ' - ') removed, over-long names skipped, duplicates (case and spacing ignored) dropped, at most
+    `limit`."""
+    lines = text.splitlines()
+    items = [m.group(1) for m in (re.match(NUMBERED, line) for line in lines) if m]
+    if not items:
+        items = [m.group(1) for m in (re.match(BULLET, line) for line in lines) if m]
     subjects: list[str] = []
     seen: set[str] = set()
-    for line in text.splitlines():
-        item = re.match(LIST_ITEM, line)
-        if not item:
-            continue
-        name = re.sub(r"[*_`#]", "", item.group(1))
+    for item in items:
+        name = re.sub(r"[*_`#]", "", item)
         name = re.split(r"\s*[:：]\s+|\s+[-–—]\s+", name, maxsplit=1)[0].strip().strip("\"'.,;").strip()
         key = " ".join(name.casefold().split())
         if not key or len(key.split()) > max_words or key in seen:

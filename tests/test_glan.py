@@ -67,11 +67,12 @@ def test_malformed_taxonomy_is_named(tmp_path):
 
 SUBJECTS = """Here are the subjects:
 1. **Organic Chemistry**: the chemistry of carbon compounds
+   - alkanes
 2) Physical chemistry - energy and rates
 3. organic   chemistry
-- Analytical Chemistry
-4. A long line that describes a whole programme of study rather than naming one subject
-5. Biochemistry
+4) Analytical Chemistry
+5. A long line that describes a whole programme of study rather than naming one subject
+6. Biochemistry
 """
 
 
@@ -80,6 +81,9 @@ def test_subject_list_parsing():
                                                  "Biochemistry"]
     assert parse_subjects(SUBJECTS, limit=2) == ["Organic Chemistry", "Physical chemistry"]
     assert parse_subjects("I cannot list subjects.", limit=5) == []
+    nested = "1.Genetics\n   - DNA\n   - heredity\n2. Ecology\n   * food webs"  # bullets under numbers are subtopics
+    assert parse_subjects(nested, limit=5) == ["Genetics", "Ecology"]
+    assert parse_subjects("- Zoology\n- Botany", limit=5) == ["Zoology", "Botany"]
 
 
 def llm_teacher(text: str, k: int, params) -> str:
