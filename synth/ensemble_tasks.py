@@ -1,16 +1,18 @@
 """Ensemble-Instruct's instruction side: several generators propose new tasks for the same seed, filtered for
 format and novelty, optionally kept by cross-generator agreement.
 
-Lee et al. 2023 (and its code, IBM/ensemble-instruct) generate instructions with a mixture of LMs
-and simplified, categorized in-context templates: a seed task that has an input is shown with
-other input tasks and a new instruction *with* an input is asked for (their type A), a seed task
-without one with other no-input tasks (type B). A proposal is kept only when it parses (an
+Lee et al. 2023 (and its code, IBM/ensemble-instruct) generate instructions and instances with
+small LMs from simplified, categorized in-context templates: a seed task that has an input is
+shown with other input tasks and a new instruction *with* an input is asked for (their type A), a
+seed task without one with other no-input tasks (type B); new instructions must be novel (ROUGE-L
+below 0.7 against the pool, the Self-Instruct rule), and the ensembling is on outputs (see
+synth/ensemble.py). Here every generator of the ensemble proposes for the same seed, so the
+mixture of models works on the instruction side too. A proposal is kept only when it parses (an
 "Instruction:" line, and for type A a non-empty "Input:") and is novel: its ROUGE-L F1 with every
 instruction already in the pool (the batch's seeds and the proposals kept before it) stays below
-`novelty_rouge` (0.7, the Self-Instruct rule the paper keeps). The paper's consensus step is on
-outputs (see synth/ensemble.py); `instruction_consensus: rouge` adds one on proposals too: per
-seed only the proposal with the highest mean ROUGE-L F1 to the other generators' proposals is
-kept, and none when that agreement is below `instruction_min_agreement`.
+`novelty_rouge`. `instruction_consensus: rouge` (our extension, not in the paper) keeps per seed
+only the proposal with the highest mean ROUGE-L F1 to the other generators' proposals, and none
+when that agreement is below `instruction_min_agreement`.
 """
 
 from __future__ import annotations
