@@ -1,5 +1,6 @@
-"""Ensemble-Instruct's instruction side: several generators propose new tasks for the same seed, filtered for
-format and novelty, optionally kept by cross-generator agreement.
+"""Ensemble-Instruct's instruction side: every generator proposes a new task per seed, checked for format and novelty.
+
+Optionally, only the proposal the generators agree on is kept.
 
 Lee et al. 2023 (and its code, IBM/ensemble-instruct) generate instructions and instances with
 small LMs from simplified, categorized in-context templates: a seed task that has an input is
