@@ -42,6 +42,13 @@ def entry_key(model_id: str, chat: Chat, params: SamplingParams, sample_index: i
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+def choice_key(model_id: str, chat: Chat, choices: list[str], prefix: str) -> str:
+    """sha256 hex of (key version, model_id, messages, prefix, choices): a `score_choices` answer."""
+    payload = {"version": KEY_VERSION, "kind": "choices", "model_id": model_id, "messages": chat,
+               "prefix": prefix, "choices": choices}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
 class GenerationCache:
     """Completions stored one file per key under a folder."""
 
@@ -61,13 +68,28 @@ class GenerationCache:
             raise ValueError(f"generation cache entry {path} is corrupt ({error}); delete it to regenerate") from None
         return Completion(**data)
 
+    def get_scores(self, key: str) -> list[float] | None:
+        path = self.path(key)
+        try:
+            return [float(v) for v in json.loads(path.read_text(encoding="utf-8"))]
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as error:
+            raise ValueError(f"generation cache entry {path} is corrupt ({error}); delete it to recompute") from None
+
+    def put_scores(self, key: str, scores: list[float]) -> None:
+        self.write(key, [float(v) for v in scores])  # -inf is written as -Infinity, which json reads back
+
     def put(self, key: str, completion: Completion) -> None:
+        self.write(key, asdict(completion))
+
+    def write(self, key: str, value) -> None:
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(asdict(completion), f, ensure_ascii=False)
+                json.dump(value, f, ensure_ascii=False)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -117,6 +139,26 @@ class CachedGenerator:
         self.model_id = backend.model_id
         self.streams = takes_on_completion(backend)
         self.tally = GenerationTally()
+        if callable(getattr(backend, "score_choices", None)):  # the capability passes through, cached
+            self.score_choices = self.cached_score_choices
+
+    def cached_score_choices(self, chats: list[Chat], choices: list[str], prefix: str = "") -> list[list[float]]:
+        """The backend's `score_choices`, each chat's answer stored under a key of (model, chat, prefix, choices)."""
+        chats = validate_chats(chats)
+        keys = [choice_key(self.model_id, chat, choices, prefix) for chat in chats]
+        found = [self.cache.get_scores(k) for k in keys]
+        missing = [i for i, v in enumerate(found) if v is None]
+        if missing:
+            began = time.perf_counter()
+            scores = self.backend.score_choices([chats[i] for i in missing], choices, prefix)
+            self.tally.seconds += time.perf_counter() - began
+            for i, row in zip(missing, scores):
+                self.cache.put_scores(keys[i], row)
+                found[i] = row
+        self.tally.completions += len(chats)
+        self.tally.cache_hits += len(chats) - len(missing)
+        self.save_tally()
+        return found  # type: ignore[return-value]
 
     def generate(self, chats: list[Chat], params: SamplingParams,
                  on_completion: OnCompletion | None = None) -> list[list[Completion]]:

@@ -6,7 +6,8 @@ result is one list of `params.n` completions per chat, in input order. Backends 
 `synth/backends/` (`transformers`, the embedded default; `vllm`; `openai` for any
 OpenAI-compatible server) and are picked by name from a small table (`load_backend`). Wrapping a
 backend in the content-addressed cache of `synth/cache.py` is done a layer above both modules, by
-`synth/factory.py:make_generator`.
+`synth/factory.py:make_generator`. Backends may also implement `score_choices` (the
+`ChoiceScorer` capability): the log-probability of fixed answers at the start of the reply.
 """
 
 from __future__ import annotations
@@ -90,6 +91,28 @@ class Generator(Protocol):
         """`params.n` completions per chat, in input order; deterministic for a fixed seed.
         `on_completion`, when given, is called for each completion as soon as it is done."""
         ...
+
+
+class ChoiceScorer(Protocol):
+    """A Generator that can also read how likely fixed answers are at the start of its reply (an
+    optional capability: the transformers backend has it, the openai backend where the server
+    returns logprobs). LLM judges use it to get a score from every reply (G-Eval's expected score)."""
+
+    model_id: str
+
+    def score_choices(self, chats: list[Chat], choices: list[str], prefix: str = "") -> list[list[float]]:
+        """Per chat, log P(the assistant's reply, after `prefix`, is exactly each choice): one float
+        per choice, -inf where the backend sees no probability for it. Deterministic."""
+        ...
+
+
+def choice_scorer(generator: Generator, who: str) -> ChoiceScorer:
+    """`generator` if it can score choices, else a ValueError naming `who` and the way out."""
+    if not callable(getattr(generator, "score_choices", None)):
+        raise ValueError(f"{who}: method logprobs needs a generator that exposes answer log-probabilities "
+                         f"({generator.model_id} does not); use the transformers backend, an OpenAI-compatible "
+                         "server that returns logprobs, or method: generate")
+    return generator  # type: ignore[return-value]
 
 
 class GeneratorSpec(pydantic.BaseModel):

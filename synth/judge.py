@@ -16,10 +16,24 @@ swap: A in the first order and B (the same answer) in the swapped one gives `a`;
 `tie`; anything else is `inconsistent` (or `unparsed` when either reply has no "[[A]]/[[B]]/[[C]]").
 Columns: `judge_verdict`, `judge_verdict_first`, `judge_verdict_swapped`; `drop_inconsistent`
 drops rows without a consistent verdict.
+
+Method. `method: generate` (the default, as distilabel's UltraFeedback and PrometheusEval tasks):
+the judge writes its reply and the rating or verdict is parsed from the text. `method: logprobs`
+(G-Eval, Liu et al. 2023) reads the probabilities of the answers at the answer position instead,
+so every reply yields a score, even from a small model that never writes the format: the reply is
+started with "Rating:" and the score is the expected rating Σ p(k)·k over k = 1..scale, p
+renormalized over the valid ratings; `judge_rating_mass` is the mean probability the judge put on
+a valid rating at all (low: it wanted to write something else). Pairwise, the reply is started
+with "[[" after a prompt that asks for the verdict first (`judge_pairwise_verdict.txt`), each
+order's verdict is the likeliest of A/B/C, the swap rule above applies, and `judge_p_a` is the
+probability that response_a wins averaged over both orders (P(A) first, P(B) swapped). It needs a
+generator with the `score_choices` capability: the transformers backend, or an OpenAI-compatible
+server returning `top_logprobs` (the stage checks once at setup and refuses others).
 """
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar, Literal
 
 import polars as pl
@@ -28,7 +42,7 @@ from pydantic import Field
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Filter, FilterParams, Resources
 from datamill.synth.factory import make_generator
-from datamill.synth.generation import Generator, GeneratorSpec, SamplingParams
+from datamill.synth.generation import Generator, GeneratorSpec, SamplingParams, choice_scorer
 from datamill.synth.templates import chats_from_batch, render, user_turn
 
 ULTRAFEEDBACK_ASPECTS = ["helpfulness", "honesty", "instruction_following", "truthfulness"]
@@ -36,6 +50,10 @@ RATING = r"(?i)(?:rating|score)\s*(?:\(\s*1\s*-\s*\d+\s*\))?\s*[:：=]?\s*\**\s*
 OUT_OF = r"(?i)(\d+(?:\.\d+)?)\s*(?:/|out\s+of)\s*\d+"
 BARE = r"^\s*\**\s*(\d+(?:\.\d+)?)\s*\**\s*\.?\s*$"
 VERDICT = r"\[\[\s*([ABC])\s*\]\]"
+RATING_PREFIX = "Rating:"
+VERDICT_PREFIX = "[["
+VERDICTS = ["A", "B", "C"]
+Method = Literal["generate", "logprobs"]
 
 
 def parse_ratings(replies: pl.Expr, scale: int) -> pl.Expr:
@@ -57,34 +75,80 @@ def rubric_fields(scale: int) -> dict[str, str]:
     return {"max": str(scale), "low_mid": str(points[0]), "mid": str(points[1]), "high_mid": str(points[2])}
 
 
+def choice_probabilities(logps: list[list[float]]) -> tuple[list[list[float] | None], list[float]]:
+    """(probabilities renormalized over the choices, or None where none has any; total probability
+    of the choices) per row of `score_choices` log-probabilities."""
+    probs, mass = [], []
+    for row in logps:
+        finite = [v for v in row if math.isfinite(v)]
+        if not finite:
+            probs.append(None)
+            mass.append(0.0)
+            continue
+        top = max(finite)
+        weights = [math.exp(v - top) if math.isfinite(v) else 0.0 for v in row]
+        total = sum(weights)
+        probs.append([w / total for w in weights])
+        mass.append(min(1.0, total * math.exp(top)))
+    return probs, mass
+
+
+def rating_choices(scale: int) -> list[str]:
+    return [f" {k}" for k in range(1, scale + 1)]
+
+
+def expected_ratings(scorer, chats: list[list[dict[str, str]]], scale: int) -> tuple[list[float | None], list[float]]:
+    """G-Eval's Σ p(k)·k per chat (None where no rating has probability), and the mass on valid ratings."""
+    probs, mass = choice_probabilities(scorer.score_choices(chats, rating_choices(scale), RATING_PREFIX)) if chats else ([], [])
+    return [None if p is None else sum(q * k for k, q in enumerate(p, start=1)) for p in probs], mass
+
+
 def rate(generator: Generator, instructions: list[str], responses: list[str], aspects: list[str], scale: int,
-         sampling: SamplingParams) -> pl.DataFrame:
-    """One row per response: `judge_<aspect>` ratings (null where unparsed), `judge_score`, `judge_failures`."""
+         sampling: SamplingParams, method: Method = "generate") -> pl.DataFrame:
+    """One row per response: `judge_<aspect>` ratings (null where unparsed), `judge_score`, `judge_failures`
+    (logprobs: expected ratings, and `judge_rating_mass`)."""
     chats = [user_turn(render(f"judge_{aspect}", instruction=q, response=r, **rubric_fields(scale)))
              for aspect in aspects for q, r in zip(instructions, responses)]
-    replies = [group[0].text for group in generator.generate(chats, sampling.model_copy(update={"n": 1}))] if chats else []
     n = len(responses)
-    table = pl.DataFrame({f"judge_{a}": pl.Series(replies[k * n:(k + 1) * n], dtype=pl.String)
-                          for k, a in enumerate(aspects)})
     names = [f"judge_{a}" for a in aspects]
-    table = table.with_columns(parse_ratings(pl.col(c), scale).alias(c) for c in names)
+    if method == "logprobs":
+        values, mass = expected_ratings(choice_scorer(generator, "judge"), chats, scale)
+        table = pl.DataFrame({c: pl.Series(values[k * n:(k + 1) * n], dtype=pl.Float64) for k, c in enumerate(names)})
+        mass_table = pl.DataFrame({f"m{k}": pl.Series(mass[k * n:(k + 1) * n], dtype=pl.Float64)
+                                   for k in range(len(aspects))})
+        table = table.with_columns(mass_table.select(pl.mean_horizontal(pl.all())).to_series().alias("judge_rating_mass"))
+    else:
+        replies = [group[0].text for group in generator.generate(chats, sampling.model_copy(update={"n": 1}))] if chats else []
+        table = pl.DataFrame({c: pl.Series(replies[k * n:(k + 1) * n], dtype=pl.String) for k, c in enumerate(names)})
+        table = table.with_columns(parse_ratings(pl.col(c), scale).alias(c) for c in names)
     return table.with_columns(pl.mean_horizontal(names).alias("judge_score"),
                               pl.sum_horizontal(pl.col(c).is_null() for c in names).cast(pl.Int64).alias("judge_failures"))
 
 
 def compare(generator: Generator, instructions: list[str], first: list[str], second: list[str],
-            sampling: SamplingParams) -> pl.DataFrame:
+            sampling: SamplingParams, method: Method = "generate") -> pl.DataFrame:
     """Pairwise verdicts with a position swap: `judge_verdict` (a / b / tie / inconsistent / unparsed),
-    and the raw verdicts of both orders, `judge_verdict_first` and `judge_verdict_swapped` (A/B/C)."""
-    asks = [user_turn(render("judge_pairwise", instruction=q, response_a=a, response_b=b))
+    and the raw verdicts of both orders, `judge_verdict_first` and `judge_verdict_swapped` (A/B/C);
+    logprobs: each order's likeliest verdict, and `judge_p_a`."""
+    template = "judge_pairwise_verdict" if method == "logprobs" else "judge_pairwise"
+    asks = [user_turn(render(template, instruction=q, response_a=a, response_b=b))
             for q, a, b in zip(instructions, first, second)]
-    asks += [user_turn(render("judge_pairwise", instruction=q, response_a=b, response_b=a))
+    asks += [user_turn(render(template, instruction=q, response_a=b, response_b=a))
              for q, a, b in zip(instructions, first, second)]
-    replies = [g[0].text for g in generator.generate(asks, sampling.model_copy(update={"n": 1}))] if asks else []
     n = len(first)
-    table = pl.DataFrame({"judge_verdict_first": pl.Series(replies[:n], dtype=pl.String),
-                          "judge_verdict_swapped": pl.Series(replies[n:], dtype=pl.String)})
-    table = table.with_columns(parse_verdicts(pl.col(c)).alias(c) for c in table.columns)
+    if method == "logprobs":
+        scorer = choice_scorer(generator, "judge")
+        probs, _ = choice_probabilities(scorer.score_choices(asks, VERDICTS, VERDICT_PREFIX)) if asks else ([], [])
+        picked = [None if p is None else VERDICTS[max(range(3), key=lambda k: (p[k], -k))] for p in probs]
+        p_a = [None if p is None or q is None else (p[0] + q[1]) / 2 for p, q in zip(probs[:n], probs[n:])]
+        table = pl.DataFrame({"judge_verdict_first": pl.Series(picked[:n], dtype=pl.String),
+                              "judge_verdict_swapped": pl.Series(picked[n:], dtype=pl.String),
+                              "judge_p_a": pl.Series(p_a, dtype=pl.Float64)})
+    else:
+        replies = [g[0].text for g in generator.generate(asks, sampling.model_copy(update={"n": 1}))] if asks else []
+        table = pl.DataFrame({"judge_verdict_first": pl.Series(replies[:n], dtype=pl.String),
+                              "judge_verdict_swapped": pl.Series(replies[n:], dtype=pl.String)})
+        table = table.with_columns(parse_verdicts(pl.col(c)).alias(c) for c in table.columns)
     one, two = pl.col("judge_verdict_first"), pl.col("judge_verdict_swapped")
     verdict = (pl.when(one.is_null() | two.is_null()).then(pl.lit("unparsed"))
                .when((one == "A") & (two == "B")).then(pl.lit("a"))
@@ -92,6 +156,16 @@ def compare(generator: Generator, instructions: list[str], first: list[str], sec
                .when((one == "C") & (two == "C")).then(pl.lit("tie"))
                .otherwise(pl.lit("inconsistent")))
     return table.with_columns(verdict.alias("judge_verdict"))
+
+
+def check_choice_scoring(generator: Generator, who: str, mode: str = "absolute", scale: int = 10) -> None:
+    """Refuse, before any record, a generator that cannot score answers (asks it once, on a tiny chat)."""
+    scorer = choice_scorer(generator, who)
+    probe = [user_turn("Rate this reply from 1 to 10: 'OK.'")]
+    if mode == "pairwise":
+        scorer.score_choices(probe, VERDICTS, VERDICT_PREFIX)
+    else:
+        scorer.score_choices(probe, rating_choices(scale), RATING_PREFIX)
 
 
 def instruction_text(chat: list[dict[str, str]]) -> str:
@@ -105,6 +179,9 @@ class JudgeParams(FilterParams):
     generator: GeneratorSpec = Field(default_factory=GeneratorSpec, description="The judge model.")
     sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(temperature=0.0, max_new_tokens=128))
     mode: Literal["absolute", "pairwise"] = "absolute"
+    method: Method = Field("generate", description="generate: parse the judge's written rating/verdict (distilabel's "
+                           "way); logprobs: the expected rating / verdict from the answer tokens' probabilities "
+                           "(G-Eval), a score from every reply; needs the transformers backend or a server with logprobs.")
     aspects: list[str] = Field(default_factory=lambda: list(ULTRAFEEDBACK_ASPECTS),
                                description="Templates synth/prompts/judge_<aspect>.txt (UltraFeedback's four, or overall).")
     scale: int = Field(10, ge=2, le=100, description="Ratings run from 1 to this.")
@@ -129,6 +206,8 @@ class JudgeStage(Filter):
 
     def setup(self) -> None:
         self.generator = make_generator(self.params.generator, getattr(self, "run_dir", None), probe=self.params.sampling)
+        if self.params.method == "logprobs":
+            check_choice_scoring(self.generator, self.name, self.params.mode, self.params.scale)
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         p = self.params
@@ -140,7 +219,7 @@ class JudgeStage(Filter):
                 if column not in batch.columns:
                     raise ValueError(f"{self.name}: pairwise judging needs column {column!r} (has {batch.columns})")
             table = compare(self.generator, instructions, batch[p.a_column].fill_null("").to_list(),
-                            batch[p.b_column].fill_null("").to_list(), sampling)
+                            batch[p.b_column].fill_null("").to_list(), sampling, p.method)
         else:
             if p.response_column is not None:
                 if p.response_column not in batch.columns:
@@ -150,7 +229,7 @@ class JudgeStage(Filter):
             if missing:
                 raise ValueError(f"{self.name}: record {batch['id'][missing[0]] if 'id' in batch.columns else missing[0]} "
                                  "has no response to rate (completion, output, an assistant message or response_column)")
-            table = rate(self.generator, instructions, answers, p.aspects, p.scale, sampling)
+            table = rate(self.generator, instructions, answers, p.aspects, p.scale, sampling, p.method)
         return batch.drop([c for c in table.columns if c in batch.columns]).hstack(table).with_columns(
             pl.lit(self.generator.model_id).alias("judge_model"))
 

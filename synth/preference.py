@@ -4,7 +4,8 @@ turned into TRL's preference format {prompt, chosen, rejected, chosen_score, rej
 - Sampling: `sampling.n` completions per prompt at `sampling.temperature` (UltraFeedback and RSO
   both start from several samples of the policy).
 - Scoring: `scorer: judge` rates each sample with the `judge` stage's per-aspect templates
-  (the mean over `judge.aspects`), `scorer: reward` with a local sequence-classification reward
+  (the mean over `judge.aspects`; `judge.method: logprobs` for the expected rating from the rating
+  tokens' probabilities, which every sample gets), `scorer: reward` with a local sequence-classification reward
   model. An empty sample or one whose rating does not parse is unscored. `scorer: relevance` is an
   offline stand-in when no capable judge or reward model is at hand (a 135M judge does not write
   parsable ratings): the cosine of prompt and response embeddings (all-MiniLM-L6-v2, bundled)
@@ -36,7 +37,7 @@ from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Filter, FilterParams, Resources
 from datamill.synth.factory import make_generator
 from datamill.synth.generation import GeneratorSpec, SamplingParams
-from datamill.synth.judge import instruction_text, rate
+from datamill.synth.judge import Method, check_choice_scoring, instruction_text, rate
 from datamill.synth.templates import chats_from_batch
 
 REASONS = ("pair_all_failed", "pair_one_scored", "pair_rso_too_few", "pair_tie", "pair_small_margin")
@@ -52,6 +53,8 @@ class JudgeScorer(BaseModel):
     aspects: list[str] = Field(default_factory=lambda: ["helpfulness", "honesty", "instruction_following",
                                                         "truthfulness"])
     scale: int = Field(10, ge=2, le=100)
+    method: Method = Field("generate", description="generate: parse written ratings; logprobs: expected rating "
+                           "from the rating tokens' probabilities (G-Eval; a score from every sample).")
 
 
 class RewardScorer(BaseModel):
@@ -137,6 +140,8 @@ class PreferencePairsStage(Filter):
         self.generator = make_generator(p.generator, run_dir, probe=p.sampling)
         if p.scorer == "judge":
             self.judge = make_generator(p.judge.generator, run_dir, probe=p.judge.sampling)
+            if p.judge.method == "logprobs":
+                check_choice_scoring(self.judge, self.name, "absolute", p.judge.scale)
         elif p.scorer == "relevance":
             from datamill.curate.models.embeddings import load_embedder
 
@@ -154,7 +159,7 @@ class PreferencePairsStage(Filter):
         flat = [s for group in samples for s in group]
         if p.scorer == "judge":
             table = rate(self.judge, [instruction_text(c) for c in flat_chats], flat, p.judge.aspects, p.judge.scale,
-                         p.judge.sampling.model_copy(update={"seed": p.judge.sampling.seed + self.seed}))
+                         p.judge.sampling.model_copy(update={"seed": p.judge.sampling.seed + self.seed}), p.judge.method)
             values = table["judge_score"].to_list()
         elif p.scorer == "relevance":
             values = relevance_scores(self.embedder, [instruction_text(c) for c in flat_chats], flat)

@@ -81,6 +81,15 @@ class TransformersGenerator:
                     on_completion(c, s, completion)
         return results  # type: ignore[return-value]
 
+    def score_choices(self, chats: list[Chat], choices: list[str], prefix: str = "") -> list[list[float]]:
+        """log P(the reply, after `prefix`, is exactly each choice) per chat (see choice_scoring.py)."""
+        from datamill.synth.backends.choice_scoring import score_choices
+
+        chats = validate_chats(chats)
+        prompts = [self.tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=False) + prefix
+                   for chat in chats]
+        return score_choices(self.model, self.tokenizer, prompts, choices, self.spec.batch_size, self.device)
+
     def _generate_batch(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Completion]:
         import torch
         from transformers import GenerationConfig, LogitsProcessorList

@@ -16,11 +16,14 @@ switched to, once and logged, when a later reply has too few choices); a server 
 either makes `probe` raise `BackendCapabilityError` (one clear message, the run stops) or, with
 `generator.missing_token_ids: text_only`, is asked for text only (no top-k, logged, and
 `text_only_reason` says why for the report).
+
+`score_choices` (the judge's `method: logprobs`) reads one token's `top_logprobs`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -124,6 +127,43 @@ class OpenAIGenerator:
         with ThreadPoolExecutor(max_workers=self.spec.max_concurrency) as pool:
             return list(pool.map(one, range(len(chats))))
 
+    def score_choices(self, chats: list[Chat], choices: list[str], prefix: str = "") -> list[list[float]]:
+        """log P of each choice as the reply's next token after `prefix`, read from the server's
+        `top_logprobs` (20) of one generated token; a choice outside them is -inf. Tokens are matched
+        by their text without surrounding spaces, so choices must differ in their first token ("1" and
+        "10" cannot be told apart: use a rating scale up to 9). A prefix is sent as the start of the
+        assistant's reply with vLLM's `continue_final_message`. A server that returns no logprobs
+        raises BackendCapabilityError."""
+        chats = validate_chats(chats)
+        wanted = [c.strip() for c in choices]
+        clash = next(((a, b) for a in wanted for b in wanted if a != b and b.startswith(a)), None)
+        if clash is not None:
+            raise BackendCapabilityError(
+                f"{self.url}: choices {clash[0]!r} and {clash[1]!r} start alike, and an OpenAI-compatible server "
+                "only gives the first token's top_logprobs; use a rating scale up to 9 (judge scale: 9) or the "
+                "transformers backend")
+
+        def one(i: int) -> list[float]:
+            messages = chats[i] + ([{"role": "assistant", "content": prefix}] if prefix else [])
+            body: dict[str, Any] = {"model": self.spec.model, "messages": messages, "max_tokens": 1, "temperature": 0.0,
+                                    "n": 1, "seed": 0, "logprobs": True, "top_logprobs": 20}
+            if prefix:
+                body.update(continue_final_message=True, add_generation_prompt=False)
+            reply = self._post(i, body)
+            content = (((reply.get("choices") or [{}])[0].get("logprobs")) or {}).get("content")
+            if not content or not content[0].get("top_logprobs"):
+                raise BackendCapabilityError(
+                    f"{self.url} returned no top_logprobs, so answer probabilities cannot be read; use "
+                    "method: generate, the transformers backend, or a server that returns logprobs (vLLM, OpenAI)")
+            found: dict[str, float] = {}
+            for alt in content[0]["top_logprobs"]:
+                key = str(alt.get("token", "")).strip()
+                found[key] = _logaddexp(found.get(key, -math.inf), float(alt["logprob"]))
+            return [found.get(c, -math.inf) for c in wanted]
+
+        with ThreadPoolExecutor(max_workers=self.spec.max_concurrency) as pool:
+            return list(pool.map(one, range(len(chats))))
+
     def request_body(self, chat: Chat, params: SamplingParams) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.spec.model, "messages": chat, "max_tokens": params.max_new_tokens,
@@ -204,6 +244,11 @@ class OpenAIGenerator:
         prompt_ids = reply.get("prompt_token_ids")  # vLLM with return_token_ids
         return Completion(text, finish, len(content), ids, logprobs, token_ids,
                           [int(t) for t in prompt_ids] if isinstance(prompt_ids, list) else None)
+
+
+def _logaddexp(a: float, b: float) -> float:
+    top = max(a, b)
+    return top if top == -math.inf else top + math.log(math.exp(a - top) + math.exp(b - top))
 
 
 def _has_token_ids(choice: dict[str, Any]) -> bool:
