@@ -35,9 +35,11 @@ def s3_endpoint():
     for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
                         "AWS_ENDPOINT_URL": endpoint}.items():
         patch.setenv(name, value)
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec caches filesystems: none may keep another module's endpoint
     try:
         yield endpoint
     finally:
+        s3fs.S3FileSystem.clear_instance_cache()
         patch.undo()
         server.stop()
 
