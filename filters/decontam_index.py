@@ -56,16 +56,21 @@ class NgramIndex:
 
     @classmethod
     def from_table(cls, table: pl.DataFrame, lengths: list[int]) -> NgramIndex:
-        """From a (hash, _order, _item) table, one row per distinct entry in any order."""
+        """From a (hash, _order, _item) table in any order; repeated rows are kept once."""
         if table.height and table[ORDER].max() >= MAX_BENCHMARKS:
             raise ValueError(f"at most {MAX_BENCHMARKS} benchmarks fit in one index")
-        table = table.unique().sort(HASH, ORDER, ITEM)
-        return cls(
-            table[HASH].to_numpy().astype(np.uint64, copy=False),
-            table[ORDER].to_numpy().astype(np.uint16),
-            table[ITEM].to_numpy().astype(np.uint32, copy=False),
-            tuple(sorted(set(lengths))),
-        )
+        table = table.sort(HASH, ORDER, ITEM)
+        hashes = table[HASH].to_numpy().astype(np.uint64, copy=False)
+        orders = table[ORDER].to_numpy().astype(np.uint16)
+        items = table[ITEM].to_numpy().astype(np.uint32, copy=False)
+        del table
+        # sorted, so a repeated entry follows its first copy (no hash table of 16M rows needed)
+        repeated = np.zeros(len(hashes), dtype=bool)
+        repeated[1:] = (hashes[1:] == hashes[:-1]) & (orders[1:] == orders[:-1]) & (items[1:] == items[:-1])
+        if repeated.any():
+            kept = ~repeated
+            hashes, orders, items = hashes[kept], orders[kept], items[kept]
+        return cls(hashes, orders, items, tuple(sorted(set(lengths))))
 
     def __len__(self) -> int:
         return len(self.hashes)

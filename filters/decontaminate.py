@@ -56,6 +56,8 @@ from datamill.filters.decontam_index import NgramIndex, shared_index
 from datamill.filters.ngrams import DOC, HASH, LENGTH, N_WORDS, ngram_hashes, normalized_words
 
 READ_BATCH_ROWS = 10_000
+BUILD_CHUNK_TEXTS = 50_000
+"""Eval texts cut into n-grams at a time while the index is built."""
 NGRAMS = "contamination_ngrams"
 CONTAMINATED_BY = "contaminated_by"
 CONTAMINATED_ITEMS = "contaminated_items"
@@ -229,29 +231,35 @@ class Decontaminate(Filter):
         """Read every benchmark and build one index of (hash, benchmark order, eval item)."""
         tables, lengths = [], {self.params.ngram}
         for order, benchmark in enumerate(self.params.benchmarks):
-            hashes = self._benchmark_hashes(benchmark)
-            lengths.update(hashes[LENGTH].unique().to_list())
-            tables.append(hashes.select(HASH, "_item").with_columns(pl.lit(order, dtype=pl.UInt32).alias("_order")))
-        return NgramIndex.from_table(pl.concat(tables).select(HASH, "_order", "_item"), sorted(lengths))
+            hashes, benchmark_lengths = self._benchmark_hashes(benchmark)
+            lengths.update(benchmark_lengths)
+            tables.append(hashes.select(HASH, pl.lit(order, dtype=pl.UInt32).alias("_order"), "_item"))
+        return NgramIndex.from_table(pl.concat(tables), sorted(lengths))
 
-    def _benchmark_hashes(self, benchmark: Benchmark) -> pl.DataFrame:
-        """(length, hash, item) of every indexed n-gram of one benchmark (item: the eval record's number)."""
+    def _benchmark_hashes(self, benchmark: Benchmark) -> tuple[pl.DataFrame, set[int]]:
+        """(hash, item) of every indexed n-gram of one benchmark (item: the eval record's number),
+        distinct within each chunk of `BUILD_CHUNK_TEXTS` eval texts hashed at a time (which bounds
+        the build's memory), and the n-gram lengths that occur."""
         texts, items, read, quarantined, first_problem = self._read_texts(benchmark)
         n = self.params.ngram
         shortest = min(self.params.min_item_tokens, n) if self.params.short_items else n
-        words = self._words(texts)
-        grams = ngram_hashes(words, range(shortest, n + 1))
-        # full n-grams, plus (short_items) the single whole-text n-gram of texts shorter than n words
-        kept = grams.filter((pl.col(LENGTH) == n) | (pl.col(LENGTH) == pl.col(N_WORDS)))
-        kept = kept.select(LENGTH, HASH, items.gather(kept[DOC]).alias("_item"))
-        if kept.height == 0:
+        parts, lengths = [], set()
+        for start in range(0, texts.len(), BUILD_CHUNK_TEXTS):
+            grams = ngram_hashes(self._words(texts.slice(start, BUILD_CHUNK_TEXTS)), range(shortest, n + 1))
+            # full n-grams, plus (short_items) the single whole-text n-gram of texts shorter than n words
+            kept = grams.filter((pl.col(LENGTH) == n) | (pl.col(LENGTH) == pl.col(N_WORDS)))
+            lengths.update(kept[LENGTH].unique().to_list())
+            chunk_items = items.slice(start, BUILD_CHUNK_TEXTS)
+            parts.append(kept.select(HASH, chunk_items.gather(kept[DOC]).alias("_item")).unique())
+            del grams, kept
+        if not lengths:
             problem = f"; first problem: {first_problem}" if first_problem else ""
             raise ValueError(
                 f"benchmark {benchmark.name!r} gives nothing to compare with: {read} records read, "
                 f"{quarantined} unusable, {texts.len()} texts, none with at least "
                 f"{shortest} words after normalization{problem}"
             )
-        return kept
+        return pl.concat(parts), lengths
 
     def _read_texts(self, benchmark: Benchmark) -> tuple[pl.Series, pl.Series, int, int, str | None]:
         """Every indexed field of every eval record as one String Series (nulls and blanks left out),
