@@ -114,7 +114,8 @@ def download_dir() -> Path:
 def _fingerprint(fs, root: str) -> tuple[str, list[str]]:
     """What identifies the current content at `root` (ETags, sizes, times) and, for a folder, its files."""
     def stamp(info: dict) -> str:
-        keys = ("ETag", "etag", "size", "LastModified", "mtime", "last_modified", "oid", "blob_id")
+        keys = ("ETag", "etag", "VersionId", "generation", "md5Hash", "crc32c", "blob_id", "oid", "sha",
+                "checksum", "size", "LastModified", "mtime", "last_modified", "updated")  # S3, GCS, HF, local
         return ";".join(f"{k}={info[k]}" for k in keys if info.get(k) is not None)
 
     info = fs.info(root)
