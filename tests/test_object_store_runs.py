@@ -46,6 +46,7 @@ def inputs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(s3_endpoint, tmp_path_factory):
+    s3fs.S3FileSystem.clear_instance_cache()  # fsspec reuses filesystems: never one of another module's server
     fs = s3fs.S3FileSystem()
     fs.mkdir(BUCKET)
     scratch = tmp_path_factory.mktemp("scratch")
@@ -53,6 +54,7 @@ def store(s3_endpoint, tmp_path_factory):
     patch.setenv("DATAMILL_SCRATCH", str(scratch))  # the runs' local mirrors
     yield fs
     patch.undo()
+    s3fs.S3FileSystem.clear_instance_cache()
 
 
 def objects(fs, url: str, folder: str) -> dict[str, bytes]:
