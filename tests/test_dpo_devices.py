@@ -138,3 +138,17 @@ def test_two_processes_under_torchrun_equal_one_process(prefs, eager, tmp_path):
     np.testing.assert_allclose(curve(out), curve(eager), rtol=1e-4, atol=1e-5)
     evals = [[r["eval_loss"] for r in read_run_log(d) if r["kind"] == "summary"] for d in (out, eager)]
     assert evals[0] == pytest.approx(evals[1], rel=1e-4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (bash bench/gpu/run.sh runs it)")
+def test_cuda_compiled_bf16_dpo_matches_eager_fp32(prefs, tmp_path):
+    """On the GPU itself: the auto plan (sdpa, bf16 autocast, inductor-compiled decoder) against fp32 eager."""
+    tokenizer = {"tokenizer": os.environ.get("DATAMILL_TEST_TOKENIZER", "smollm2-135m")}
+    fp32 = run(prefs, tmp_path / "fp32", precision="fp32", compile=False)
+    auto = run(prefs, tmp_path / "auto", precision="auto", compile=None)
+    for cfg in (fp32, auto):
+        cfg["model"].update(tokenizer)
+        train(cfg)
+    got, want = curve(tmp_path / "auto"), curve(tmp_path / "fp32")
+    assert np.isfinite(got).all() and np.abs(got[:, 0] - want[:, 0]).max() < 0.02

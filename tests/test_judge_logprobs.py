@@ -119,6 +119,20 @@ def test_scores_are_cached_like_generations(tmp_path):
     assert len(scorer.scored) == 3
 
 
+def test_preference_pairs_ranks_samples_by_logprob_ratings():
+    from datamill.synth.preference import PreferencePairsParams, PreferencePairsStage
+
+    samples = ["Rain.", "Water falls from clouds in drops.", "Wet.", "blank"]
+    stage = PreferencePairsStage(PreferencePairsParams(scorer="judge", format="standard",
+                                                       judge={"aspects": ["overall"], "method": "logprobs"}))
+    stage.generator = ScriptedGenerator(lambda text, k, params: samples[k], "policy")
+    stage.judge = ScriptedScorer(rating_probs)
+    out = stage.process(pl.DataFrame({"id": ["r0"], "prompt": ["Describe rain."]}))
+    row = out.row(0, named=True)
+    assert row["chosen"] == samples[1] and row["rejected"] == "Rain."  # ties broken by sample order
+    assert row["chosen_score"] == pytest.approx(6.75) and row["n_scored"] == 3  # "blank" got no rating
+
+
 # ---------------------------------------------------------------------------------------------
 # the transformers backend: trie scoring against brute force
 
