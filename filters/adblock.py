@@ -91,19 +91,37 @@ def parse_adblock(lines: list[str], check_regex=None) -> AdblockList:
         if isinstance(parsed, str):
             out.not_applicable[parsed] += 1
             continue
-        if check_regex is not None:
-            try:
-                check_regex(("" if parsed.case_sensitive else "(?i)") + parsed.pattern)
-            except ValueError:
-                out.not_applicable["bad_regex"] += 1
-                continue
         candidates.append((rule, parsed))
-    for text, parsed in candidates:
-        if text in disabled:
+    runnable = valid_patterns([("" if r.case_sensitive else "(?i)") + r.pattern for _, r in candidates], check_regex)
+    for (text, parsed), ok in zip(candidates, runnable):
+        if not ok:
+            out.not_applicable["bad_regex"] += 1
+        elif text in disabled:
             out.not_applicable["badfilter"] += 1
         else:
             out.rules.append(parsed)
     return out
+
+
+def valid_patterns(patterns: list[str], check_regex, chunk: int = 500) -> list[bool]:
+    """Which patterns `check_regex` accepts, compiling `chunk` of them as one alternation and
+    checking one by one only in a chunk that fails (one compile per rule took seconds on big lists)."""
+    ok = [True] * len(patterns)
+    if check_regex is None:
+        return ok
+    for start in range(0, len(patterns), chunk):
+        part = patterns[start:start + chunk]
+        try:
+            check_regex("|".join(f"(?:{p})" for p in part))
+            continue
+        except ValueError:
+            pass
+        for i, pattern in enumerate(part):
+            try:
+                check_regex(pattern)
+            except ValueError:
+                ok[start + i] = False
+    return ok
 
 
 def split_options(rule: str) -> tuple[str, list[str]]:
@@ -194,5 +212,6 @@ def pattern_to_regex(rule: str) -> str:
         start, rule = "^", rule[1:]
     if rule.endswith("|"):
         end, rule = "$", rule[:-1]
-    body = "".join(".*" if c == "*" else r"(?:[^\w.%-]|$)" if c == "^" else re.escape(c) for c in rule)
+    # `^`: a separator, anything but an ASCII letter, digit or `_-.%` (uBlock's definition), or the end
+    body = "".join(".*" if c == "*" else r"(?:[^0-9A-Za-z_.%-]|$)" if c == "^" else re.escape(c) for c in rule)
     return f"{start}{body}{end}"

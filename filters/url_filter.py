@@ -42,7 +42,7 @@ from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import DROP_REASON, FilterParams, Stage
 from datamill.filters.adblock import NetworkRule, parse_adblock
 
-REGEXES_PER_PATTERN = 1000
+REGEXES_PER_PATTERN = 500
 """AdBlock rules joined into one alternation (keeps each compiled regex well under its size limit)."""
 MAX_LABELS = 12
 """Parent domains tried per host (a.b.c.example.com has 5)."""
@@ -125,8 +125,8 @@ class Rules:
             patterns = [r.pattern for r in rules if not r.host and not r.hosts and r.case_sensitive == case_sensitive]
             flag = "" if case_sensitive else "(?i)"
             for start in range(0, len(patterns), REGEXES_PER_PATTERN):
-                chunk = patterns[start:start + REGEXES_PER_PATTERN]
-                self.regexes.append((flag + "|".join(f"(?:{p})" for p in chunk), reason, order))
+                for chunk in compilable(patterns[start:start + REGEXES_PER_PATTERN], flag):
+                    self.regexes.append((flag + "|".join(f"(?:{p})" for p in chunk), reason, order))
         self.constrained += [(("" if r.case_sensitive else "(?i)") + r.pattern, r.hosts, reason, order)
                              for r in rules if r.hosts]
 
@@ -294,6 +294,20 @@ def domain_entries(lines: list[str]) -> list[str]:
         if domain and domain not in ("localhost", "localhost.localdomain", "broadcasthost"):
             out.append(domain.removeprefix("www."))
     return out
+
+
+def compilable(patterns: list[str], flag: str) -> list[list[str]]:
+    """`patterns` split into groups whose alternation compiles (halved until under the regex size limit)."""
+    if not patterns:
+        return []
+    try:
+        check_regex(flag + "|".join(f"(?:{p})" for p in patterns), "")
+        return [patterns]
+    except ValueError:
+        if len(patterns) == 1:
+            return []  # cannot happen for a pattern that compiled alone; never fail the run for it
+        half = len(patterns) // 2
+        return compilable(patterns[:half], flag) + compilable(patterns[half:], flag)
 
 
 def check_regex(pattern: str, where: str) -> None:
