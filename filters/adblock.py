@@ -58,6 +58,9 @@ class NetworkRule:
     host: str | None = None
     """Set for a bare `||example.com^` rule without constraints: matched by domain table instead of regex."""
     hosts: tuple[tuple[str | None, str | None], ...] = ()
+    anchors: tuple[str, ...] = ()
+    """Plain domains one of which the page's host must be (or be under), when a constraint lists
+    such includes: the matcher joins on them instead of testing the rule against every row."""
     """(regex the page's host must match, regex it must not match) per `domain=`/`to=`/`denyallow=`."""
 
 
@@ -147,7 +150,7 @@ def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
     if not body or body in ("|", "||"):
         return "empty_pattern"
     important = case_sensitive = False
-    positive, negative, constraints = set(), set(), []
+    positive, negative, constraints, anchors = set(), set(), [], ()
     for option in options:
         name, _, value = option.partition("=")
         key = name.lower()
@@ -156,6 +159,10 @@ def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
             if constraint is None:
                 return "unsupported_option"
             constraints.append(constraint)
+            includes = tuple(d.lstrip("~").lower().removeprefix("www.") for d in value.split("|")
+                             if key != "denyallow" and not d.startswith("~"))
+            if includes and not anchors and not any("*" in d for d in includes):
+                anchors = includes
         elif key == "important":
             important = True
         elif key == "match-case":
@@ -182,7 +189,7 @@ def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
     pattern = body[1:-1] if is_regex else pattern_to_regex(body)
     bare = HOST_ONLY.fullmatch(body.lower()) if not is_regex else None
     host = bare.group(1) if bare and not constraints else None
-    return NetworkRule(pattern, exception, important, case_sensitive, host, tuple(constraints))
+    return NetworkRule(pattern, exception, important, case_sensitive, host, tuple(constraints), anchors)
 
 
 def host_constraint(value: str, negate_all: bool = False) -> tuple[str | None, str | None] | None:

@@ -43,6 +43,8 @@ from datamill.curate.engine.stage import DROP_REASON, FilterParams, Stage
 from datamill.filters.adblock import NetworkRule, parse_adblock
 
 REGEXES_PER_PATTERN = 500
+MAX_CONSTRAINTS = 3
+"""Host constraints (`domain=`, `to=`, `denyallow=`) an anchored AdBlock rule may carry; more: tested rule by rule."""
 """AdBlock rules joined into one alternation (keeps each compiled regex well under its size limit)."""
 MAX_LABELS = 12
 """Parent domains tried per host (a.b.c.example.com has 5)."""
@@ -99,6 +101,10 @@ class Rules:
         self.regexes: list[tuple[str, str, int]] = []
         self.constrained: list[tuple[str, tuple[tuple[str | None, str | None], ...], str, int]] = []
         """AdBlock rules limited to some page hosts: (URL regex, host constraints, reason, order)."""
+        self.anchored: list[tuple[tuple[str, ...], str, tuple[tuple[str | None, str | None], ...], str, int]] = []
+        """Host-limited AdBlock rules that name plain domains to include: (domains, URL regex, host
+        constraints, reason, order), matched by joining hosts on the domains first."""
+        self._anchored_tables: tuple[pl.DataFrame, pl.DataFrame] | None = None
         self._tables: tuple[pl.DataFrame | None, pl.DataFrame | None] | None = None
 
     def add_lines(self, kind: str, lines: list[str], reason: str, order: int, where: str) -> None:
@@ -127,8 +133,14 @@ class Rules:
             for start in range(0, len(patterns), REGEXES_PER_PATTERN):
                 for chunk in compilable(patterns[start:start + REGEXES_PER_PATTERN], flag):
                     self.regexes.append((flag + "|".join(f"(?:{p})" for p in chunk), reason, order))
-        self.constrained += [(("" if r.case_sensitive else "(?i)") + r.pattern, r.hosts, reason, order)
-                             for r in rules if r.hosts]
+        for r in rules:
+            if not r.hosts:
+                continue
+            pattern = ("" if r.case_sensitive else "(?i)") + r.pattern
+            if r.anchors and len(r.hosts) <= MAX_CONSTRAINTS:
+                self.anchored.append((r.anchors, pattern, r.hosts, reason, order))
+            else:
+                self.constrained.append((pattern, r.hosts, reason, order))
 
     def match(self, frame: pl.DataFrame) -> pl.Series:
         """Per row of `frame` (columns `_row`, `_url`, `_host`, `_key`): the reason of the first
@@ -147,6 +159,8 @@ class Rules:
         for pattern, reason, order in self.regexes:
             hit = frame.filter(pl.col("_url").str.contains(pattern).fill_null(False))
             found.append(hit.select("_row", pl.lit(reason).alias("_reason"), pl.lit(order, dtype=pl.Int64).alias("_order")))
+        if self.anchored:
+            found.append(self.match_anchored(frame))
         for pattern, hosts, reason, order in self.constrained:
             condition = pl.col("_url").str.contains(pattern)
             for include, exclude in hosts:
@@ -162,6 +176,30 @@ class Rules:
         first = (pl.concat(found).sort("_order").group_by("_row").agg(pl.col("_reason").first()))
         return frame.select("_row").join(first, on="_row", how="left", maintain_order="left")["_reason"]
 
+    def match_anchored(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """(`_row`, `_reason`, `_order`) of anchored rules: rows whose host is under one of a rule's
+        domains are paired with it, then the rule's URL pattern and host constraints are tested per pair."""
+        if self._anchored_tables is None:
+            anchors = pl.DataFrame([(d, i) for i, rule in enumerate(self.anchored) for d in rule[0]],
+                                   schema={"_suffix": pl.String, "_rule": pl.Int64}, orient="row").unique()
+            columns = {"_rule": list(range(len(self.anchored))), "_pattern": [r[1] for r in self.anchored],
+                       "_reason": [r[3] for r in self.anchored], "_order": [r[4] for r in self.anchored]}
+            for k in range(MAX_CONSTRAINTS):
+                for side, name in ((0, "inc"), (1, "exc")):
+                    columns[f"_{name}{k}"] = [r[2][k][side] if k < len(r[2]) else None for r in self.anchored]
+            rules = pl.DataFrame(columns, schema_overrides={"_order": pl.Int64})
+            self._anchored_tables = (anchors, rules.with_columns(
+                pl.col(f"^_(inc|exc)\\d$").cast(pl.String)))
+        anchors, rules = self._anchored_tables
+        pairs = (frame.select("_row", "_url", "_host", parent_domains(pl.col("_host")).alias("_suffix"))
+                 .explode("_suffix").join(anchors, on="_suffix").unique(["_row", "_rule"])
+                 .join(rules, on="_rule"))
+        condition = pl.col("_url").str.contains(pl.col("_pattern"))
+        for k in range(MAX_CONSTRAINTS):
+            condition &= pl.col(f"_inc{k}").is_null() | pl.col("_host").str.contains(pl.col(f"_inc{k}"))
+            condition &= pl.col(f"_exc{k}").is_null() | ~pl.col("_host").str.contains(pl.col(f"_exc{k}"))
+        return pairs.filter(condition.fill_null(False)).select("_row", "_reason", "_order")
+
     def tables(self) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
         """The domain and URL tables (one row per entry, the first list naming it), built once."""
         if self._tables is None:
@@ -175,7 +213,8 @@ class Rules:
         return self._tables
 
     def __len__(self) -> int:
-        return len(self.domains) + len(self.urls) + len(self.substrings) + len(self.regexes) + len(self.constrained)
+        return (len(self.domains) + len(self.urls) + len(self.substrings) + len(self.regexes) + len(self.constrained)
+                + len(self.anchored))
 
 
 @register_stage
