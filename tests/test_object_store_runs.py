@@ -163,6 +163,12 @@ def test_fresh_clears_the_prefix_export_reads_an_s3_run_and_versionless_stores_r
     assert manifest["documents"] == corpus.height == exported.height
     assert exported["text"].to_list() == corpus["text"].to_list()
     assert manifest["source"] == url
+    # what a stage wrote into the local mirror (generation tallies) is uploaded with the run's files
+    tally = RunLayout(url).root / "state" / "synthesis" / "gen-1.json"
+    tally.parent.mkdir(parents=True, exist_ok=True)
+    tally.write_text('{"calls": 3}')
+    RunLayout(url).sync_up(("state/synthesis",))
+    assert store.cat_file(f"{BUCKET}/fresh/state/synthesis/gen-1.json") == b'{"calls": 3}'
     # a store that reports no object versions (no ETag): resume re-hashes the objects' bytes
     import datamill.curate.engine.layout as layout_module
 

@@ -230,6 +230,21 @@ class RunLayout:
                             path.unlink()
         return self.root
 
+    def sync_up(self, names: tuple[str, ...]) -> None:
+        """Upload what stages wrote to the local root under `names` (e.g. generation tallies in
+        state/synthesis/) and the store lacks, so the report and other machines see it."""
+        if not self.store:
+            return
+        for name in names:
+            folder = self.root / name
+            if not folder.is_dir():
+                continue
+            listed = self.store.listing(name)
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                info = listed.get(self.rel(path))
+                if info is None or size_of(info) != path.stat().st_size:
+                    self.publish(path, path)
+
     def _version_file(self, rel: str) -> Path:
         return self.root / ".versions" / f"{rel}.txt"
 

@@ -38,6 +38,10 @@ from datamill.curate.engine.stats import aggregate
 from datamill.curate.report.render import render_report
 
 
+STAGE_FILES = ("state/synthesis",)
+"""Run files stages write themselves (generation tallies), uploaded at the end of an object-store run."""
+
+
 class RunError(RuntimeError):
     """A run that cannot start or continue; the message says why and what to do."""
 
@@ -180,6 +184,7 @@ def finish_run(layout: RunLayout, pipeline: Pipeline, recipe: Recipe, *, executo
         output_format=recipe.output.format,
     )
     layout.write_json(layout.root / "stats.json", stats)
+    layout.sync_up(STAGE_FILES)  # on an object store: what stages left in the local mirror
     render_report(layout.location)
     return stats
 
