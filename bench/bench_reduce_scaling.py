@@ -10,13 +10,18 @@ Each configuration runs in a fresh child process (`--measure`):
 - whole: `MinHashDedup.reduce(pl.scan_parquet(summaries))`, as the executors do today;
 - partitioned: `partition_pool` steps — split every summary file into P partitions, reduce every
   partition (duplicate pairs only), combine (connected components + keepers) — with the split and
-  partition tasks in a spawned process pool of --workers processes.
+  partition tasks in a spawned process pool of --workers processes;
+- ray: the same steps as Ray tasks (`executors.ray.reduce_on_ray`) on a local Ray cluster of
+  --workers CPUs started in the child: partition frames travel through Ray's object store, the
+  combine runs in the driver. Worker memory is the largest VmHWM among the cluster's worker
+  processes (object-store pages a worker maps count in its RSS).
 Memory is each process's own `VmHWM` (peak resident set, /proc/self/status): the child (the
 driver, which also runs the combine) and every pool worker (reported by each task it ran);
 the largest single process is what has to fit on one machine. The decision tables of all
 configurations are compared byte for byte.
 
     python bench/bench_reduce_scaling.py [--docs 1000000 5000000] [--partitions 8] [--workers 2]
+                                         [--modes whole 1 P ray]
 """
 
 from __future__ import annotations
@@ -82,8 +87,47 @@ def measured(function, *args):
     return peak_rss()
 
 
+def ray_worker_peak() -> int:
+    """The largest VmHWM among the Ray worker processes this process started (the raylet's children)."""
+    import psutil
+
+    peaks = [0]
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "default_worker" in " ".join(proc.cmdline()) or proc.name().startswith("ray::"):
+                status = Path(f"/proc/{proc.pid}/status").read_text()
+                peaks += [int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+        except (psutil.Error, OSError):
+            continue
+    return max(peaks)
+
+
+def measure_ray(summaries: Path, partitions: int, workers: int, out: Path) -> dict:
+    """The Ray configuration, in this (fresh) process: a local cluster of `workers` CPUs."""
+    import ray
+
+    from datamill.curate.dedup.minhash_stage import MinHashDedup
+    from datamill.curate.executors.ray import reduce_on_ray
+
+    ray.init(num_cpus=workers, include_dashboard=False, logging_level="ERROR")
+    warm = ray.remote(warm_worker)
+    worker_base = max(ray.get([warm.remote() for _ in range(workers)]))
+    files = sorted(summaries.glob("summary-*.parquet"))
+    driver_base = peak_rss()
+    start = time.perf_counter()
+    decision = reduce_on_ray(MinHashDedup(), files, partitions)
+    seconds = time.perf_counter() - start
+    worker_peak = ray_worker_peak()
+    ray.shutdown()
+    decision.write_parquet(out)
+    return {"seconds": seconds, "driver_peak": peak_rss(), "worker_peak": worker_peak,
+            "driver_base": driver_base, "worker_base": worker_base, "decision_rows": decision.height}
+
+
 def measure(summaries: Path, partitions: int, workers: int, out: Path) -> dict:
-    """One configuration, in this (fresh) process."""
+    """One configuration, in this (fresh) process (partitions < 0: on Ray, -partitions of them)."""
+    if partitions < 0:
+        return measure_ray(summaries, -partitions, workers, out)
     from datamill.curate.dedup import partition_pool as pool
     from datamill.curate.dedup.minhash_stage import MinHashDedup
 
@@ -132,6 +176,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, nargs="+", default=[1_000_000, 5_000_000])
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--modes", nargs="+", default=["whole", "1", "P"],
+                        help="whole, 1 (one partition), P (--partitions), ray (--partitions as Ray tasks)")
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -152,7 +198,10 @@ def main() -> None:
             folder = Path(tmp) / f"docs-{docs}"
             generate(docs, bands, folder)
             rows = {}
-            for partitions, label in ((0, "whole"), (1, "1 partition"), (args.partitions, f"{args.partitions} partitions")):
+            modes = {"whole": (0, "whole"), "1": (1, "1 partition"),
+                     "P": (args.partitions, f"{args.partitions} partitions"),
+                     "ray": (-args.partitions, f"ray {args.partitions} part.")}
+            for partitions, label in [modes[m] for m in args.modes]:
                 out = Path(tmp) / f"decision-{docs}-{partitions}.parquet"
                 r = child(folder, partitions, args.workers, out)
                 driver = (r["driver_peak"] - r["driver_base"]) / docs

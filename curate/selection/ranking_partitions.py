@@ -42,7 +42,7 @@ from datamill.curate.engine.stage import POSITION
 SELECTED = "_selected"
 ROWS, KEYED, MIN_TOKENS = "_rows", "_keyed", "_min_tokens"
 CANDIDATE, LOW, HIGH = "_candidate", "_low", "_high"
-_KEY, _LOCAL, _ALL = "_rank_key", "_local_rank", "_all"
+_KEY = "_rank_key"
 PARTITION_SEED = 0x5EED
 
 

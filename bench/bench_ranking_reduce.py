@@ -1,0 +1,143 @@
+"""Benchmark: the ranking barriers' reduce, whole (one process) vs partitioned — wall time, peak memory, candidates.
+
+Input: `budget`/`percentile_band` summaries of --docs generated rows (`_pos`, a score with ties
+(rounded to 3 decimals) and 1 % nulls, a token count), parquet files of 100k rows. Each
+configuration runs in a fresh child process:
+- whole: `stage.reduce(pl.scan_parquet(summaries))`, what the executors do with reduce_partitions: 1;
+- P partitions: `partition_pool.reduce_partitioned` (split by a hash of `_pos`, per-partition
+  candidates, merge in the driver) on a spawned pool of --workers processes.
+Memory is each process's VmHWM (driver; the largest pool worker is not measured here: a
+partition holds about 1/P of the rows). The decision tables are compared byte for byte.
+
+    python bench/bench_ranking_reduce.py [--docs 5000000] [--partitions 8] [--workers 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+FILE_ROWS = 100_000
+MIB = 1 << 20
+STAGES = {
+    "budget fraction 0.3": ("budget", {"score": "q", "budget": 0.3}),
+    "budget 2% of tokens": ("budget", {"score": "q", "budget": {"tokens": 0}}),  # tokens set from the corpus
+    "percentile_band 10–90": ("percentile_band", {"score": "q", "lower": 10, "upper": 90}),
+}
+
+
+def peak_rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def generate(docs: int, folder: Path, seed: int = 0) -> int:
+    """Summary files; returns the corpus' token total."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    total = 0
+    for k, start in enumerate(range(0, docs, FILE_ROWS)):
+        n = min(FILE_ROWS, docs - start)
+        score = np.round(rng.random(n), 3)
+        tokens = rng.integers(50, 2000, n)
+        total += int(tokens.sum())
+        pl.DataFrame({"_pos": np.arange(start, start + n, dtype=np.int64),
+                      "q": pl.Series(score).scatter(rng.integers(0, n, n // 100), None),
+                      "_tokens": tokens}).write_parquet(folder / f"summary-{k:05d}.parquet")
+    return total
+
+
+def make_stage(name: str, tokens_total: int):
+    from datamill.curate.engine.registry import stage_types
+    from datamill.curate.engine.plugins import load_plugins
+
+    load_plugins()
+    kind, params = STAGES[name]
+    if "tokens" in str(params.get("budget")):
+        params = {**params, "budget": {"tokens": tokens_total // 50}}
+    cls = stage_types()[kind]
+    return cls(cls.Params.model_validate(params))
+
+
+def measure(summaries: Path, name: str, tokens_total: int, partitions: int, workers: int, out: Path) -> dict:
+    from datamill.curate.dedup.partition_pool import reduce_partitioned
+
+    stage = make_stage(name, tokens_total)
+    files = sorted(summaries.glob("summary-*.parquet"))
+    base = peak_rss()
+    start = time.perf_counter()
+    if partitions == 0:
+        decision = stage.reduce(pl.scan_parquet(files))
+    else:
+        work = out.with_suffix(".work")
+        decision = reduce_partitioned(stage, files, work, partitions, workers=workers)
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - start
+    decision.write_parquet(out)
+    return {"seconds": seconds, "driver_peak": peak_rss(), "driver_base": base,
+            "kept": decision["_drop_reason"].null_count()}
+
+
+def candidates(summaries: Path, name: str, tokens_total: int, partitions: int) -> int:
+    """Rows the partitions send to the merge as candidates (in this process)."""
+    from datamill.curate.dedup.partitioned import partition_reducer
+    from datamill.curate.selection.ranking_partitions import CANDIDATE
+
+    stage = make_stage(name, tokens_total)
+    reducer = partition_reducer(stage)
+    files = sorted(summaries.glob("summary-*.parquet"))
+    stats = pl.concat([reducer.stats(pl.read_parquet(f)) for f in files])
+    frames = [reducer.split(pl.read_parquet(f), partitions) for f in files]
+    return sum(int(reducer.reduce_partition(pl.concat([f[p] for f in frames]).lazy(), None, stats)[CANDIDATE].sum())
+               for p in range(partitions))
+
+
+def child(*args) -> dict:
+    command = [sys.executable, __file__, "--measure", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docs", type=int, default=5_000_000)
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--measure", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        summaries, name, total, partitions, workers, out = args.measure
+        print(json.dumps(measure(Path(summaries), name, int(total), int(partitions), int(workers), Path(out))))
+        return
+    print(f"{args.docs:,} rows; partitioned: {args.partitions} partitions on {args.workers} worker processes")
+    print(f"{'stage':>24} {'mode':>14} {'seconds':>8} {'driver MiB':>10} {'B/row':>6} {'candidates':>11} {'kept':>10}")
+    with tempfile.TemporaryDirectory(prefix="bench_rank_") as tmp:
+        folder = Path(tmp) / "summaries"
+        total = generate(args.docs, folder)
+        for name in STAGES:
+            outputs = []
+            for partitions, label in ((0, "whole"), (args.partitions, f"{args.partitions} partitions")):
+                out = Path(tmp) / f"decision-{len(outputs)}.parquet"
+                r = child(folder, name, total, partitions, args.workers, out)
+                outputs.append(out.read_bytes())
+                sent = candidates(folder, name, total, partitions) if partitions else "-"
+                print(f"{name:>24} {label:>14} {r['seconds']:>8.1f} {r['driver_peak'] / MIB:>10,.0f} "
+                      f"{(r['driver_peak'] - r['driver_base']) / args.docs:>6.0f} {sent:>11} {r['kept']:>10,}",
+                      flush=True)
+            assert outputs[0] == outputs[1], f"{name}: the partitioned decision differs from the whole reduce"
+    print("decision tables byte-identical")
+
+
+if __name__ == "__main__":
+    main()
