@@ -78,7 +78,8 @@ class FastTextClassifier:
         self.path = path
         self.model = fasttext.load_model(str(path))
         self.labels = [label.removeprefix(LABEL_PREFIX) for label in self.model.get_labels()]
-        self.kernel = FastTextKernel.for_model(self.model)  # None: a kind fastText itself must score
+        kernel = FastTextKernel.from_file(path)  # None: a kind fastText itself must score
+        self.kernel = kernel if kernel is not None and kernel.scores_every_label else None
         self.regression = False
         self.default_preprocess: Preprocess = "lines"
         self.default_label: str | None = None
@@ -112,7 +113,7 @@ class FastTextClassifier:
 
     def kernel_prediction(self, texts: pl.Series, label: str | None) -> Prediction:
         """The same numbers as fastText's predict, from one numba call over the batch (fasttext_kernels)."""
-        probabilities = self.kernel.predict(texts).astype(np.float64)
+        probabilities = self.kernel.predict_all(texts).astype(np.float64)
         prediction = class_prediction(probabilities, self.labels, None if label is None else
                                       label.removeprefix(LABEL_PREFIX))
         unscored = np.isnan(probabilities[:, 0])  # fastText predicts nothing for these

@@ -12,10 +12,12 @@ document is also predicted on its own, and the document gets `lang_mix`, the sha
 characters per language (largest first), and `lang_switches`, how many neighbouring segments
 differ in language: that is how mixed / code-switched text is recognised.
 
-A whole batch goes to fastText in one call (`multilinePredict` of the compiled model, which
-`FastText.predict` also uses for a list; it returns each text's k labels and float32
-probabilities), so no Python code runs per text except unpacking the answer; everything around
-the call is columnar. bench/bench_language.py compares the stage with a plain predict loop.
+A whole batch is predicted in one call: for the best label (`k: 1`, the default, and `mix`) by
+`fasttext_kernels.py`, which reproduces fastText's predict bit for bit (lid.176.ftz's quantized,
+pruned subword rows and hierarchical softmax included) without its per-word C++ stream and string
+work; for `k > 1`, or a model kind the kernels do not cover, by fastText's `multilinePredict`
+(what `FastText.predict` uses for a list). Everything around the call is columnar.
+bench/bench_language.py compares the stage with a plain predict loop.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from datamill.curate.engine.paths import is_url, local_copy
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Filter
 from datamill.curate.models.params import FastTextModelParams
+from datamill.filters.fasttext_kernels import FastTextKernel
 from datamill.filters.scripts import dominant_script
 
 LABEL_PREFIX = "__label__"
@@ -95,6 +98,7 @@ class LanguageFilter(Filter):
         )
         self.outputs = type(self).outputs + extra
         self._model = None
+        self._kernel: FastTextKernel | None = None
 
     def model_path(self) -> Path:
         """The fastText model file this stage loads (checked to exist)."""
@@ -117,7 +121,14 @@ class LanguageFilter(Filter):
     def setup(self) -> None:
         import fasttext
 
-        self._model = fasttext.load_model(str(self.model_path()))
+        path = self.model_path()
+        self._model = fasttext.load_model(str(path))
+        self._kernel = FastTextKernel.from_file(path)  # None: a kind only fastText itself scores
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether setup() has loaded the model."""
+        return self._model is not None
 
     def predict_flat(self, texts: pl.Series, k: int = 1) -> tuple[np.ndarray, pl.Series, np.ndarray]:
         """Every text's k best labels (prefix stripped) and probabilities as flat arrays, with n + 1
@@ -140,7 +151,17 @@ class LanguageFilter(Filter):
                              "scores": ragged_from(offsets, pa.array(flat_scores))})
 
     def predict_top(self, texts: pl.Series) -> tuple[pl.Series, pl.Series]:
-        """Every text's best label and its probability (null for an empty text)."""
+        """Every text's best label and its probability (null where fastText predicts nothing)."""
+        if self._kernel is not None:  # one numba call, the same numbers as fastText's predict
+            lines = texts.fill_null("").str.replace_all("\n", " ", literal=True)
+            best, probabilities = self._kernel.predict_top(lines)
+            names = pl.Series(self._kernel.labels, dtype=pl.String).str.strip_prefix(LABEL_PREFIX)
+            scored = best >= 0
+            lang = names.gather(np.where(scored, best, 0))
+            if not scored.all():
+                lang = lang.scatter(np.flatnonzero(~scored), None)
+            score = pl.Series(np.clip(probabilities.astype(np.float64), 0.0, 1.0)).fill_nan(None)
+            return lang, score
         offsets, flat_labels, flat_scores = self.predict_flat(texts, 1)
         if offsets[-1] == len(texts):  # a label for every text: the flat arrays are the columns
             return flat_labels, pl.Series(flat_scores)

@@ -143,7 +143,7 @@ class CodeSwitchVerify(Filter):
         )
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
-        if self._lid._model is None:
+        if not self._lid.is_ready:
             raise RuntimeError(f"stage {self.name!r}: call setup() before scoring")
         p = self.params
         columns = self.exact_where_known(batch, self.mix_stats(batch["text"])).get_columns()
