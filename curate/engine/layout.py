@@ -287,7 +287,8 @@ class RunLayout:
         names = [self.rel(self.summary(segment, shard)), self.rel(self.marker(segment, shard))]
         for folder, prefix in ((self.segment_dir(segment), part), (self.shards, part), (self.quarantine, own)):
             names += self.store.with_prefix(self.rel(folder), prefix + "-")
-        names += [n for n in self.store.listing("removed") if fnmatch.fnmatchcase(n, f"removed/*/{own}-*")]
+        for stage_folder in self.store.folders("removed"):
+            names += self.store.with_prefix(stage_folder, own + "-")
         return names
 
     def commit(self, segment: int, shard: int, moves: list[tuple[Path, Path]], marker: dict[str, Any]) -> None:

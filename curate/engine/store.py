@@ -153,6 +153,15 @@ class ObjectStore:
         start = len(self.base) + 1
         return [name[start:] for name in found if "/" not in name[len(folder) + 1:]]
 
+    def folders(self, rel_folder: str) -> list[str]:
+        """Names of the "folders" (common prefixes) directly under `rel_folder`: one listing."""
+        try:
+            found = self.fs.ls(self.key(rel_folder), detail=True, refresh=True)
+        except FileNotFoundError:
+            return []
+        start = len(self.base) + 1
+        return sorted(i["name"].rstrip("/")[start:] for i in found if i.get("type") == "directory")
+
     def delete(self, rels: list[str]) -> None:
         if rels:
             try:

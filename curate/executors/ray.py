@@ -16,8 +16,10 @@ candidates) into the decision table — the same table as the single-process red
 
 A worker that dies (killed, out of memory) is restarted by Ray and its shard re-run from scratch:
 a shard's files only appear by rename with its done marker, so a retry never duplicates output.
-The run directory must be on a filesystem every node and the driver see (NFS, a shared disk):
-the partitioned reduce's tasks read the summary files there too.
+The run directory must be on a filesystem every node and the driver see (NFS, a shared disk), or
+on an object store (`output.dir: s3://…`): then workers and driver exchange shards, summaries and
+decisions only through the store (engine.layout), and the partitioned reduce's tasks read the
+summary files from it by URL.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import polars as pl
 
 from datamill.curate.dedup.partitioned import partition_reducer
 from datamill.curate.engine.layout import RunLayout
+from datamill.curate.engine.paths import local_copy
 from datamill.curate.engine.pipeline import Pipeline, Segment
 from datamill.curate.engine.recipe import Recipe
 from datamill.curate.engine.source import ShardSpec
@@ -76,7 +79,9 @@ class RayExecutor(Executor):
         partitions = self.recipe.executor.reduce_partitions
         if partitions > 1 and partition_reducer(barrier) is not None:
             try:
-                return reduce_on_ray(barrier, summary_files, partitions)
+                task_files = ([self.layout.store.url_of(self.layout.rel(Path(f))) for f in summary_files]
+                              if self.layout.store else None)  # an object-store run: tasks read the URLs
+                return reduce_on_ray(barrier, summary_files, partitions, task_files)
             except Exception as err:
                 raise RunError(f"stage {barrier.name!r}: the partitioned reduce failed: {_root_message(err)}") from err
         return super().reduce(barrier, summary_files, workdir)
@@ -180,10 +185,12 @@ def _root_message(err: BaseException) -> str:
 
 # --- the partitioned barrier reduce as Ray tasks ---------------------------------------------
 
-def reduce_on_ray(stage: BarrierStage, summary_files: Sequence[Path], partitions: int) -> pl.DataFrame:
+def reduce_on_ray(stage: BarrierStage, summary_files: Sequence[Path], partitions: int,
+                  task_files: Sequence[str] | None = None) -> pl.DataFrame:
     """The decision table of `stage` over `summary_files` (equal to `stage.reduce` of them all),
     reduced in `partitions` partitions by Ray tasks on the connected cluster; the partition data
-    travels through Ray's object store, the summary files are read where the tasks run."""
+    travels through Ray's object store, the summary files are read where the tasks run (as
+    `task_files`, e.g. their object-store URLs, where given)."""
     import ray
 
     reducer = partition_reducer(stage)
@@ -195,11 +202,12 @@ def reduce_on_ray(stage: BarrierStage, summary_files: Sequence[Path], partitions
     split = ray.remote(_split_summary).options(num_returns=partitions + 1, max_retries=MAX_RESTARTS)
     reduce_one = ray.remote(_reduce_partition).options(max_retries=MAX_RESTARTS)
     stage_ref = ray.put(stage)
-    pieces = [split.remote(stage_ref, file, partitions) for file in files]  # per file: P frames, stats
+    opened = [str(f) for f in task_files] if task_files is not None else files
+    pieces = [split.remote(stage_ref, file, partitions) for file in opened]  # per file: P frames, stats
     shard_stats = [s for s in ray.get([refs[-1] for refs in pieces]) if s is not None]
     stats = pl.concat(shard_stats) if shard_stats else None
     stats_ref = ray.put(stats)
-    results = ray.get([reduce_one.remote(stage_ref, files, stats_ref, *[refs[p] for refs in pieces])
+    results = ray.get([reduce_one.remote(stage_ref, opened, stats_ref, *[refs[p] for refs in pieces])
                        for p in range(partitions)])
     return reducer.combine(pl.concat(results).lazy(), pl.scan_parquet(files), stats)
 
@@ -207,13 +215,14 @@ def reduce_on_ray(stage: BarrierStage, summary_files: Sequence[Path], partitions
 def _split_summary(stage: BarrierStage, file: str, partitions: int) -> tuple:
     """Task: one summary file → its partition frames and its statistics."""
     reducer = partition_reducer(stage)
-    summary = pl.read_parquet(file)
+    summary = pl.read_parquet(local_copy(file))
     return (*reducer.split(summary, partitions), reducer.stats(summary))
 
 
 def _reduce_partition(stage: BarrierStage, files: list[str], stats: pl.DataFrame | None,
                       *frames: pl.DataFrame) -> pl.DataFrame:
     """Task: one partition's frames (from every summary file) → the partition's result."""
+    files = [local_copy(f) for f in files]  # a URL is fetched once per node
     return partition_reducer(stage).reduce_partition(pl.concat(frames).lazy(), pl.scan_parquet(files), stats)
 
 
