@@ -26,7 +26,12 @@ Candidates of a group with n rows (k = rows to keep, the same formula as `select
 
 Rows without a score (null, NaN) are never candidates and never selected. The combine holds the
 slim scored rows of every partition (the decision table it returns has a row per document
-anyway) but sorts only the candidates: about k·P rows for a budget of k, a band's two tails.
+anyway) but sorts only the candidates: at most k·P rows for a budget of k, a band's two tails.
+One round cannot prune more: where k is above a partition's size (fraction 0.3 with P = 8, a
+10–90 band) nearly every row is a candidate and the merge sorts nearly the whole slim table;
+the partitions still do the scoring (DSIR's model, DS weights) and the per-row decisions.
+A second round with key quantiles per partition would bound the candidates to the rows near
+the cut-off; it is not built.
 """
 
 from __future__ import annotations
