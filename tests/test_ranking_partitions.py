@@ -19,6 +19,7 @@ from datamill.curate.selection.budget import BudgetStage, PercentileBand
 from datamill.curate.selection.ds_weight import DSWeightParams, DSWeightSelect
 from datamill.curate.selection.dsir import Dsir
 from datamill.curate.selection.ifd import IFDParams, IFDSelect
+from datamill.curate.selection import ranking_partitions
 from datamill.curate.selection.ranking_partitions import CANDIDATE, band_ranks
 from test_partitioned_reduce import real_paragraphs
 
@@ -140,7 +141,7 @@ def test_ifd_partitioned_equals_whole(budget, tmp_path):
     assert {"ifd_too_high", "ifd_no_response"} <= set(whole["_drop_reason"].drop_nulls())
 
 
-def test_ds_weight_partitioned_equals_whole(tmp_path):
+def ds_weight_case(tmp_path: Path) -> tuple[DSWeightSelect, list[Path]]:
     write_jsonl(tmp_path / "valid.jsonl", [{"text": "a valid note"}])
     stage = DSWeightSelect(DSWeightParams(model="unused", valid_path=str(tmp_path / "valid.jsonl"), drop_fraction=0.3))
     rng = np.random.default_rng(5)
@@ -151,9 +152,45 @@ def test_ds_weight_partitioned_equals_whole(tmp_path):
         "_consistent": rng.random(n) > 0.2,
         "_valid_loss": np.full(n, 2.0), "_valid_rows": np.full(n, 3, dtype=np.int64),
     })
-    files = write_summaries([summary[i:i + 60] for i in range(0, n, 60)], tmp_path / "s")
-    whole = assert_partitioned_equals_whole(stage, files, tmp_path)
+    return stage, write_summaries([summary[i:i + 60] for i in range(0, n, 60)], tmp_path / "s")
+
+
+def test_ds_weight_partitioned_equals_whole(tmp_path):
+    whole = assert_partitioned_equals_whole(*ds_weight_case(tmp_path), tmp_path)
     assert whole["_drop_reason"].value_counts().height == 4  # kept, three drop reasons
+
+
+@pytest.mark.parametrize("samples", [2, 7])
+def test_coarse_rank_samples_still_give_the_exact_decision(samples, monkeypatch, tmp_path):
+    """Shards sample every h-th row of their ranking; the bounds they give must hold for any h."""
+    monkeypatch.setattr(ranking_partitions, "SAMPLES", samples)
+    corpus = scored_corpus(600, seed=samples)
+    for k, params in enumerate([
+        {"type": "budget", "score": "q", "budget": 111},
+        {"type": "budget", "score": "q", "budget": 0.35, "keep": "lowest", "per_source": True},
+        {"type": "percentile_band", "score": "q", "lower": 20, "upper": 75, "per_source": True},
+        {"type": "percentile_band", "score": "q", "lower": 50, "upper": 50.1},
+    ]):
+        cls = BudgetStage if params.pop("type") == "budget" else PercentileBand
+        stage = cls(cls.Params.model_validate(params))
+        folder = tmp_path / f"case{k}"
+        assert_partitioned_equals_whole(stage, shard_summaries(stage, corpus, folder / "s", shards=3), folder)
+    assert_partitioned_equals_whole(*ds_weight_case(tmp_path / "ds"), tmp_path / "ds")
+
+
+@pytest.mark.parametrize("params", [{"score": "q", "budget": 0.3}, {"score": "q", "lower": 10, "upper": 90}],
+                         ids=["fraction", "band"])
+def test_partitions_send_only_the_rows_near_the_cut(params, monkeypatch):
+    monkeypatch.setattr(ranking_partitions, "SAMPLES", 50)
+    cls = PercentileBand if "lower" in params else BudgetStage
+    stage = cls(cls.Params.model_validate(params))
+    corpus = scored_corpus(4000).with_columns(pl.Series("q", np.random.default_rng(1).random(4000)))
+    reducer = partition_reducer(stage)
+    stats = pl.concat([reducer.stats(part) for part in corpus.iter_slices(1000)])  # 4 shards, every 20th row sampled
+    results = [reducer.reduce_partition(f.lazy(), corpus.lazy(), stats) for f in reducer.split(corpus, 8)]
+    sent = sum(r[CANDIDATE].sum() for r in results)
+    assert 0 < sent <= 2 * 4 * 20 * (2 if "lower" in params else 1)  # per cut: two sample steps of every shard
+    assert reducer.combine(pl.concat(results).lazy(), corpus.lazy(), stats).equals(stage.reduce(corpus.lazy()))
 
 
 def test_dsir_partitioned_equals_whole_on_real_text(tmp_path):

@@ -36,9 +36,11 @@ the cut-off; it is not built.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from datamill.curate.engine.records import TOKENS
@@ -48,6 +50,9 @@ SELECTED = "_selected"
 ROWS, KEYED, MIN_TOKENS = "_rows", "_keyed", "_min_tokens"
 CANDIDATE, LOW, HIGH = "_candidate", "_low", "_high"
 _KEY = "_rank_key"
+SAMPLES = 512
+"""Rank samples per shard and group: a cut's candidates are about 2 × rows / SAMPLES."""
+_SKEY, _SPOS, _SSTEP, _SN = "_sample_key", "_sample_pos", "_sample_step", "_sample_rows"
 PARTITION_SEED = 0x5EED
 
 
@@ -87,8 +92,39 @@ def group_stats(table: pl.DataFrame, plan: RankPlan) -> pl.DataFrame:
              else pl.lit(None, dtype=pl.Int64))
     aggs = [pl.len().cast(pl.Int64).alias(ROWS), keyed.cast(pl.Int64).alias(KEYED), least.alias(MIN_TOKENS)]
     if plan.group:
-        return table.group_by(plan.group).agg(aggs)
-    return table.select(aggs)
+        stats = table.group_by(plan.group).agg(aggs)
+    else:
+        stats = table.select(aggs)
+    if not (cut_based(plan) and plan.key in table.columns):
+        return stats
+    samples = rank_samples(table, plan)
+    if plan.group:
+        return stats.join(samples, on=plan.group, how="left", nulls_equal=True)
+    return stats.hstack(samples)
+
+
+def cut_based(plan: RankPlan) -> bool:
+    """Whether the selection is a cut at a rank (count, fraction, drop_fraction, band): then
+    shards sample their ranking and the partitions send only the rows near the cut."""
+    return plan.key is not None and (plan.band is not None or plan.drop_fraction is not None
+                                     or (plan.budget is not None and plan.budget.tokens is None))
+
+
+def rank_samples(table: pl.DataFrame, plan: RankPlan) -> pl.DataFrame:
+    """Per group: the key and tie-break of the shard's rows at ranks 0, h, 2h, … of its ranking
+    (scored rows only, at most SAMPLES of them), h, and the number of scored rows."""
+    group = [plan.group] if plan.group else []
+    keyed = table.select(*group, rank_value(table, plan.key).alias(_KEY), pl.col(plan.tie_break))
+    ranked = _sorted(keyed.filter(pl.col(_KEY).is_not_null()), plan).with_columns(
+        _per_group(pl.int_range(pl.len(), dtype=pl.Int64), plan).alias("_r"),
+        _per_group(pl.len().cast(pl.Int64), plan).alias(_SN))
+    picked = ranked.with_columns(((pl.col(_SN) + SAMPLES - 1) // SAMPLES).alias(_SSTEP)).filter(
+        pl.col("_r") % pl.col(_SSTEP) == 0)
+    if plan.group:
+        return picked.group_by(plan.group).agg(pl.col(_KEY).alias(_SKEY), pl.col(plan.tie_break).alias(_SPOS),
+                                               pl.col(_SSTEP).first(), pl.col(_SN).first())
+    return picked.select(pl.col(_KEY).implode().alias(_SKEY), pl.col(plan.tie_break).implode().alias(_SPOS),
+                         pl.col(_SSTEP).first(), pl.col(_SN).first())
 
 
 def totals(stats: pl.DataFrame, plan: RankPlan) -> pl.DataFrame:
@@ -160,12 +196,123 @@ def check_columns(table: pl.DataFrame, plan: RankPlan) -> None:
         raise ValueError(f"cannot rank: column(s) {', '.join(missing)} missing (have {', '.join(table.columns)})")
 
 
-def mark_candidates(scored: pl.DataFrame, plan: RankPlan, total: pl.DataFrame) -> pl.DataFrame:
+def cut_ranks(plan: RankPlan, rows: int, keyed: int) -> list[int]:
+    """Where the selection changes along a group's ranking: a row is selected when its rank is
+    below cut 0 (budgets), or at least cut 0 and below cut 1 (bands); the formulas of the
+    single-process stages."""
+    if plan.band is not None:
+        lo, hi = band_ranks(keyed, *plan.band)
+        return [lo, hi + 1]
+    if plan.drop_fraction is not None:
+        return [keyed - int(math.floor(float(keyed) * plan.drop_fraction + 0.5))]
+    if plan.budget.count is not None:
+        return [plan.budget.count]
+    return [int(math.floor(float(rows) * plan.budget.fraction + 0.5))]
+
+
+def cut_table(stats: pl.DataFrame, plan: RankPlan, total: pl.DataFrame) -> pl.DataFrame | None:
+    """Per group and cut i: the cut rank `_cut_i`, and two sample points bracketing it: every row
+    ranked before `a_i` has a rank below the cut, every row ranked at or after `b_i` (if any) not.
+
+    From the shards' samples (`rank_samples`): a shard with j samples ranked before a point x has
+    between (j−1)·h+1 and j·h (all n after its last sample) rows before x; summed over shards,
+    walking the merged samples in ranking order, these bound every sample's global rank.
+    None where the stats hold no samples (token budgets, DSIR)."""
+    if _SKEY not in stats.columns:
+        return None
+    group = [plan.group] if plan.group else []
+    points = (stats.select(*group, _SKEY, _SPOS, _SSTEP, _SN).filter(pl.col(_SN).is_not_null())
+              .with_row_index("_shard").explode(_SKEY, _SPOS)
+              .rename({_SKEY: _KEY, _SPOS: plan.tie_break})
+              .with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("_shard").alias("_idx"),
+                            pl.len().cast(pl.Int64).over("_shard").alias("_m")))
+    key_type = stats.schema[_SKEY].inner
+    cuts = len(cut_ranks(plan, 0, 0))
+    schema = ({plan.group: stats.schema[plan.group]} if plan.group else {}) | {
+        name: dtype for i in range(cuts) for name, dtype in (
+            (f"_cut_{i}", pl.Int64), (f"_a_key_{i}", key_type), (f"_a_pos_{i}", pl.Int64),
+            (f"_b_key_{i}", key_type), (f"_b_pos_{i}", pl.Int64))}
+    rows = []
+    for g in total.iter_rows(named=True):
+        part = points.filter(pl.col(plan.group).eq_missing(g[plan.group])) if plan.group else points
+        part = _sorted(part, plan)
+        if part.height == 0:
+            continue
+        idx, m, h, n = (part[c].to_numpy() for c in ("_idx", "_m", _SSTEP, _SN))
+        upper = np.concatenate([[0], np.cumsum(np.where(idx + 1 < m, h, n - idx * h))[:-1]])
+        lower = np.concatenate([[0], np.cumsum(np.where(idx == 0, 1, h))[:-1]])
+        keys, positions = part[_KEY].to_list(), part[plan.tie_break].to_list()
+        row = {plan.group: g[plan.group]} if plan.group else {}
+        for i, cut in enumerate(cut_ranks(plan, int(g[ROWS]), int(g[KEYED] or 0))):
+            a = max(int(np.searchsorted(upper, cut, side="right")) - 1, 0)
+            b = int(np.searchsorted(lower, cut, side="left"))
+            row |= {f"_cut_{i}": cut, f"_a_key_{i}": keys[a], f"_a_pos_{i}": positions[a],
+                    f"_b_key_{i}": keys[b] if b < len(keys) else None,
+                    f"_b_pos_{i}": positions[b] if b < len(keys) else None}
+        rows.append(row)
+    return pl.DataFrame(rows, schema=schema, orient="row") if rows else pl.DataFrame(schema=schema)
+
+
+def _ranked_before(plan: RankPlan, key: str, position: str) -> pl.Expr:
+    """A row ranks before the point (`key`, `position`) in the plan's order."""
+    k, ak = pl.col(_KEY), pl.col(key)
+    better = k > ak if plan.descending else k < ak
+    return (better | ((k == ak) & (pl.col(plan.tie_break) < pl.col(position)))).fill_null(False)
+
+
+def _with_cuts(table: pl.DataFrame, plan: RankPlan, cuts: pl.DataFrame) -> pl.DataFrame:
+    if plan.group:
+        return table.join(cuts, on=plan.group, how="left", nulls_equal=True)
+    if cuts.height == 0:
+        return table.with_columns(pl.lit(None, dtype=dtype).alias(name) for name, dtype in cuts.schema.items())
+    return table.join(cuts, how="cross")
+
+
+def _mark_near_cuts(table: pl.DataFrame, plan: RankPlan, cuts: pl.DataFrame) -> pl.DataFrame:
+    """Cut-based selections: rows between a cut's sample points are candidates; the others are
+    decided here (`_before_i`: the row's rank is below cut i)."""
+    table = _with_cuts(table, plan, cuts)
+    keyed = pl.col(_KEY).is_not_null()
+    count = 2 if plan.band is not None else 1
+    flags = []
+    for i in range(count):
+        before = keyed & _ranked_before(plan, f"_a_key_{i}", f"_a_pos_{i}")
+        after = keyed & pl.col(f"_b_pos_{i}").is_not_null() & ~_ranked_before(plan, f"_b_key_{i}", f"_b_pos_{i}")
+        flags += [before.alias(f"_before_{i}"), (keyed & ~before & ~after).alias(f"_inside_{i}")]
+    table = table.with_columns(flags)
+    inside = pl.any_horizontal(pl.col(f"_inside_{i}") for i in range(count))
+    selected = pl.col("_before_0") if count == 1 else ~pl.col("_before_0") & ~pl.col("_inside_0") & pl.col("_before_1")
+    return table.with_columns(inside.alias(CANDIDATE), (keyed & selected).alias(SELECTED)).drop([c for c in cuts.columns if c != plan.group])
+
+
+def _merge_near_cuts(results: pl.DataFrame, plan: RankPlan, cuts: pl.DataFrame) -> pl.DataFrame:
+    """The candidates' ranks: their order among all candidates plus the rows decided before the
+    cut's first sample point (every other row before a candidate lies there)."""
+    count = 2 if plan.band is not None else 1
+    group = [plan.group] if plan.group else []
+    done = results.filter(~pl.col(CANDIDATE))
+    offsets = [pl.col(f"_before_{i}").sum().cast(pl.Int64).alias(f"_offset_{i}") for i in range(count)]
+    before = done.group_by(group).agg(offsets) if group else done.select(offsets)
+    open_ = _sorted(results.filter(pl.col(CANDIDATE)).with_columns(rank_value(results, plan.key).alias(_KEY)), plan)
+    open_ = _with_cuts(open_, plan, cuts)
+    open_ = open_.join(before, on=group, how="left", nulls_equal=True) if group else open_.join(before, how="cross")
+    offset = pl.col("_offset_0") if count == 1 else pl.when("_inside_0").then(pl.col("_offset_0")).otherwise(
+        pl.col("_offset_1"))
+    rank = _per_group(pl.int_range(pl.len(), dtype=pl.Int64), plan) + offset.fill_null(0)
+    inside = rank < pl.col("_cut_0") if count == 1 else (rank >= pl.col("_cut_0")) & (rank < pl.col("_cut_1"))
+    decided = open_.with_columns(inside.alias(SELECTED))
+    return pl.concat([done, decided.select(done.columns)])
+
+
+def mark_candidates(scored: pl.DataFrame, plan: RankPlan, total: pl.DataFrame,
+                    cuts: pl.DataFrame | None = None) -> pl.DataFrame:
     """One partition's scored rows with `_selected` (final for rows whose `_candidate` is false)
     and `_candidate` (and for bands `_low`/`_high`: in the partition's bottom/top tail)."""
     if plan.key is None:
         return scored.with_columns(pl.lit(False).alias(CANDIDATE))
     check_columns(scored, plan)
+    if cuts is not None:
+        return _mark_near_cuts(scored.with_columns(rank_value(scored, plan.key).alias(_KEY)), plan, cuts).drop(_KEY)
     table = _with_totals(scored.with_columns(rank_value(scored, plan.key).alias(_KEY)), plan, total)
     keyed = pl.col(_KEY).is_not_null()
     if plan.band is not None:
@@ -205,10 +352,14 @@ def _band_tails(table: pl.DataFrame, plan: RankPlan) -> tuple[pl.Expr, pl.Expr]:
             pl.col(plan.group).replace_strict(high, default=0, return_dtype=pl.Int64))
 
 
-def merge_candidates(results: pl.DataFrame, plan: RankPlan, total: pl.DataFrame) -> pl.DataFrame:
+def merge_candidates(results: pl.DataFrame, plan: RankPlan, total: pl.DataFrame,
+                     cuts: pl.DataFrame | None = None) -> pl.DataFrame:
     """All partitions' `mark_candidates` rows with `_selected` final: the candidates ranked together."""
     if plan.key is None:
         return results.drop(CANDIDATE)
+    if cuts is not None:
+        merged = _merge_near_cuts(results, plan, cuts)
+        return merged.drop(CANDIDATE, *[c for c in merged.columns if c.startswith(("_before_", "_inside_"))])
     done = results.filter(~pl.col(CANDIDATE))
     open_ = _with_totals(results.filter(pl.col(CANDIDATE)).with_columns(rank_value(results, plan.key).alias(_KEY)),
                          plan, total)
@@ -251,9 +402,11 @@ class RankingPartitions:
     def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame,
                          stats: pl.DataFrame | None = None) -> pl.DataFrame:
         scored = self.stage.scored(partition.collect(), stats)
-        return mark_candidates(scored, self.plan, totals(stats, self.plan))
+        total = totals(stats, self.plan)
+        return mark_candidates(scored, self.plan, total, cut_table(stats, self.plan, total))
 
     def combine(self, results: pl.LazyFrame, summaries: pl.LazyFrame,
                 stats: pl.DataFrame | None = None) -> pl.DataFrame:
-        ranked = merge_candidates(results.collect(), self.plan, totals(stats, self.plan))
+        total = totals(stats, self.plan)
+        ranked = merge_candidates(results.collect(), self.plan, total, cut_table(stats, self.plan, total))
         return self.stage.decision(ranked)
