@@ -64,7 +64,7 @@ class PerplexityFilter(Filter):
     def setup(self) -> None:
         from datamill.curate.models.resolve import load_causal_lm
 
-        self.model, self.tokenizer = load_causal_lm(self.params.model)
+        self.model, self.tokenizer = load_causal_lm(self.params.model, dtype=self.params.torch_dtype())
 
     def batch_tokens(self) -> int:
         """`batch_tokens`, or the default for the device the model sits on."""

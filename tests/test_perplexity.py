@@ -165,3 +165,16 @@ def test_batch_tokens_default_follows_the_device_and_a_set_value_wins():
 
     assert PerplexityFilter().batch_tokens() == CPU_BATCH_TOKENS  # no model loaded: CPU
     assert PerplexityFilter(PerplexityParams(batch_tokens=100)).batch_tokens() == 100
+
+
+def test_bfloat16_dtype_loads_the_model_in_bf16_and_scores_close_to_float32(smollm):
+    model, tokenizer = smollm
+    texts = [FLUENT, shuffled_words(FLUENT), junk_words(30)]
+    stage = PerplexityFilter(PerplexityParams(dtype="bfloat16"))
+    stage.setup()
+    assert next(stage.model.parameters()).dtype == torch.bfloat16
+    fast = stage.score(pl.DataFrame({"text": texts}))["ppl"].to_numpy()
+    exact = np.exp(token_losses(model, tokenizer, texts, max_tokens=512).mean_loss)
+    np.testing.assert_allclose(fast, exact, rtol=0.05)
+    assert np.argsort(fast).tolist() == np.argsort(exact).tolist()  # the ranking a filter relies on is kept
+    assert PerplexityFilter(PerplexityParams()).params.torch_dtype() is None  # auto: float32 on CPU

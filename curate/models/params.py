@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -34,9 +35,19 @@ class CausalLMParams(FilterParams):
     batch_tokens: int = Field(
         16384, ge=1, description="Tokens (rows × padded length) per forward pass; lower it if memory runs out."
     )
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto", description="Weights and activations: auto = bfloat16 on a GPU, float32 on CPU (scores equal a "
+        "plain fp32 transformers forward). bfloat16 on a CPU with native bf16 (AVX512-BF16/AMX) is ~2x faster, "
+        "with scores ~1 % apart.")
 
     def check_paths(self, base_dir: str) -> list[str]:
         return causal_lm_problem("model", self.model)
+
+    def torch_dtype(self) -> Any:
+        """The torch dtype to load the model in, None for the device's default."""
+        import torch
+
+        return None if self.dtype == "auto" else getattr(torch, self.dtype)
 
 
 class FastTextModelParams(FilterParams):

@@ -82,7 +82,7 @@ class DSWeightSelect(RankingBarrier):
     def setup(self) -> None:
         from datamill.curate.models.resolve import load_causal_lm
 
-        self.model, self.tokenizer = load_causal_lm(self.params.model)
+        self.model, self.tokenizer = load_causal_lm(self.params.model, dtype=self.params.torch_dtype())
         valid = read_valid_set(self.params.valid_path)
         losses = self.losses(valid, f"valid set {self.params.valid_path}")
         scored = losses[~np.isnan(losses)]

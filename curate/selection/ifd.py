@@ -71,7 +71,7 @@ class IFDSelect(RankingBarrier):
     def setup(self) -> None:
         from datamill.curate.models.resolve import load_causal_lm
 
-        self.model, self.tokenizer = load_causal_lm(self.params.model)
+        self.model, self.tokenizer = load_causal_lm(self.params.model, dtype=self.params.torch_dtype())
 
     def score(self, batch: pl.DataFrame) -> pl.DataFrame:
         """`batch` with the IFD columns (and `_tokens`, the scored response tokens)."""

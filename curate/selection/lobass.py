@@ -94,8 +94,8 @@ class Learnability(Filter):
 
         p = self.params
         after_path = p.finetuned if p.finetune is None else str(finetune_once(p.model, p.finetune))
-        self.before, self.tokenizer = load_causal_lm(p.model)
-        self.after, after_tokenizer = load_causal_lm(after_path)
+        self.before, self.tokenizer = load_causal_lm(p.model, dtype=p.torch_dtype())
+        self.after, after_tokenizer = load_causal_lm(after_path, dtype=p.torch_dtype())
         if not same_tokenizer(self.tokenizer, after_tokenizer):
             raise ValueError(f"stage {self.name!r}: {after_path} does not use {p.model}'s tokenizer")
 

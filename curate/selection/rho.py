@@ -84,8 +84,8 @@ class RhoScore(Filter):
     def setup(self) -> None:
         from datamill.curate.models.resolve import load_causal_lm
 
-        self.model, self.tokenizer = load_causal_lm(self.params.model)
-        self.reference, reference_tokenizer = load_causal_lm(self.params.reference)
+        self.model, self.tokenizer = load_causal_lm(self.params.model, dtype=self.params.torch_dtype())
+        self.reference, reference_tokenizer = load_causal_lm(self.params.reference, dtype=self.params.torch_dtype())
         if not same_tokenizer(self.tokenizer, reference_tokenizer):
             raise ValueError(
                 f"stage {self.name!r}: model {self.params.model!r} and reference {self.params.reference!r} use "
