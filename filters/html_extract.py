@@ -177,29 +177,39 @@ def trafilatura_parser() -> Callable[[str], object]:
     element class lookup instead of `lxml.html`'s Python callback, which runs for every element
     object trafilatura touches (about 7 % of its time on real pages). Every element is an
     `HtmlElement` (lxml.html would make `<form>`/`<input>`/`<select>`/`<textarea>`/`<label>` its
-    form subclasses, whose extra methods trafilatura never calls). Pages the fast path cannot parse
-    go through `load_html` itself, so the result is always trafilatura's."""
+    form subclasses, whose extra methods trafilatura never calls). The fallbacks are load_html's
+    too: bytes for a string with an XML encoding declaration (common in XHTML documentation) or an
+    empty first parse."""
     from lxml import etree
     from lxml.html import HTMLParser, HtmlComment, HtmlElement, HtmlEntity, HtmlProcessingInstruction, fromstring
-    from trafilatura.utils import decode_file, is_dubious_html, load_html, repair_faulty_html
+    from trafilatura.utils import decode_file, is_dubious_html, repair_faulty_html
 
     parser = HTMLParser(collect_ids=False, default_doctype=False, encoding="utf-8", remove_comments=True,
                         remove_pis=True)  # trafilatura.utils.HTML_PARSER's options
     parser.set_element_class_lookup(etree.ElementDefaultClassLookup(
         element=HtmlElement, comment=HtmlComment, pi=HtmlProcessingInstruction, entity=HtmlEntity))
 
-    def parse(html: str):
+    def parse_bytes(text: str):
+        try:
+            return fromstring(text.encode("utf8", "surrogatepass"), parser=parser)
+        except Exception:
+            return None
+
+    def parse(html: str):  # load_html's steps, in its order
         text = decode_file(html)
         beginning = text[:50].lower()
         dubious = is_dubious_html(beginning)
         text = repair_faulty_html(text, beginning)
+        second_pass = True
         try:
             tree = fromstring(text, parser=parser)
-        except Exception:  # e.g. an XML encoding declaration: trafilatura's own fallbacks decide
-            return load_html(html)
-        if tree is None or len(tree) < 1:
-            return load_html(html)
-        return None if dubious and len(tree) < 2 else tree
+        except ValueError:  # a string with an XML encoding declaration: lxml wants bytes
+            tree, second_pass = parse_bytes(text), False
+        except Exception:
+            tree = None
+        if (tree is None or len(tree) < 1) and second_pass:
+            tree = parse_bytes(text)
+        return None if tree is not None and dubious and len(tree) < 2 else tree
 
     return parse
 
