@@ -198,3 +198,26 @@ def test_a_run_with_a_damaged_file_keeps_every_good_record_reports_the_damage_an
     assert corpus.filter(pl.col("source") == "good").height == good_lines
     assert reason in (tmp_path / "out" / "report.md").read_text()
     assert strict.exit_code != 0 and "--strict" in strict.output
+
+
+def test_a_zstd_bomb_is_read_in_bounded_memory(tmp_path):
+    import tracemalloc
+
+    from datamill.curate.sources.files import FileReader
+
+    # 256 MiB of one JSON line compress to a few KiB; reading it must never hold it all at once
+    line = b'{"id": "z", "text": "' + b"a" * (256 << 20) + b'"}\n'
+    (tmp_path / "bomb.jsonl.zst").write_bytes(zstandard.ZstdCompressor(level=19).compress(line))
+    del line
+    tracemalloc.start()
+    try:
+        total = 0
+        with FileReader(str(tmp_path / "bomb.jsonl.zst")) as reader:
+            while chunk := reader.stream.read(1 << 20):
+                total += len(chunk)
+            damage = reader.damage
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert total == (256 << 20) + 24 and damage is None
+    assert peak < 100 << 20

@@ -38,6 +38,9 @@ COUNT_CHUNK_BYTES = 4 << 20
 COMPRESSED_CHUNK_BYTES = 16 << 10
 """Compressed bytes fed to a decompressor at a time: bounds the output of one step."""
 GZIP_OUTPUT_BYTES = 1 << 20
+ZSTD_INPUT_BYTES = 1 << 10
+"""zstd's decompressor takes no output limit, and one 4-byte RLE block can stand for 128 KiB: 1 KiB
+of input at a time bounds a step's output to 32 MiB, whatever a crafted file (a zstd bomb) holds."""
 ZSTD_MAX_WINDOW = 1 << 31
 """Accept frames written with `zstd --long` (windows up to 2 GiB)."""
 
@@ -176,6 +179,8 @@ class _Decompressing(io.RawIOBase):
         tail = getattr(self.decoder, "unconsumed_tail", b"")
         data = tail or self.pending or self.file.read(COMPRESSED_CHUNK_BYTES)
         self.pending = b""
+        if self.codec != "gz" and len(data) > ZSTD_INPUT_BYTES:
+            data, self.pending = data[:ZSTD_INPUT_BYTES], data[ZSTD_INPUT_BYTES:]
         if not data:
             if self.started and not self.decoder.eof:
                 name = "gzip member" if self.codec == "gz" else "zstd frame"
@@ -185,7 +190,7 @@ class _Decompressing(io.RawIOBase):
         if not self.started and self.codec == "gz" and not data.strip(b"\0"):
             return self._step()  # zero padding after the last gzip member, as gzip allows
         self.started = True
-        at = self.file.tell() - len(data)
+        at = self.file.tell() - len(data) - len(self.pending)
         try:
             if self.codec == "gz":
                 self.output = self.decoder.decompress(data, GZIP_OUTPUT_BYTES)
@@ -195,7 +200,7 @@ class _Decompressing(io.RawIOBase):
             self.damage = Damage(CORRUPT, f"cannot decompress the bytes after byte {at}: {error}", at)
             return False
         if self.decoder.eof:
-            self.pending = self.decoder.unused_data
+            self.pending = self.decoder.unused_data + self.pending
             self.decoder = self._new_decoder()
             self.started = False
         return True
