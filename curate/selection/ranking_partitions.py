@@ -14,24 +14,25 @@ partitions (`RankingPartitions`, run by any executor through the `dedup.partitio
 3. combine — the candidates of all partitions are sorted together (`merge_candidates`): their
    rank among the candidates is their rank in the corpus, so the decision is exact.
 
-Candidates of a group with n rows (k = rows to keep, the same formula as `select_by_rank`):
-- count / fraction budgets: the partition's first k rows (the corpus' top k are among them);
+Candidates of a group (cut = the rank where the selection changes, the stages' own formulas):
+- count, fraction, `drop_fraction` budgets and percentile bands, where the key is known when a
+  shard is summarized (budget, percentile_band, ifd, ds_weight): every shard also samples its
+  ranking (every h-th row, at most `SAMPLES`); merged, the samples bound the corpus rank of each
+  sample point, which gives two points around each cut (`cut_table`): rows ranked before the
+  first are below the cut, rows from the second on are not, and only the rows between are
+  candidates — about two sample steps of every shard per cut. A candidate's corpus rank is its
+  rank among the candidates plus the rows decided below the cut's first point;
+- the same budgets on a key that needs the whole corpus (DSIR's weights): the partition's
+  first k rows (the corpus' top k are among them; weak when k exceeds a partition's size);
 - token budgets: the partition's rows up to and including the first one whose running token sum
   passes the budget (a later row of that partition, and so every row ranked after it anywhere,
-  is over the budget); every scored row when some row has a negative token count;
-- `drop_fraction` (keep all scored rows but the last round(f·n)): the partition's first k rows;
-- percentile bands: the partition's lowest `lo` and highest `n−1−hi` rows, where [lo, hi] are
-  the corpus ranks whose percentile 100·rank/(n−1) lies in the band (found with the same float
-  arithmetic as `percentile_band`); the rows between are inside the band wherever they are.
+  is over the budget); every scored row when some row has a negative token count.
+  (Without samples, bands take the partition's lowest lo and highest n−1−hi rows, where [lo, hi]
+  are the ranks whose percentile 100·rank/(n−1) is in the band.)
 
 Rows without a score (null, NaN) are never candidates and never selected. The combine holds the
 slim scored rows of every partition (the decision table it returns has a row per document
-anyway) but sorts only the candidates: at most k·P rows for a budget of k, a band's two tails.
-One round cannot prune more: where k is above a partition's size (fraction 0.3 with P = 8, a
-10–90 band) nearly every row is a candidate and the merge sorts nearly the whole slim table;
-the partitions still do the scoring (DSIR's model, DS weights) and the per-row decisions.
-A second round with key quantiles per partition would bound the candidates to the rows near
-the cut-off; it is not built.
+anyway) and sorts only the candidates.
 """
 
 from __future__ import annotations
