@@ -2,9 +2,12 @@
 
 Input, built from real text on this machine (`bench/real_text.py`: rendered man pages, Debian
 changelogs and copyright files, licences, READMEs): the documents are split in two disjoint halves.
-From the first half's word stream, --questions eval questions are made, each two random word windows
-(5–20 words each, so 10–40 words; the n-grams across the seam make each question's text its own),
-written as one jsonl benchmark (`question` field). The second half are the training documents
+From the first half's word stream, --questions eval questions are made, each three random word
+windows of 4–12 words (12–36 words; alphabetic words only, which normalization keeps as one word
+each): real words and phrases, but every 13-gram crosses a seam, so
+each question's n-grams are its own, as in a real eval set, and the training text (full of licence
+and man-page boilerplate) does not hit thousands of questions by accident; written as one jsonl
+benchmark (`question` field). The second half are the training documents
 (--docs), with --plants of the eval questions pasted into some of them, split into two shards.
 
 Three modes, each a fresh pair of worker processes started at the same moment (multiprocessing
@@ -63,14 +66,14 @@ def make_inputs(folder: Path, questions: int, docs: int, plants: int, seed: int)
     from real_text import corpus
 
     texts = [text for _, text in corpus(docs * 3, seed=seed)]
-    eval_words = " ".join(texts[: 2 * docs]).split()
+    eval_words = [word for word in " ".join(texts[: 2 * docs]).split() if word.isalpha()]  # one word each
     train = texts[2 * docs:][:docs]
     rng = random.Random(seed)
     made = []
     for _ in range(questions):
         parts = []
-        for _ in range(2):
-            length = rng.randint(5, 20)
+        for _ in range(3):
+            length = rng.randint(4, 12)
             start = rng.randrange(len(eval_words) - length)
             parts.append(" ".join(eval_words[start:start + length]))
         made.append(" ".join(parts))
