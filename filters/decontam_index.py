@@ -130,9 +130,14 @@ def shared_index(folder: Path, key: str, build: Callable[[], NgramIndex]) -> Ngr
         try:
             index.save(staging, {"build_seconds": round(time.perf_counter() - started, 3)})
             staging.chmod(0o755)  # mkdtemp makes it private; other users' runs may share a cache
-            if target.exists():  # a folder without meta.json: not one this module finished
+            if target.exists() and not (target / "meta.json").is_file():  # not a folder this module finished
                 shutil.rmtree(target)
-            staging.rename(target)
+            try:
+                staging.rename(target)
+            except OSError:
+                if not (target / "meta.json").is_file():
+                    raise
+                shutil.rmtree(staging)  # a process the lock did not hold off (another machine) was first
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

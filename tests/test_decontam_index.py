@@ -88,6 +88,18 @@ def test_a_half_written_index_folder_is_rebuilt(tmp_path):
         shared_index(tmp_path, "key", small_index)
 
 
+def test_a_build_that_loses_the_rename_opens_the_winner(tmp_path):
+    def build_while_another_machine_finishes() -> NgramIndex:
+        (tmp_path / "key").mkdir()
+        small_index().save(tmp_path / "key")  # finished first, unseen by our lock (e.g. another NFS client)
+        return NgramIndex.from_table(pl.DataFrame({"hash": [1], "_order": [0], "_item": [0]},
+                                                  schema={"hash": pl.UInt64, "_order": pl.UInt32, "_item": pl.UInt32}), [13])
+
+    index = shared_index(tmp_path, "key", build_while_another_machine_finishes)
+    assert index.hashes.tolist() == small_index().hashes.tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key", "key.lock"]
+
+
 def stage(evals: Path, **params) -> Decontaminate:
     sources = {name: {"type": "jsonl", "path": str(evals / f"{name}.jsonl"), "text_field": "question"}
                for name in ("math", "trivia")}
