@@ -56,11 +56,11 @@ def shard_summaries(stage, corpus: pl.DataFrame, folder: Path, shards: int = 5) 
                            folder)
 
 
-def assert_partitioned_equals_whole(stage, files: list[Path], tmp_path: Path) -> pl.DataFrame:
+def assert_partitioned_equals_whole(stage, files: list[Path], tmp_path: Path, partitions=PARTITIONS) -> pl.DataFrame:
     whole = stage.reduce(pl.scan_parquet(files))
     whole.write_parquet(tmp_path / "whole.parquet")
     expected = (tmp_path / "whole.parquet").read_bytes()
-    for partitions in PARTITIONS:
+    for partitions in partitions:
         decision = reduce_partitioned(stage, files, tmp_path / f"work-{partitions}", partitions)
         assert decision.schema == whole.schema, partitions
         assert decision.equals(whole, null_equal=True), f"{partitions} partitions"
@@ -194,14 +194,16 @@ def test_partitions_send_only_the_rows_near_the_cut(params, monkeypatch):
 
 
 def test_dsir_partitioned_equals_whole_on_real_text(tmp_path):
-    paragraphs = real_paragraphs(300)
+    paragraphs = real_paragraphs(240)
     target = write_jsonl(tmp_path / "target.jsonl", [{"text": p} for p in paragraphs[::10]])
     corpus = pl.DataFrame({"text": paragraphs, "id": [f"p{i}" for i in range(len(paragraphs))]}).with_columns(
         pl.int_range(pl.len(), dtype=pl.Int64).alias(POSITION),
         pl.col("text").str.count_matches(r"\S+").cast(pl.Int64).alias(TOKENS))
-    for params in ({"budget": 0.2, "min_words": 30}, {"budget": {"tokens": 4000}, "sampling": "top_k"}):
+    for params, partitions in (({"budget": 0.2, "min_words": 30}, PARTITIONS),
+                               ({"budget": {"tokens": 4000}, "sampling": "top_k"}, (8,))):
         stage = Dsir(Dsir.Params.model_validate({"target": {"type": "jsonl", "path": str(target)}, **params}))
-        whole = assert_partitioned_equals_whole(stage, shard_summaries(stage, corpus, tmp_path / "s"), tmp_path)
+        whole = assert_partitioned_equals_whole(stage, shard_summaries(stage, corpus, tmp_path / "s"), tmp_path,
+                                                partitions)
         assert whole["dsir_logw"].null_count() == 0
 
 
