@@ -46,7 +46,8 @@ class OutputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dir: str = Field(description="Run directory: shards/, quarantine/, removed/, state/, report.")
+    dir: str = Field(description="Run directory: shards/, quarantine/, removed/, state/, report. A local "
+                     "path, or an fsspec URL (s3://bucket/prefix, gs://, hf://) for an object-store run.")
     format: Literal["parquet", "jsonl", "jsonl.zst"] = "parquet"
     shard_rows: int = Field(100_000, ge=1, description="Most rows per output file.")
     keep_removed: bool = Field(False, description="Also write dropped rows to removed/<stage>/.")
