@@ -33,6 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from datamill.curate.engine.recipe import RecipeSection, register_section, stage_entry_problems
+from datamill.curate.engine.store import is_remote
 from datamill.synth.llm2llm import LLM2LLMConfig, run_llm2llm
 from datamill.synth.rest_em import RestEMConfig, run_rest_em
 
@@ -110,6 +111,9 @@ class LoopLayout:
     """Where each phase of a recipe's loop writes."""
 
     def __init__(self, recipe):
+        if is_remote(recipe.output.dir):
+            raise LoopError(f"output.dir {recipe.output.dir!r}: `datamill loop` needs a local folder (its training "
+                            "phases write checkpoints there); object-store run dirs are for `datamill run`")
         self.curated = Path(recipe.output.dir)
         self.root = self.curated / "phases"
 
