@@ -97,8 +97,9 @@ def main() -> None:
     local_out, url = str(work / "local-run"), "s3://bench/run"
     rows = []
     for name, out in (("local", local_out), ("s3 (moto)", url)):
-        fresh, stats = fastest(lambda: run_recipe(recipe(inputs, out), workers=args.workers, resume=False), args.repeat)
-        resume, _ = fastest(lambda: run_recipe(recipe(inputs, out), workers=args.workers), args.repeat)
+        fresh, stats = fastest(lambda out=out: run_recipe(recipe(inputs, out), workers=args.workers, resume=False),
+                               args.repeat)
+        resume, _ = fastest(lambda out=out: run_recipe(recipe(inputs, out), workers=args.workers), args.repeat)
         rows.append((name, fresh, resume, stats["output"]["records"]))
     local_shards = {p.name: p.read_bytes() for p in sorted(Path(local_out, "shards").iterdir())}
     same = store_files(fs, "bench/run/shards") == local_shards

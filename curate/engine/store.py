@@ -36,7 +36,7 @@ def is_remote(location: str | Path) -> bool:
 def local_path(location: str | Path) -> Path:
     """A local run directory's path (`file://` stripped)."""
     text = str(location)
-    return Path(text[len("file://"):] if text.startswith("file://") else text)
+    return Path(text.removeprefix("file://"))
 
 
 def local_mirror(url: str) -> Path:
