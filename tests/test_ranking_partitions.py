@@ -250,3 +250,13 @@ def test_a_recipe_with_reduce_partitions_writes_the_same_corpus(tmp_path):
         shards[partitions] = {p.name: p.read_bytes() for p in sorted((tmp_path / f"p{partitions}" / "shards").iterdir())}
     assert shards[4] == shards[1]
     assert set(stats["stages"][0]["dropped"]) == {"outside_band"} and stats["stages"][1]["dropped"]["over_budget"] > 0
+
+
+@pytest.mark.parametrize("stage", [BudgetStage(BudgetStage.Params(score="q", budget=0.3, per_source=True)),
+                                   PercentileBand(PercentileBand.Params(score="q"))], ids=["budget", "band"])
+def test_shards_without_rows_give_the_same_empty_decision(stage, tmp_path):
+    empty = scored_corpus(0)
+    files = write_summaries([stage.summarize(empty), stage.summarize(empty)], tmp_path / "s")
+    assert assert_partitioned_equals_whole(stage, files, tmp_path).height == 0
+    reduce_partitioned(stage, files, tmp_path / "work-8", 3)  # a reused work folder starts empty
+    assert reduce_partitioned(stage, files, tmp_path / "work-8", 8).height == 0

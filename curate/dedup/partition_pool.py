@@ -18,6 +18,7 @@ calls `reduce_partition_folder` per partition and `combine_results` once.
 from __future__ import annotations
 
 import multiprocessing
+import shutil
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -97,6 +98,7 @@ def reduce_partitioned(
         raise ValueError(f"{stage.name}: no summary files to reduce")
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, got {partitions}")
+    shutil.rmtree(workdir, ignore_errors=True)  # a scratch folder: files of an earlier reduce would mix in
     Path(workdir).mkdir(parents=True, exist_ok=True)
     splits = [(split_summary_file, (stage, f, i, workdir, partitions)) for i, f in enumerate(summary_files)]
     reduces = [(reduce_partition_folder, (stage, workdir, p, summary_files)) for p in range(partitions)]
