@@ -118,6 +118,7 @@ def ddp_rank(rank: int, port: int, cfg: dict) -> None:
     """One of two processes, set up as torchrun sets up its workers (env:// rendezvous over gloo)."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
+    torch.set_num_threads(1)  # no OpenMP pool in a forked child
     train(cfg)
 
 
