@@ -216,7 +216,7 @@ def logprob_server():
 
     def start(top):
         server = LogprobServer(top)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         servers.append(server)
         return server, OpenAIGenerator(GeneratorSpec(backend="openai", model="m", max_retries=0,
                                                      base_url=f"http://127.0.0.1:{server.server_port}/v1"))
