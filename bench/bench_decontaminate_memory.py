@@ -20,7 +20,9 @@ spawn; each takes one shard, batches of 1,000 documents):
   workers only open the index.
 
 Each worker reports: its setup seconds; the unique (USS), proportional (PSS) and resident (RSS) set
-sizes after processing, measured while both workers are alive (a barrier), so pages the two share
+sizes after processing and --settle seconds (polars' jemalloc returns freed pages to the system after
+about 10 s, so what a build or a batch left behind is gone, as it is in a long run), measured while
+both workers are alive (a barrier), so pages the two share
 (the mapped index in the page cache) count half in each one's PSS and not at all in USS; its peak
 RSS (`VmHWM`, which includes the build's transient memory); its anonymous and file-backed resident
 memory (`RssAnon`, `RssFile`: the mapped index is file-backed, page cache the kernel can share and
@@ -106,7 +108,8 @@ def legacy_module(folder: Path):
     return module
 
 
-def worker(mode: str, folder: str, eval_path: str, shard: str, out: str, start, measured, results) -> None:
+def worker(mode: str, folder: str, eval_path: str, shard: str, out: str, settle: float, start, measured,
+           results) -> None:
     """One worker: set the stage up, score its shard, measure while the other worker is alive too."""
     import psutil
 
@@ -130,6 +133,7 @@ def worker(mode: str, folder: str, eval_path: str, shard: str, out: str, start, 
     outputs = [stage.process(frame.slice(i, BATCH)) for i in range(0, frame.height, BATCH)]
     score_s = time.perf_counter() - began
     measured.wait()  # both alive, both done: shared pages are shared now
+    time.sleep(settle)  # polars' jemalloc hands freed pages back to the system after ~10 s
     info = psutil.Process().memory_full_info()
     pl.concat(outputs).select("contamination_ngrams", "contaminated_by", "contaminated_items").write_parquet(out)
     results.put({"setup_s": setup_s, "score_s": score_s, "uss": info.uss, "pss": info.pss, "rss": info.rss,
@@ -138,12 +142,12 @@ def worker(mode: str, folder: str, eval_path: str, shard: str, out: str, start, 
     measured.wait()  # keep the mapping until the other worker has measured too
 
 
-def run_mode(mode: str, folder: Path, eval_path: Path, shards: list[Path]) -> tuple[list[dict], list[Path]]:
+def run_mode(mode: str, folder: Path, eval_path: Path, shards: list[Path], settle: float) -> tuple[list[dict], list[Path]]:
     context = multiprocessing.get_context("spawn")
     start, measured, results = context.Barrier(2), context.Barrier(2), context.Queue()
     outs = [folder / f"out-{mode}-{i}.parquet" for i in range(2)]
     procs = [context.Process(target=worker, args=(mode, str(folder), str(eval_path), str(shards[i]), str(outs[i]),
-                                                  start, measured, results)) for i in range(2)]
+                                                  settle, start, measured, results)) for i in range(2)]
     for proc in procs:
         proc.start()
     reports = []
@@ -168,6 +172,8 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=4000)
     parser.add_argument("--plants", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--settle", type=float, default=15.0,
+                        help="seconds to wait after scoring before measuring (allocator returns freed memory)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench_decontam_") as tmp:
         folder = Path(tmp)
@@ -179,7 +185,7 @@ def main() -> None:
               f"({time.perf_counter() - began:.1f} s to make)")
         table, outputs = {}, {}
         for mode in ("old", "new", "new-warm"):
-            table[mode], outputs[mode] = run_mode(mode, folder, eval_path, shards)
+            table[mode], outputs[mode] = run_mode(mode, folder, eval_path, shards, args.settle)
         index_dirs = [p for p in (folder / "run" / "state" / "decontaminate").iterdir() if p.is_dir()]
         meta = json.loads((index_dirs[0] / "meta.json").read_text())
         on_disk = sum(f.stat().st_size for f in index_dirs[0].iterdir())
