@@ -45,6 +45,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,21 +54,38 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-from rich.console import Console
-from torch import nn
-from torch.utils.checkpoint import checkpoint
-
-from datamill.train.config import DeviceCaps, DevicePlan, TrainConfig, TrainConfigError, device_plan
+from datamill.train.config import (
+    DeviceCaps,
+    DevicePlan,
+    TrainConfig,
+    TrainConfigError,
+    device_plan,
+)
 from datamill.train.data import cache_key, corpus_files, rows_for_step, scan
 from datamill.train.distributed import (
-    Dist, all_sum, any_process, barrier, gradient_sync, parallelize,
+    Dist,
+    all_sum,
+    any_process,
+    barrier,
+    gradient_sync,
+    parallelize,
 )
 from datamill.train.dpo_config import DPOConfig
 from datamill.train.metrics import RunLog
 from datamill.train.model import DEFAULT_TOKENIZER, build_model, load_tokenizer
 from datamill.train.runtime import (
-    StopOnSigterm, TrainResult, adamw, learning_rate, resume, save_final, save_state, trained_parameters,
+    StopOnSigterm,
+    TrainResult,
+    adamw,
+    learning_rate,
+    resume,
+    save_final,
+    save_state,
+    trained_parameters,
 )
+from rich.console import Console
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 LOGP_CHUNK = 2048
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -95,17 +113,8 @@ def tokenize_pair(tokenizer, prompt, chosen, rejected) -> tuple[list[int], list[
         chosen = chosen if chosen.endswith(eos) else chosen + eos
         rejected = rejected if rejected.endswith(eos) else rejected + eos
         p, pc, pr = (tokenizer(t, add_special_tokens=False)["input_ids"] for t in (prompt, prompt + chosen, prompt + rejected))
-    n = min(common_prefix(p, pc), common_prefix(p, pr))
+    n = min(len(os.path.commonprefix([p, pc])), len(os.path.commonprefix([p, pr])))
     return p[:n], pc[n:], pr[n:]
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def bad_pair_reason(prompt, chosen, rejected) -> str | None:

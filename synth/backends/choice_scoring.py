@@ -20,6 +20,7 @@ read, so a long prompt never materializes [seq, vocab] logits.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 
@@ -27,8 +28,8 @@ def choice_paths(tokenizer: Any, prompt: str, choices: list[str]) -> tuple[list[
     """(shared context ids, token path of each choice after it)."""
     base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     full = [tokenizer(prompt + choice, add_special_tokens=False)["input_ids"] for choice in choices]
-    n = min(common_prefix(base, ids) for ids in full)
-    n = min([n] + [common_prefix(full[0], ids) for ids in full[1:]])
+    n = min(len(os.path.commonprefix([base, ids])) for ids in full)
+    n = min([n] + [len(os.path.commonprefix([full[0], ids])) for ids in full[1:]])
     paths = [tuple(ids[n:]) for ids in full]
     for choice, path in zip(choices, paths):
         if not path:
@@ -36,15 +37,6 @@ def choice_paths(tokenizer: Any, prompt: str, choices: list[str]) -> tuple[list[
     if len(set(paths)) != len(paths):
         raise ValueError(f"choices {choices} are not told apart by the tokenizer")
     return full[0][:n], paths
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def deepest_nodes(paths: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
