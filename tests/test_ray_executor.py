@@ -27,13 +27,29 @@ def run_recipe_ray(recipe, **options):
 ray = pytest.importorskip("ray")
 
 
+try:  # the S3 server, so that the cluster's workers start with its endpoint and credentials
+    from test_object_store import s3_endpoint  # noqa: F401
+except (ImportError, pytest.skip.Exception):
+    s3_endpoint = None
+
+
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """One local 2-CPU Ray cluster for the whole file; its workers can import this test module."""
+def worker_scratch(tmp_path_factory) -> Path:
+    """The Ray workers' own scratch folder (the driver's is another): what no shared filesystem looks like."""
+    return tmp_path_factory.mktemp("worker-scratch")
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(request, worker_scratch):
+    """One local 2-CPU Ray cluster for the whole file; its workers can import this test module, and see
+    the test S3 server (when moto is installed) and their own DATAMILL_SCRATCH."""
+    if s3_endpoint is not None:
+        request.getfixturevalue("s3_endpoint")
     tests_dir = str(Path(__file__).parent)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (tests_dir, old) if p)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+             runtime_env={"env_vars": {"DATAMILL_SCRATCH": str(worker_scratch)}})
     yield
     ray.shutdown()
     if old is None:
@@ -252,3 +268,32 @@ def test_partitioned_reduces_and_the_classifier_on_ray_write_what_the_local_exec
     kept = pl.read_parquet(sorted((tmp_path / "ray" / "shards").glob("*.parquet")))
     assert kept.height == int(left * 0.5 + 0.5) and kept["q_score"].null_count() == 0 and kept["q_score"].min() >= 0.5
     assert not list((tmp_path / "ray" / "state").rglob("reduce"))
+
+
+def test_workers_that_share_only_an_s3_run_dir_write_what_a_local_run_writes(ray_cluster, worker_scratch, tmp_path,
+                                                                              monkeypatch):
+    """Issue 18, Ray without a shared filesystem: the run directory is on S3 (moto on 127.0.0.1), the driver
+    and the workers keep their local mirrors in different folders, and the dedup reduce runs as Ray tasks
+    in 2 partitions that read the summaries from the store."""
+    if s3_endpoint is None:
+        pytest.skip("s3fs and moto[server] are not installed (dev extra)")
+    import s3fs
+
+    docs = make_documents(60)
+    for k in range(3):
+        write_jsonl(tmp_path / "raw" / f"part{k}.jsonl",
+                    [{"text": t} for t in docs[k * 20:(k + 1) * 20] + [docs[k * 3], docs[k * 5 + 1] + " Again."]])
+    spec = {"name": "ray-s3", "sources": [{"type": "jsonl", "path": str(tmp_path / "raw" / "*.jsonl"), "name": "docs"}],
+            "stages": [{"type": "exact_dedup"}, {"type": "minhash_dedup", "threshold": 0.7}],
+            "executor": {"batch_rows": 8}}
+    _, local = run_with_partitions({**spec, "output": {"dir": str(tmp_path / "local")}}, "local", 1)
+    fs = s3fs.S3FileSystem()
+    fs.mkdir("ray-runs")
+    monkeypatch.setenv("DATAMILL_SCRATCH", str(tmp_path / "driver-scratch"))  # the workers keep theirs
+    spec = {**spec, "executor": {**spec["executor"], "type": "ray", "reduce_partitions": 2},
+            "output": {"dir": "s3://ray-runs/run"}}
+    stats = run_recipe(validate_recipe(spec), workers=2)
+    fs.invalidate_cache()
+    on_s3 = {p.rsplit("/", 1)[-1]: fs.cat_file(p) for p in sorted(fs.find("ray-runs/run/shards"))}
+    assert on_s3 == local and stats["executor"] == "ray"
+    assert any(worker_scratch.rglob("*.parquet"))  # the workers wrote through their own mirror
