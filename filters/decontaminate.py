@@ -149,6 +149,13 @@ class DecontaminateParams(FilterParams):
         return [f"benchmarks[{i}].source.{problem}" for i, benchmark in enumerate(self.benchmarks)
                 for problem in benchmark.source_params().check_paths(base_dir)]
 
+    @field_validator("index_dir")
+    @classmethod
+    def _local_index_dir(cls, folder: str | None) -> str | None:
+        if folder is not None and is_url(folder):
+            raise ValueError(f"{folder!r}: index_dir must be a local folder (the index is memory-mapped)")
+        return folder
+
     @model_validator(mode="after")
     def _unique_names(self):
         names = [b.name for b in self.benchmarks]

@@ -136,6 +136,8 @@ def test_index_dir_is_reused_until_an_eval_file_changes(tmp_path, monkeypatch):
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 2
     assert scores(stage(tmp_path, index_dir=str(cache), ngram=12)).height == len(DOCS)  # own key
     assert len([p for p in cache.iterdir() if p.is_dir()]) == 3
+    with pytest.raises(ValueError, match="index_dir must be a local folder"):
+        stage(tmp_path, index_dir="s3://bucket/indexes")
 
 
 def test_two_workers_share_one_index_and_agree_with_one(tmp_path):
