@@ -18,7 +18,7 @@ from datamill.train.dpo import dpo_device_plan
 from datamill.train.metrics import read_run_log
 
 from scripted_generator import one_torch_thread  # noqa: F401
-from test_dpo import config, toy_preferences
+from dpo_data import config, toy_preferences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -136,11 +136,17 @@ def imported_distributions(script: str | None) -> list[str]:
 
     owners = importlib.metadata.packages_distributions()
     files = {Path(script)} if script else set()
+    tests = (HERE.parent.parent / "tests").resolve()
+    ours = {"datamill", "conftest", "__future__"}
     for name, module in list(sys.modules.items()):
         top = name.split(".", 1)[0]
-        if (top in ("datamill", "conftest") or top.startswith("test_")) and getattr(module, "__file__", None):
-            files.add(Path(module.__file__))
-    skip = set(sys.stdlib_module_names) | {"datamill", "conftest", "__future__"}
+        path = getattr(module, "__file__", None)
+        in_tests = bool(path) and Path(path).resolve().is_relative_to(tests)
+        if in_tests:
+            ours.add(top)  # a test helper module (scripted_generator, dpo_data…), not a distribution
+        if (top in ("datamill", "conftest") or top.startswith("test_") or in_tests) and path:
+            files.add(Path(path))
+    skip = set(sys.stdlib_module_names) | ours
     found = set()
     for file in files:
         try:
