@@ -220,3 +220,28 @@ def test_a_transformers_model_folder_on_s3_is_copied_once(store, tmp_path):
     assert "neither a built-in model" in causal_lm_problem("model", f"s3://{BUCKET}/models/none")[0]
     with pytest.raises(FileNotFoundError, match="no folder at that URL"):
         resolve_model(f"s3://{BUCKET}/models/none")
+
+
+def test_embedding_model_valid_set_and_stop_words_on_s3(store, tmp_path):
+    from datamill.curate.models.embeddings import resolve_embedding_model
+    from datamill.curate.selection.ds_weight import DSWeightParams, read_valid_set
+    from datamill.synth.codeswitch.switch import load_stopwords
+
+    encoder = tmp_path / "encoder"
+    encoder.mkdir()
+    (encoder / "config.json").write_text('{"model_type": "bert"}')
+    url = put(store, encoder, "models/encoder")
+    assert (resolve_embedding_model(url) / "config.json").read_text() == '{"model_type": "bert"}'
+    with pytest.raises(FileNotFoundError, match="no folder at that URL"):
+        resolve_embedding_model(f"s3://{BUCKET}/models/no-encoder")
+
+    pl.DataFrame({"text": ["A held-out record.", "Another one."]}).write_parquet(tmp_path / "valid.parquet")
+    valid = put(store, tmp_path / "valid.parquet", "valid/valid.parquet")
+    assert read_valid_set(valid)["text"].to_list() == ["A held-out record.", "Another one."]
+    assert DSWeightParams(valid_path=valid).check_paths(".") == []
+    missing = f"s3://{BUCKET}/valid/none.parquet"
+    assert "does not exist" in DSWeightParams(valid_path=missing).check_paths(".")[0]
+
+    (tmp_path / "stop.txt").write_text("Widget\nsprocket\n", encoding="utf-8")
+    words = put(store, tmp_path / "stop.txt", "lists/stop.txt")
+    assert load_stopwords("en", {"en": words}) == ["sprocket", "widget"]

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from datamill.curate.engine.paths import is_dir, is_url, local_copy
 from datamill.curate.models.lm_scoring import MAX_CHARS_PER_TOKEN, length_sorted_batches
 from datamill.curate.models.resolve import installed_package_folder, require_model_folder
 
@@ -51,6 +52,10 @@ def resolve_embedding_model(name_or_path: str) -> Path:
                 f"which is not installed: pip install {distribution}"
             )
         folder = location / subfolder
+    elif is_url(name_or_path):  # a folder on an object store or the hub: copied once into the cache
+        if not is_dir(name_or_path):
+            raise FileNotFoundError(f"embedding model {name_or_path!r}: no folder at that URL")
+        folder = Path(local_copy(name_or_path))
     else:
         folder = Path(name_or_path).expanduser()
     return require_model_folder(folder, f"embedding model {name_or_path!r}", "sentence-transformers model",

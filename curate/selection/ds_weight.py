@@ -31,6 +31,7 @@ import numpy as np
 import polars as pl
 from pydantic import Field
 
+from datamill.curate.engine.paths import exists, is_url, local_copy
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.selection.ranking import SELECTED, Budget, RankingBarrier, RankPlan, select_by_rank
 from datamill.curate.selection.ranking_partitions import ROWS, group_stats
@@ -48,8 +49,8 @@ class DSWeightParams(LMScoreParams):
     valid_path: str = Field(..., description="Valid set: a .jsonl or .parquet file of records in the same format.")
 
     def check_paths(self, base_dir: str) -> list[str]:
-        missing = [] if Path(self.valid_path).expanduser().is_file() else [
-            f"valid_path: valid set {self.valid_path!r} does not exist"]
+        found = exists(self.valid_path) if is_url(self.valid_path) else Path(self.valid_path).expanduser().is_file()
+        missing = [] if found else [f"valid_path: valid set {self.valid_path!r} does not exist"]
         return [*super().check_paths(base_dir), *missing]
     drop_fraction: float = Field(
         0.2, ge=0, lt=1, description="Drop this fraction of the self-consistent records, highest shift first."
@@ -181,8 +182,10 @@ def ds_shift(weight: pl.Expr) -> pl.Expr:
 
 
 def read_valid_set(path: str) -> pl.DataFrame:
-    """The valid set's records, from a .jsonl or .parquet file."""
-    file = Path(path).expanduser()
+    """The valid set's records, from a .jsonl or .parquet file (a local path or a URL)."""
+    if is_url(path) and not exists(path):
+        raise FileNotFoundError(f"ds_weight valid set {path} does not exist")
+    file = Path(local_copy(path)).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"ds_weight valid set {file} does not exist")
     if file.suffix == ".parquet":

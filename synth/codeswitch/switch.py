@@ -44,6 +44,7 @@ from typing import Annotated, ClassVar, Literal
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from datamill.curate.engine.paths import read_bytes
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import Stage, StageParams
 from datamill.synth.codeswitch.lexicon import combine, data_path, lexicon_exists, load_lexicon
@@ -91,7 +92,7 @@ class SwitchParams(StageParams):
     sense: Literal["most_frequent", "random"] = Field(
         "most_frequent", description="Without a context model: the lexicon's rank-1 translation, or a seeded pick.")
     stopwords: dict[str, str] = Field(
-        default_factory=dict, description="Extra stop-word files by language (one word a line); shipped: en, es, de, mt.")
+        default_factory=dict, description="Extra stop-word files (paths or URLs) by language (one word a line); shipped: en, es, de, mt.")
 
     def check_paths(self, base_dir: str) -> list[str]:
         """Lexicons are read as the stage reads them: a path, else a shipped file of that name."""
@@ -117,7 +118,7 @@ def load_stopwords(lang: str, extra: dict[str, str]) -> list[str]:
     shipped = data_path(f"stopwords/{lang}.txt")
     if path is None and not shipped.is_file():
         return []
-    text = (open(path, encoding="utf-8").read() if path else shipped.read_text(encoding="utf-8"))
+    text = read_bytes(path).decode("utf-8") if path else shipped.read_text(encoding="utf-8")
     return sorted({w.strip().lower() for w in text.splitlines() if w.strip()})
 
 
