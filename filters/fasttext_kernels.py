@@ -50,6 +50,8 @@ _FNV_PRIME = np.uint64(16777619)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _HIGH32 = np.uint64(0xFFFFFFFF00000000)
 _NGRAM_FACTOR = np.uint64(116049371)
+DEFAULT_BUCKET = 2_000_000
+"""fastText's default `bucket` (lid.176, DCLM's classifier)."""
 _SOFTMAX, _HS = 0, 1
 _LOSS_CODES = {"softmax": _SOFTMAX, "hs": _HS}
 _THRESHOLD_LOG = np.float32(math.log(0.0 + 1e-5))
@@ -58,9 +60,7 @@ _THRESHOLD_LOG = np.float32(math.log(0.0 + 1e-5))
 
 @njit(cache=True, inline="always")
 def _fnv_step(h, byte):
-    extended = np.uint64(byte)
-    if extended >= 128:
-        extended |= np.uint64(0xFFFFFF00)
+    extended = np.uint64(np.int64(np.int8(byte))) & _LOW32  # the byte as a signed char, widened
     return ((h ^ extended) * _FNV_PRIME) & _LOW32
 
 
@@ -87,7 +87,7 @@ def _same_bytes(data, start, token):
     return True
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _lookup(data, start, end, h, table, vocab, vocab_offsets):
     """Dictionary id of the token data[start:end] (hash h), or -1."""
     mask = np.uint64(len(table) - 1)
@@ -109,11 +109,9 @@ def _is_space(byte):
 
 
 @njit(cache=True, inline="always")
-def _push(rows, n_rows, row):
-    if n_rows == len(rows):
-        rows = np.concatenate((rows, np.empty(len(rows), dtype=np.int64)))
-    rows[n_rows] = row
-    return rows, n_rows + 1
+def _add_row(hidden, wi, row):
+    for j in range(len(hidden)):
+        hidden[j] += wi[row, j]
 
 
 @njit(cache=True, inline="always")
@@ -138,27 +136,20 @@ def _bucket_row(bucket_id, nwords, prune_mode, prune_map, prune_bits):
 
 
 @njit(cache=True, inline="always")
-def _mod32(h, bucket, inverse_bucket):
-    """h mod bucket for a 32-bit h, by a float64 quotient estimate (exact for 32-bit values up to
-    one step) instead of a 64-bit division, which costs more than the rest of an n-gram."""
-    value = np.int64(h)
-    rest = value - np.int64(np.float64(value) * inverse_bucket) * bucket
-    if rest < 0:
-        rest += bucket
-    elif rest >= bucket:
-        rest -= bucket
-    return rest
+def _mod32(h, bucket):
+    """h mod bucket; fastText's default bucket count as a constant, so the compiler replaces the
+    division (which costs more than the rest of an n-gram) by a multiplication."""
+    if bucket == DEFAULT_BUCKET:
+        return np.int64(h % np.uint64(DEFAULT_BUCKET))
+    return np.int64(h % np.uint64(bucket))
 
 
-@njit(cache=True)
-def _subword_rows(data, start, end, minn, maxn, bucket, nwords, prune_mode, prune_map, prune_bits, rows, n_rows,
+@njit(cache=True, inline="always")
+def _add_subwords(data, start, end, minn, maxn, bucket, nwords, prune_mode, prune_map, prune_bits, wi, hidden,
                   word, char_starts):
-    """Append the character n-gram rows of `<token>` (fastText's computeSubwords). `word` and
-    `char_starts` are scratch buffers (grown and returned when a token is longer)."""
+    """Add the rows of the character n-grams of `<token>` (fastText's computeSubwords) to `hidden`;
+    returns how many. `word` and `char_starts` are scratch buffers longer than any token + 2."""
     size = end - start + 2
-    if size + 1 > len(word):
-        word = np.empty(2 * size + 1, dtype=np.uint8)
-        char_starts = np.empty(2 * size + 1, dtype=np.int64)
     word[0] = 60  # "<"
     word[1:size - 1] = data[start:end]
     word[size - 1] = 62  # ">"
@@ -168,24 +159,27 @@ def _subword_rows(data, start, end, minn, maxn, bucket, nwords, prune_mode, prun
             char_starts[n_chars] = p
             n_chars += 1
     char_starts[n_chars] = size
-    inverse_bucket = 1.0 / bucket
+    added = 0
     for first in range(n_chars):
         h = _FNV_OFFSET
         for n in range(1, min(maxn, n_chars - first) + 1):
             for p in range(char_starts[first + n - 1], char_starts[first + n]):
                 h = _fnv_step(h, word[p])
             if n >= minn and not (n == 1 and (first == 0 or first + n == n_chars)):
-                row = _bucket_row(_mod32(h, bucket, inverse_bucket), nwords, prune_mode, prune_map, prune_bits)
+                row = _bucket_row(_mod32(h, bucket), nwords, prune_mode, prune_map, prune_bits)
                 if row >= 0:
-                    rows, n_rows = _push(rows, n_rows, row)
-    return rows, n_rows, word, char_starts
+                    _add_row(hidden, wi, row)
+                    added += 1
+    return added
 
 
-@njit(cache=True)
-def _input_rows(data, start_doc, end_doc, table, vocab, vocab_offsets, nwords, label_prefix, eos, eos_id, eos_hash,
-                word_ngrams, bucket, minn, maxn, prune_mode, prune_map, prune_bits, rows, hashes, word, char_starts):
-    """The input rows of one line in fastText's order; returns the (possibly grown) buffers and the
-    row count."""
+@njit(cache=True, inline="always")
+def _line_hidden(data, start_doc, end_doc, table, vocab, vocab_offsets, nwords, label_prefix, eos, eos_id, eos_hash,
+                 word_ngrams, bucket, minn, maxn, prune_mode, prune_map, prune_bits, wi, hidden, hashes, word,
+                 char_starts):
+    """fastText's hidden vector of one line: the float32 sum of its input rows in fastText's order,
+    added as they are found, then scaled by 1 / count. Returns (count, `hashes`, grown if needed)."""
+    hidden[:] = 0
     n_rows = 0
     n_hashes = 0
     i = start_doc
@@ -217,30 +211,37 @@ def _input_rows(data, start_doc, end_doc, table, vocab, vocab_offsets, nwords, l
         hashes[n_hashes] = h_token
         n_hashes += 1
         if wid >= 0:
-            rows, n_rows = _push(rows, n_rows, wid)
+            _add_row(hidden, wi, wid)
+            n_rows += 1
         if maxn > 0 and not is_eos:
-            rows, n_rows, word, char_starts = _subword_rows(data, start, i, minn, maxn, bucket, nwords, prune_mode,
-                                                            prune_map, prune_bits, rows, n_rows, word, char_starts)
+            n_rows += _add_subwords(data, start, i, minn, maxn, bucket, nwords, prune_mode, prune_map, prune_bits,
+                                    wi, hidden, word, char_starts)
     for a in range(n_hashes):
         h = _sign_extend(hashes[a])
         for b in range(a + 1, min(n_hashes, a + word_ngrams)):
             h = h * _NGRAM_FACTOR + _sign_extend(hashes[b])
             row = _bucket_row(np.int64(h % np.uint64(bucket)), nwords, prune_mode, prune_map, prune_bits)
             if row >= 0:
-                rows, n_rows = _push(rows, n_rows, row)
-    return rows, hashes, word, char_starts, n_rows
-
-
-@njit(cache=True, inline="always")
-def _hidden(wi, rows, n_rows, hidden):
-    hidden[:] = 0
-    for r in range(n_rows):
-        row = rows[r]
+                _add_row(hidden, wi, row)
+                n_rows += 1
+    if n_rows > 0:
+        scale = np.float32(1.0 / n_rows)
         for j in range(len(hidden)):
-            hidden[j] += wi[row, j]
-    scale = np.float32(1.0 / n_rows)
-    for j in range(len(hidden)):
-        hidden[j] *= scale
+            hidden[j] *= scale
+    return n_rows, hashes
+
+
+@njit(cache=True)
+def _longest_token(data):
+    longest = 0
+    run = 0
+    for i in range(len(data)):
+        if _is_space(data[i]):
+            run = 0
+        else:
+            run += 1
+            longest = max(longest, run)
+    return longest
 
 
 @njit(cache=True, inline="always")
@@ -314,20 +315,19 @@ def _predict(data, offsets, table, vocab, vocab_offsets, nwords, label_prefix, e
     best = np.full(n_docs, -1, dtype=np.int64)
     hidden = np.zeros(wi.shape[1], dtype=np.float32)
     out = np.zeros(n_labels, dtype=np.float32)
-    rows = np.empty(256, dtype=np.int64)
     hashes = np.empty(64, dtype=np.uint64)
-    word = np.empty(256, dtype=np.uint8)
-    char_starts = np.empty(256, dtype=np.int64)
+    longest = _longest_token(data) + 3 if maxn > 0 else 1
+    word = np.empty(longest, dtype=np.uint8)
+    char_starts = np.empty(longest, dtype=np.int64)
     stack_nodes = np.empty(2 * n_labels + 2, dtype=np.int64)
     stack_scores = np.empty(2 * n_labels + 2, dtype=np.float32)
     for doc in range(n_docs):
-        rows, hashes, word, char_starts, n_rows = _input_rows(
+        n_rows, hashes = _line_hidden(
             data, offsets[doc], offsets[doc + 1], table, vocab, vocab_offsets, nwords, label_prefix, eos, eos_id,
-            eos_hash, word_ngrams, bucket, minn, maxn, prune_mode, prune_map, prune_bits, rows, hashes, word,
+            eos_hash, word_ngrams, bucket, minn, maxn, prune_mode, prune_map, prune_bits, wi, hidden, hashes, word,
             char_starts)
         if n_rows == 0:
             continue
-        _hidden(wi, rows, n_rows, hidden)
         if loss == _HS:
             node, score = _hs_best(wo, hidden, left, right, n_labels, stack_nodes, stack_scores)
             if node >= 0:
