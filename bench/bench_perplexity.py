@@ -10,6 +10,9 @@ is printed.
 
     python bench/bench_perplexity.py [--docs 500] [--max-tokens 256] [--device cpu|cuda] [--threads N]
 
+Rows: the loop; datamill's scorer in float32 (batching alone); and the stage's default precision on
+this machine (`dtype: auto`: bfloat16 on a GPU or a CPU with native bf16) when that is not float32.
+
 Why the stage used to lose to the plain loop on CPU: its 16384-token batches. A forward pass on
 CPU is compute-bound, so batching saves only per-call overhead, while big padded batches add
 padding and spill out of cache (a 16×256 batch ran at about half the FLOP rate of one document
@@ -31,7 +34,7 @@ import torch
 
 from datamill.curate.models.lm_scoring import token_losses
 from datamill.curate.models.resolve import load_causal_lm
-from datamill.filters.perplexity import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS
+from datamill.filters.perplexity import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS, PerplexityParams
 from datamill.curate.sources.installed_docs import DEFAULT_EXCLUDE, docstrings, parse_python, stdlib_files
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,8 +86,6 @@ def main() -> None:
     parser.add_argument("--batch-tokens", type=int, default=None, help="default: the perplexity stage's for the device")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--bf16", action="store_true",
-                        help="also time datamill with the stages' `dtype: bfloat16` (the loop stays float32)")
     parser.add_argument("--model", default="smollm2-135m")
     parser.add_argument("--corpus", choices=["real", "docstrings"], default="real")
     parser.add_argument("--repeats", type=int, default=2, help="best of this many interleaved timings")
@@ -114,11 +115,15 @@ def main() -> None:
         seconds, ours = timed(lambda: token_losses(
             model, tokenizer, texts, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens))
         ours_s = min(ours_s, seconds)
-    if args.bf16:
-        fast, _ = load_causal_lm(args.model, device=args.device, dtype=torch.bfloat16)
+    default_dtype = PerplexityParams().torch_dtype()  # the stage's `dtype: auto` on this machine
+    if default_dtype is not None and default_dtype != model.dtype:
+        fast, _ = load_causal_lm(args.model, device=args.device, dtype=default_dtype)
         token_losses(fast, tokenizer, warm, max_tokens=args.max_tokens)
-        bf16_s, bf16 = timed(lambda: token_losses(
-            fast, tokenizer, texts, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens))
+        auto_s = float("inf")
+        for _ in range(args.repeats):
+            seconds, auto = timed(lambda: token_losses(
+                fast, tokenizer, texts, max_tokens=args.max_tokens, batch_tokens=args.batch_tokens))
+            auto_s = min(auto_s, seconds)
     difference = float(np.max(np.abs(ours.mean_loss - plain)))
     tolerance = 1e-3 if model.dtype == torch.float32 else 5e-2
     if not difference <= tolerance:
@@ -129,10 +134,15 @@ def main() -> None:
         f"  datamill token_losses (batch_tokens={args.batch_tokens}): {ours_s:7.2f} s  {n / ours_s:8.1f} docs/s  "
         f"{plain_s / ours_s:5.2f}x  (mean losses agree to {difference:.1e})"
     )
-    if args.bf16:
-        gap = float(np.max(np.abs(np.exp(bf16.mean_loss) / np.exp(plain) - 1)))
-        print(f"  datamill token_losses in bfloat16 : {bf16_s:7.2f} s  {n / bf16_s:8.1f} docs/s  "
-              f"{plain_s / bf16_s:5.2f}x  (perplexities within {gap:.1%} of float32)")
+    if default_dtype is not None and default_dtype != model.dtype:
+        gap = float(np.max(np.abs(np.exp(auto.mean_loss) / np.exp(plain) - 1)))
+        ranks = [np.argsort(np.argsort(x)).astype(np.float64) for x in (auto.mean_loss, plain)]
+        spearman = float(np.corrcoef(*ranks)[0, 1])
+        print(f"  the stage's default here (dtype auto = {str(default_dtype).removeprefix('torch.')}): {auto_s:7.2f} s  "
+              f"{n / auto_s:8.1f} docs/s  {plain_s / auto_s:5.2f}x  (perplexities within {gap:.1%} of float32, "
+              f"Spearman rank correlation {spearman:.4f})")
+    else:
+        print("  (the stage's default here is the float32 row above: this CPU has no native bf16)")
 
 
 if __name__ == "__main__":

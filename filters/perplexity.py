@@ -66,6 +66,12 @@ class PerplexityFilter(Filter):
 
         self.model, self.tokenizer = load_causal_lm(self.params.model, dtype=self.params.torch_dtype())
 
+    def facts(self) -> dict[str, int]:
+        """Which precision scored (auto picks bfloat16 where the device computes it natively)."""
+        if self.model is None:
+            return {}
+        return {f"scored_in_{str(next(self.model.parameters()).dtype).removeprefix('torch.')}": 1}
+
     def batch_tokens(self) -> int:
         """`batch_tokens`, or the default for the device the model sits on."""
         if self.params.batch_tokens is not None:

@@ -177,4 +177,9 @@ def test_bfloat16_dtype_loads_the_model_in_bf16_and_scores_close_to_float32(smol
     exact = np.exp(token_losses(model, tokenizer, texts, max_tokens=512).mean_loss)
     np.testing.assert_allclose(fast, exact, rtol=0.05)
     assert np.argsort(fast).tolist() == np.argsort(exact).tolist()  # the ranking a filter relies on is kept
-    assert PerplexityFilter(PerplexityParams()).params.torch_dtype() is None  # auto: float32 on CPU
+    assert stage.facts() == {"scored_in_bfloat16": 1}  # the report says which precision scored
+    from datamill.curate.models.resolve import cpu_has_native_bf16
+
+    native = cpu_has_native_bf16() and not torch.cuda.is_available()  # auto: bf16 where the CPU computes it
+    assert PerplexityParams().torch_dtype() == (torch.bfloat16 if native else None)
+    assert PerplexityParams(dtype="float32").torch_dtype() == torch.float32

@@ -130,6 +130,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX-BF16 in /proc/cpuinfo), where
+    bf16 matrix products run ~2x faster than float32; False where that cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags.split()))
+
+
 def load_causal_lm(name_or_path: str, device: str | None = None, dtype: Any = None) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode on `device` (default: cuda if available, else cpu), in
     `dtype` (default: bfloat16 on CUDA, float32 on CPU); the tokenizer always has a pad token."""
