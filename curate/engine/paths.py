@@ -31,7 +31,8 @@ def join(base_dir: str, path: str) -> str:
     return os.path.join(base_dir, os.path.expanduser(path))
 
 
-def _filesystem(url: str):
+def filesystem(url: str):
+    """(fsspec filesystem, path inside it) for a URL; a clear error when the protocol's package is missing."""
     import fsspec
 
     try:
@@ -47,7 +48,7 @@ def glob_files(pattern: str, base_dir: str = ".") -> list[str]:
     if not is_url(pattern):
         full = join(base_dir, pattern)
         return sorted(str(Path(m).resolve()) for m in glob.glob(full, recursive=True) if os.path.isfile(m))
-    fs, root = _filesystem(pattern)
+    fs, root = filesystem(pattern)
     protocol = pattern.split("://", 1)[0]
     found = fs.glob(root) if any(c in root for c in GLOB_CHARS) else ([root] if fs.exists(root) else [])
     return sorted(f"{protocol}://{p}" for p in found if fs.isfile(p))
@@ -57,7 +58,7 @@ def exists(path: str) -> bool:
     """True when `path` (a local path or a URL) is a file."""
     if not is_url(path):
         return os.path.isfile(path)
-    fs, root = _filesystem(path)
+    fs, root = filesystem(path)
     return fs.isfile(root)
 
 
@@ -65,7 +66,7 @@ def is_dir(path: str) -> bool:
     """True when `path` (a local path or a URL) is a folder (on object stores: a non-empty prefix)."""
     if not is_url(path):
         return os.path.isdir(path)
-    fs, root = _filesystem(path)
+    fs, root = filesystem(path)
     return fs.isdir(root)
 
 
@@ -79,7 +80,7 @@ def open_binary(path: str, buffering: int = -1) -> IO[bytes]:
     """A readable binary file object for a local path or a URL."""
     if not is_url(path):
         return open(path, "rb", buffering=buffering)
-    fs, root = _filesystem(path)
+    fs, root = filesystem(path)
     return fs.open(root, "rb")
 
 
@@ -87,7 +88,7 @@ def file_size(path: str) -> int:
     """Bytes in a local file or at a URL."""
     if not is_url(path):
         return os.path.getsize(path)
-    fs, root = _filesystem(path)
+    fs, root = filesystem(path)
     return int(fs.size(root))
 
 
@@ -95,7 +96,7 @@ def write_bytes(path: str, data: bytes) -> None:
     """Write a whole file atomically: locally a temporary name renamed into place (folders made);
     on an object store one PUT, which readers see whole or not at all."""
     if is_url(path):
-        fs, root = _filesystem(path)
+        fs, root = filesystem(path)
         fs.pipe_file(root, data)
         return
     target = Path(path)
@@ -129,7 +130,7 @@ def _fingerprint(fs, root: str) -> tuple[str, list[str]]:
 def version_stamp(url: str) -> str:
     """What identifies the current content at a URL (its ETag, size and time as the store reports
     them), so caches keyed by it are rebuilt when the object changes."""
-    fs, root = _filesystem(url)
+    fs, root = filesystem(url)
     return _fingerprint(fs, root)[0]
 
 
@@ -141,7 +142,7 @@ def local_copy(path: str) -> str:
     wins, so nobody sees a half-written copy."""
     if not is_url(path):
         return path
-    fs, root = _filesystem(path)
+    fs, root = filesystem(path)
     if not fs.exists(root):
         raise FileNotFoundError(f"{path}: no such file or folder")
     stamp, files = _fingerprint(fs, root)

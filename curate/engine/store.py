@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from datamill.curate.engine.paths import is_url
+from datamill.curate.engine.paths import filesystem, is_url
 
 VERSION_KEYS = ("ETag", "etag", "md5Hash", "crc32c", "blob_id", "sha", "checksum")
 """Fields of an fsspec `info()` that change whenever an object's bytes do (S3, GCS, HF hub…)."""
@@ -45,17 +45,6 @@ def local_mirror(url: str) -> Path:
     base = Path(os.environ.get("DATAMILL_SCRATCH") or tempfile.gettempdir()) / "datamill-runs"
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", url.split("://", 1)[-1].strip("/"))[-60:]
     return base / f"{name}-{hashlib.sha1(url.encode()).hexdigest()[:12]}"
-
-
-def filesystem(url: str):
-    """(fsspec filesystem, path inside it) for a URL; a clear error when the protocol's package is missing."""
-    import fsspec
-
-    try:
-        return fsspec.core.url_to_fs(url)
-    except ImportError as err:  # e.g. s3fs missing for s3://
-        raise ImportError(f"{url}: {err} (install the filesystem package for this protocol, e.g. "
-                          "`pip install s3fs` for s3://)") from None
 
 
 def output_store_problems(url: str) -> list[str]:
