@@ -204,6 +204,30 @@ def test_warc_paths_file_on_s3_with_relative_and_url_entries(store, tmp_path):
     assert "no file" in WarcParams(paths_file=listing + ".gone").check_paths(str(tmp_path))[0]
 
 
+def test_a_crawl_sized_paths_file_is_planned_without_a_request_per_object(store, tmp_path, monkeypatch):
+    import datamill.curate.engine.paths as paths
+    from datamill.curate.sources.warc import WarcParams, WarcSource
+
+    url = "https://one.example.org/story"
+    write_warc(tmp_path / "one.warc.gz", [http_request(url), http_response(url, page("one", [
+        "The committee met on Tuesday to review the proposed changes to the harbour bylaws."]).encode())])
+    put(store, tmp_path / "one.warc.gz", "crawl/one.warc.gz")
+    names = ["one"] + [f"gone-{i:05d}" for i in range(2_000)]  # listed, never uploaded
+    (tmp_path / "warc.paths.gz").write_bytes(gzip.compress("".join(f"crawl/{n}.warc.gz\n" for n in names).encode()))
+    listing = put(store, tmp_path / "warc.paths.gz", "crawl/warc.paths.gz")
+    source = WarcSource(WarcParams(paths_file=listing, paths_prefix=f"s3://{BUCKET}/"), index=0, base_dir=str(tmp_path))
+    calls = []
+    real_filesystem = paths.filesystem
+    monkeypatch.setattr(paths, "filesystem", lambda target: calls.append(target) or real_filesystem(target))
+    shards = source.plan()
+    assert len(shards) == 2_001 and calls == [listing]  # only the listing itself was read
+    first, gone = shards[-1], shards[0]  # sorted: "gone-…" before "one"
+    records = [b.records for b in source.read(first, batch_rows=8)]
+    assert [u for r in records for u in r["url"]] == [url]
+    quarantined = [b.quarantine for b in source.read(gone, batch_rows=8)]
+    assert [q["reason"][0] for q in quarantined if q is not None and q.height] == ["missing_file"]
+
+
 def test_a_transformers_model_folder_on_s3_is_copied_once(store, tmp_path):
     from datamill.curate.models.params import causal_lm_problem
     from datamill.curate.models.resolve import resolve_model

@@ -161,10 +161,16 @@ class WarcSource(FileSource):
     params: WarcParams
 
     def plan(self) -> list[ShardSpec]:
-        if self.params.paths_file is not None:
-            listed = self.params.listed_paths(self.base_dir)
+        if self.params.paths_file is None:
+            return super().plan()
+        listed = self.params.listed_paths(self.base_dir)
+        if self.params.limit is not None or not all(map(is_url, listed)):
             self.params = self.params.model_copy(update={"path": listed, "paths_file": None})
-        return super().plan()
+            return super().plan()
+        # a crawl's paths file lists ~100k objects: one shard each, no request per object while
+        # planning (one that is gone is quarantined as missing_file when its shard reads it)
+        return [ShardSpec(self.index, url, {"path": url, "file": url, "max_records": None})
+                for url in sorted(set(listed))]
 
     def file_parts(self, path: str, file: str, remaining: int | None) -> list[FilePart]:
         """One shard per file. With a `limit`, the file's response/conversion records are counted
