@@ -278,7 +278,6 @@ def _hs_best(wo, hidden, left, right, n_labels, stack_nodes, stack_scores):
     """fastText's depth-first walk for k = 1: (best leaf, its float32 log-score)."""
     best_node = -1
     best_score = np.float32(0.0)
-    depth = 0
     stack_nodes[0] = 2 * n_labels - 2
     stack_scores[0] = np.float32(0.0)
     depth = 1
@@ -427,8 +426,8 @@ class FastTextKernel:
         data, offsets = utf8_buffer(texts)
         return _predict(data, offsets, self.table, self.vocab, self.vocab_offsets, self.nwords, self.label_prefix,
                         self.eos, self.eos_id, self.eos_hash, self.word_ngrams, self.bucket, self.minn, self.maxn,
-                        self.prune_mode, self.prune_map, self.prune_bits, self.wi, self.wo, self.loss, self.left, self.right,
-                        top_only)
+                        self.prune_mode, self.prune_map, self.prune_bits, self.wi, self.wo, self.loss, self.left,
+                        self.right, top_only)
 
     def predict_all(self, texts: pl.Series) -> np.ndarray:
         """float32 (texts × labels) probabilities in label-id order, as fastText returns them for
