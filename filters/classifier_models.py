@@ -66,23 +66,30 @@ class Prediction:
 
 
 class FastTextClassifier:
-    """A fastText supervised model; `predict` calls its list API once per batch."""
+    """A fastText supervised model: scored by the numba kernels, else by fastText's list API, once per batch."""
 
     kind = "fasttext"
 
     def __init__(self, path: Path):
-        import fasttext
-
         if not path.is_file():
             raise FileNotFoundError(f"fastText model file not found: {path}")
         self.path = path
-        self.model = fasttext.load_model(str(path))
-        self.labels = [label.removeprefix(LABEL_PREFIX) for label in self.model.get_labels()]
         kernel = FastTextKernel.from_file(path)  # None: a kind fastText itself must score
         self.kernel = kernel if kernel is not None and kernel.scores_every_label else None
+        self._fasttext = None
+        names = self.kernel.labels if self.kernel is not None else self.fasttext_model().get_labels()
+        self.labels = [label.removeprefix(LABEL_PREFIX) for label in names]
         self.regression = False
         self.default_preprocess: Preprocess = "lines"
         self.default_label: str | None = None
+
+    def fasttext_model(self):
+        """fastText's own model, loaded only where the kernel cannot score (the file held once)."""
+        if self._fasttext is None:
+            import fasttext
+
+            self._fasttext = fasttext.load_model(str(self.path))
+        return self._fasttext
 
     def check_label(self, label: str | None) -> None:
         if label is not None and label.removeprefix(LABEL_PREFIX) not in self.labels:
@@ -95,7 +102,7 @@ class FastTextClassifier:
         if self.kernel is not None and not series.str.contains("\n", literal=True).any():
             return self.kernel_prediction(series, label)
         texts = series.to_list()
-        labels, probabilities = self.model.predict(texts, k=-1)
+        labels, probabilities = self.fasttext_model().predict(texts, k=-1)
         if labels and isinstance(labels[0], str):  # fasttext-predict's list API: top label only, no probabilities
             raise RuntimeError("the installed `fasttext` module is fasttext-predict, whose list predict has no "
                                "probabilities: pip install fasttext-community")

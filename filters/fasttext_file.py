@@ -59,6 +59,10 @@ class FastTextFile:
         return [w.decode("utf-8", "replace") for w in self.words[self.nwords:]]
 
 
+class UnsupportedFormat(ValueError):
+    """Not a fastText model file of the format version this reader knows (fastText itself may load it)."""
+
+
 class _Reader:
     def __init__(self, data: bytes, path: Path):
         self.data, self.at, self.path = data, 0, path
@@ -130,7 +134,7 @@ def read_fasttext_file(path: str | Path) -> FastTextFile:
     reader = _Reader(path.read_bytes(), path)
     magic, version = reader.take("<2i")
     if magic != MAGIC or version != VERSION:
-        raise ValueError(f"{path}: not a fastText model of format version {VERSION} "
+        raise UnsupportedFormat(f"{path}: not a fastText model of format version {VERSION} "
                          f"(magic {magic}, version {version})")
     dim, _ws, _epoch, _min_count, _neg, word_ngrams, loss, model, bucket, minn, maxn, _lr_rate = reader.take("<12i")
     reader.take("<d")

@@ -27,8 +27,8 @@ UTF-8 buffer, with the arrays `fasttext_file.py` reads from the model file:
 Supported: supervised models with softmax or hs loss and a dense output matrix, quantized (.ftz)
 or not, with or without subwords — e.g. DCLM-style bigram classifiers, what `datamill classifier
 train` writes, and fastText's lid.176.ftz. `FastTextKernel.from_file` answers None for the rest
-(ova/ns losses, a quantized output matrix), which fastText itself scores. The tests compare every
-supported kind with fastText's predict, bit for bit.
+(ova/ns losses, a quantized output matrix, other format versions), which fastText itself scores.
+The tests compare every supported kind with fastText's predict, bit for bit.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import polars as pl
 from numba import njit
 
 from datamill.curate.engine.utf8_buffer import utf8_buffer
-from datamill.filters.fasttext_file import FastTextFile, read_fasttext_file
+from datamill.filters.fasttext_file import FastTextFile, UnsupportedFormat, read_fasttext_file
 
 EOS = b"</s>"
 LABEL_PREFIX = b"__label__"
@@ -411,8 +411,12 @@ class FastTextKernel:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "FastTextKernel | None":
-        """A kernel for the model file, or None when it is a kind these kernels do not reproduce."""
-        model = read_fasttext_file(path)
+        """A kernel for the model file, or None when it is a kind these kernels do not reproduce
+        (another format version, ova/ns loss, a quantized output matrix)."""
+        try:
+            model = read_fasttext_file(path)
+        except UnsupportedFormat:
+            return None
         if model.model != "supervised" or model.loss not in _LOSS_CODES or model.output_rows is None:
             return None
         return cls(model)

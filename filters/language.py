@@ -97,6 +97,7 @@ class LanguageFilter(Filter):
             ("lang_mix", "lang_switches") if self.params.mix else ()
         )
         self.outputs = type(self).outputs + extra
+        self._path: Path | None = None
         self._model = None
         self._kernel: FastTextKernel | None = None
 
@@ -119,25 +120,31 @@ class LanguageFilter(Filter):
         return Path(str(packaged))
 
     def setup(self) -> None:
-        import fasttext
-
-        path = self.model_path()
-        self._model = fasttext.load_model(str(path))
-        self._kernel = FastTextKernel.from_file(path)  # None: a kind only fastText itself scores
+        self._path = self.model_path()
+        self._kernel = FastTextKernel.from_file(self._path)  # None: a kind only fastText itself scores
+        if self._kernel is None or self.params.k > 1:
+            self.fasttext_model()  # needed for every batch: load it now, so a bad file fails in setup
 
     @property
     def is_ready(self) -> bool:
-        """Whether setup() has loaded the model."""
-        return self._model is not None
+        """Whether setup() has found the model."""
+        return self._path is not None
+
+    def fasttext_model(self):
+        """fastText's own model, loaded on first use: for `k > 1` or a model the kernels do not cover."""
+        if self._model is None:
+            import fasttext
+
+            self._model = fasttext.load_model(str(self._path))
+        return self._model
 
     def predict_flat(self, texts: pl.Series, k: int = 1) -> tuple[np.ndarray, pl.Series, np.ndarray]:
         """Every text's k best labels (prefix stripped) and probabilities as flat arrays, with n + 1
         row offsets (an empty text gets none)."""
-        if self._model is None:
+        if not self.is_ready:
             raise RuntimeError(f"stage {self.name!r}: call setup() before scoring")
-        # one line per text, ended by the newline fastText's reader expects
-        lines = (texts.fill_null("").str.replace_all("\n", " ", literal=True) + "\n").to_list()
-        labels, probabilities = self._model.f.multilinePredict(lines, k, 0.0, "strict") if lines else ([], [])
+        lines = (one_line(texts) + "\n").to_list()  # ended by the newline fastText's reader expects
+        labels, probabilities = self.fasttext_model().f.multilinePredict(lines, k, 0.0, "strict") if lines else ([], [])
         offsets = np.zeros(len(labels) + 1, dtype=np.int64)
         np.cumsum(np.fromiter(map(len, labels), dtype=np.int64, count=len(labels)), out=offsets[1:])
         flat_labels = pl.Series(list(chain.from_iterable(labels)), dtype=pl.String).str.strip_prefix(LABEL_PREFIX)
@@ -153,8 +160,7 @@ class LanguageFilter(Filter):
     def predict_top(self, texts: pl.Series) -> tuple[pl.Series, pl.Series]:
         """Every text's best label and its probability (null where fastText predicts nothing)."""
         if self._kernel is not None:  # one numba call, the same numbers as fastText's predict
-            lines = texts.fill_null("").str.replace_all("\n", " ", literal=True)
-            best, probabilities = self._kernel.predict_top(lines)
+            best, probabilities = self._kernel.predict_top(one_line(texts))
             names = pl.Series(self._kernel.labels, dtype=pl.String).str.strip_prefix(LABEL_PREFIX)
             scored = best >= 0
             lang = names.gather(np.where(scored, best, 0))
@@ -229,6 +235,11 @@ class LanguageFilter(Filter):
         elif p.min_score > 0:
             rules.append(("language_low_score", pl.col("lang_score") < p.min_score))
         return rules
+
+
+def one_line(texts: pl.Series) -> pl.Series:
+    """Each text as the one line fastText predicts on (newlines become spaces, as datatrove does)."""
+    return texts.fill_null("").str.replace_all("\n", " ", literal=True)
 
 
 def ragged_from(offsets: np.ndarray, values: pa.Array) -> pl.Series:

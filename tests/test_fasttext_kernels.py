@@ -107,6 +107,9 @@ def test_models_it_cannot_reproduce_are_left_to_fasttext(corpus, tmp_path) -> No
     one_vs_all = fasttext.train_supervised(str(path), dim=8, loss="ova", epoch=1, thread=1, verbose=0)
     one_vs_all.save_model(str(tmp_path / "ova.bin"))
     assert FastTextKernel.from_file(tmp_path / "ova.bin") is None
+    data = (tmp_path / "ova.bin").read_bytes()
+    (tmp_path / "v11.bin").write_bytes(data[:4] + (11).to_bytes(4, "little") + data[8:])
+    assert FastTextKernel.from_file(tmp_path / "v11.bin") is None  # another format version: fastText's job
     (tmp_path / "cut.bin").write_bytes((tmp_path / "ova.bin").read_bytes()[:200])
     with pytest.raises(ValueError, match="cut.bin: truncated fastText model"):
         FastTextKernel.from_file(tmp_path / "cut.bin")
