@@ -50,8 +50,6 @@ _FNV_PRIME = np.uint64(16777619)
 _LOW32 = np.uint64(0xFFFFFFFF)
 _HIGH32 = np.uint64(0xFFFFFFFF00000000)
 _NGRAM_FACTOR = np.uint64(116049371)
-DEFAULT_BUCKET = 2_000_000
-"""fastText's default `bucket` (lid.176, DCLM's classifier)."""
 _SOFTMAX, _HS = 0, 1
 _LOSS_CODES = {"softmax": _SOFTMAX, "hs": _HS}
 _THRESHOLD_LOG = np.float32(math.log(0.0 + 1e-5))
@@ -136,15 +134,6 @@ def _bucket_row(bucket_id, nwords, prune_mode, prune_map, prune_bits):
 
 
 @njit(cache=True, inline="always")
-def _mod32(h, bucket):
-    """h mod bucket; fastText's default bucket count as a constant, so the compiler replaces the
-    division (which costs more than the rest of an n-gram) by a multiplication."""
-    if bucket == DEFAULT_BUCKET:
-        return np.int64(h % np.uint64(DEFAULT_BUCKET))
-    return np.int64(h % np.uint64(bucket))
-
-
-@njit(cache=True, inline="always")
 def _add_subwords(data, start, end, minn, maxn, bucket, nwords, prune_mode, prune_map, prune_bits, wi, hidden,
                   word, char_starts):
     """Add the rows of the character n-grams of `<token>` (fastText's computeSubwords) to `hidden`;
@@ -166,7 +155,7 @@ def _add_subwords(data, start, end, minn, maxn, bucket, nwords, prune_mode, prun
             for p in range(char_starts[first + n - 1], char_starts[first + n]):
                 h = _fnv_step(h, word[p])
             if n >= minn and not (n == 1 and (first == 0 or first + n == n_chars)):
-                row = _bucket_row(_mod32(h, bucket), nwords, prune_mode, prune_map, prune_bits)
+                row = _bucket_row(np.int64(h % np.uint64(bucket)), nwords, prune_mode, prune_map, prune_bits)
                 if row >= 0:
                     _add_row(hidden, wi, row)
                     added += 1
