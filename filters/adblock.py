@@ -9,13 +9,14 @@ Origin / AdGuard syntax this keeps what can decide about such a URL:
   `$domain=a.com|~b.com` (also `from=`; the page's own host is the source), `$to=` and
   `$denyallow=` (the page's host is also the target), `$match-case`, `$important`;
 - `@@` exceptions with the same options; `$important` blocks win over exceptions;
-- `$badfilter` disables the rule it names.
+- `$badfilter` disables the rule it names, in every list the stage reads (uBO's "unbreak" lists
+  disable EasyList rules that way).
 
 Everything else is counted, never silently dropped: `cosmetic` (`##`, `#@#`, `#?#`, `#$#`,
 scriptlets, `$$` HTML filters: they hide page elements, they never block a URL), `resource_type`
 (only `script`, `image`, … — a page is not one), `third_party` (a page is never third-party to
-itself), `modifier` (`csp=`, `redirect=`, `removeparam=`…: they rewrite a request instead of
-blocking it), `cosmetic_exception` (`@@…$elemhide`, `$generichide`…), `unsupported_option`,
+itself), `modifier` (`csp=`, `redirect-rule=`, `removeparam=`…: they rewrite a request instead of
+blocking it; `redirect=` blocks first, so it counts as a block), `cosmetic_exception` (`@@…$elemhide`, `$generichide`…), `unsupported_option`,
 `bad_regex` (JavaScript-only regex syntax), `empty_pattern` (`*`, `|` or `||` alone, without a
 host constraint: it would block every page) and `badfilter` (disabled).
 """
@@ -33,17 +34,20 @@ RESOURCE_TYPES = frozenset({
     "popunder", "csp_report", "inline-script", "inline-font", "fetch", "webbundle"})
 FIRST_PARTY = frozenset({"~third-party", "first-party", "1p", "~3p", "strict1p", "strict-first-party"})
 THIRD_PARTY = frozenset({"third-party", "3p", "~first-party", "~1p", "strict3p", "strict-third-party"})
+REDIRECTS = frozenset({"redirect", "empty", "mp4"})
+"""uBO's `$redirect=` (and its old aliases): block the request, then serve a stand-in resource to
+subresources; for a page that is a block (adblock-rust blocks too). `$redirect-rule=` is not."""
 MODIFIERS = frozenset({
-    "csp", "redirect", "redirect-rule", "removeparam", "queryprune", "replace", "rewrite", "header",
+    "csp", "redirect-rule", "removeparam", "queryprune", "replace", "rewrite", "header",
     "removeheader", "permissions", "cookie", "hls", "jsonprune", "json-prune", "uritransform", "urltransform",
-    "urlskip", "empty", "mp4", "network", "app", "referrerpolicy", "stealth", "cname", "xmlprune"})
+    "urlskip", "network", "app", "referrerpolicy", "stealth", "cname", "xmlprune"})
 COSMETIC_EXCEPTIONS = frozenset({
     "elemhide", "ehide", "generichide", "ghide", "specifichide", "shide", "genericblock", "content",
     "jsinject", "extension", "urlblock", "sitekey"})
 DOMAIN_OPTIONS = ("domain", "from", "to", "denyallow")
 COSMETIC = re.compile(r"^[^\s/|@$]*?(?:#[@?$%]{0,2}#|#@[$?]#|\$@?\$)")
 OPTION = re.compile(r"~?[a-z0-9][a-z0-9_-]*(?:=.*)?")
-HOST_ONLY = re.compile(r"\|\|([a-z0-9.-]+)\^?\|?")
+HOST_ONLY = re.compile(r"\|\|([a-z0-9.-]+)\^")  # `||a.com` alone also blocks a.com.evil.net; `^|` needs the end
 
 
 @dataclass(frozen=True)
@@ -58,10 +62,10 @@ class NetworkRule:
     host: str | None = None
     """Set for a bare `||example.com^` rule without constraints: matched by domain table instead of regex."""
     hosts: tuple[tuple[str | None, str | None], ...] = ()
-    anchors: tuple[str, ...] = ()
-    """Plain domains one of which the page's host must be (or be under), when a constraint lists
-    such includes: the matcher joins on them instead of testing the rule against every row."""
     """(regex the page's host must match, regex it must not match) per `domain=`/`to=`/`denyallow=`."""
+    anchors: tuple[str, ...] = ()
+    """Plain domains (without `www.`) one of which the page's host must be (or be under), when a
+    constraint lists such includes: the matcher joins on them instead of testing the rule against every row."""
 
 
 @dataclass
@@ -72,11 +76,25 @@ class AdblockList:
     not_applicable: Counter = field(default_factory=Counter)
 
 
-def parse_adblock(lines: list[str], check_regex=None) -> AdblockList:
+def badfilters(lines: list[str]) -> set[str]:
+    """The rules that the list's `$badfilter` lines disable (as written, without `badfilter`): a
+    `$badfilter` disables its rule in every list the stage reads, as in uBlock Origin."""
+    out = set()
+    for raw in lines:
+        rule = raw.strip()
+        if rule and not rule.startswith(("!", "[")) and not COSMETIC.match(rule):
+            body, options = split_options(rule)
+            if "badfilter" in options:
+                out.add(body + join_options([o for o in options if o != "badfilter"]))
+    return out
+
+
+def parse_adblock(lines: list[str], check_regex=None, disabled: set[str] | frozenset[str] = frozenset()) -> AdblockList:
     """The document-applicable rules of an AdBlock list; `check_regex(pattern)` raises ValueError
-    for a pattern the matcher cannot run (counted as `bad_regex`)."""
+    for a pattern the matcher cannot run (counted as `bad_regex`); `disabled`: rules that other
+    lists' `$badfilter` lines disable (this list's own are read here)."""
     out = AdblockList()
-    disabled: set[str] = set()
+    disabled = set(disabled) | badfilters(lines)
     candidates: list[tuple[str, NetworkRule]] = []
     for raw in lines:
         rule = raw.strip()
@@ -87,7 +105,6 @@ def parse_adblock(lines: list[str], check_regex=None) -> AdblockList:
             continue
         body, options = split_options(rule)
         if "badfilter" in options:
-            disabled.add(body + join_options([o for o in options if o != "badfilter"]))
             out.not_applicable["badfilter"] += 1
             continue
         parsed = parse_rule(body, options)
@@ -173,6 +190,8 @@ def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
             return "third_party"
         elif key.lstrip("~") in DOCUMENT_TYPES or key.lstrip("~") in RESOURCE_TYPES:
             (negative if key.startswith("~") else positive).add(key.lstrip("~"))
+        elif key in REDIRECTS:
+            continue
         elif key in MODIFIERS:
             return "modifier"
         elif key in COSMETIC_EXCEPTIONS:
@@ -188,18 +207,21 @@ def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
     is_regex = body.startswith("/") and body.endswith("/") and len(body) > 2
     pattern = body[1:-1] if is_regex else pattern_to_regex(body)
     bare = HOST_ONLY.fullmatch(body.lower()) if not is_regex else None
-    host = bare.group(1) if bare and not constraints else None
+    # the domain table holds hosts without `www.`: a `||www.…^` rule, which must not block the bare
+    # host or its other subdomains, runs as a regex over the URL instead
+    host = bare.group(1) if bare and not constraints and not bare.group(1).startswith("www.") else None
     return NetworkRule(pattern, exception, important, case_sensitive, host, tuple(constraints), anchors)
 
 
 def host_constraint(value: str, negate_all: bool = False) -> tuple[str | None, str | None] | None:
     """`a.com|~b.com|google.*` as (regex the page's host must match, regex it must not match), on the
-    host in lower case without `www.`; a domain matches itself and its subdomains. None when malformed."""
+    host in lower case as the URL has it (`www.` kept: `~www.a.com` must not exempt `docs.a.com`);
+    a domain matches itself and its subdomains. None when malformed."""
     include, exclude = [], []
     for entry in value.split("|"):
         entry = entry.strip().lower()
         negated = entry.startswith("~") or negate_all
-        name = entry.lstrip("~").removeprefix("www.")
+        name = entry.lstrip("~")
         if not re.fullmatch(r"[a-z0-9*][a-z0-9.*-]*", name or "-"):
             return None
         regex = re.escape(name).replace(r"\*", r"[^.]+(?:\.[^.]+)?" if name.endswith("*") else "[^.]*")

@@ -40,7 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from datamill.curate.engine.paths import exists, is_dir, is_url, join, local_copy, read_bytes
 from datamill.curate.engine.registry import register_stage
 from datamill.curate.engine.stage import DROP_REASON, FilterParams, Stage
-from datamill.filters.adblock import NetworkRule, parse_adblock
+from datamill.filters.adblock import NetworkRule, badfilters, parse_adblock
 
 REGEXES_PER_PATTERN = 500
 MAX_CONSTRAINTS = 3
@@ -143,8 +143,8 @@ class Rules:
                 self.constrained.append((pattern, r.hosts, reason, order))
 
     def match(self, frame: pl.DataFrame) -> pl.Series:
-        """Per row of `frame` (columns `_row`, `_url`, `_host`, `_key`): the reason of the first
-        matching list, or null."""
+        """Per row of `frame` (columns `_row`, `_url`, `_host`, `_site`, `_key`): the reason of the
+        first matching list, or null."""
         found = []
         domains, urls = self.tables()
         if domains is not None:
@@ -165,9 +165,9 @@ class Rules:
             condition = pl.col("_url").str.contains(pattern)
             for include, exclude in hosts:
                 if include is not None:
-                    condition &= pl.col("_host").str.contains(include)
+                    condition &= pl.col("_site").str.contains(include)
                 if exclude is not None:
-                    condition &= ~pl.col("_host").str.contains(exclude)
+                    condition &= ~pl.col("_site").str.contains(exclude)
             hit = frame.filter(condition.fill_null(False))
             found.append(hit.select("_row", pl.lit(reason).alias("_reason"), pl.lit(order, dtype=pl.Int64).alias("_order")))
         reasons = pl.Series("_reason", [None] * frame.height, dtype=pl.String)
@@ -191,13 +191,13 @@ class Rules:
             self._anchored_tables = (anchors, rules.with_columns(
                 pl.col(f"^_(inc|exc)\\d$").cast(pl.String)))
         anchors, rules = self._anchored_tables
-        pairs = (frame.select("_row", "_url", "_host", parent_domains(pl.col("_host")).alias("_suffix"))
+        pairs = (frame.select("_row", "_url", "_site", parent_domains(pl.col("_host")).alias("_suffix"))
                  .explode("_suffix").join(anchors, on="_suffix").unique(["_row", "_rule"])
                  .join(rules, on="_rule"))
         condition = pl.col("_url").str.contains(pl.col("_pattern"))
         for k in range(MAX_CONSTRAINTS):
-            condition &= pl.col(f"_inc{k}").is_null() | pl.col("_host").str.contains(pl.col(f"_inc{k}"))
-            condition &= pl.col(f"_exc{k}").is_null() | ~pl.col("_host").str.contains(pl.col(f"_exc{k}"))
+            condition &= pl.col(f"_inc{k}").is_null() | pl.col("_site").str.contains(pl.col(f"_inc{k}"))
+            condition &= pl.col(f"_exc{k}").is_null() | ~pl.col("_site").str.contains(pl.col(f"_exc{k}"))
         return pairs.filter(condition.fill_null(False)).select("_row", "_reason", "_order")
 
     def tables(self) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
@@ -240,10 +240,18 @@ class UrlFilter(Stage):
     def setup(self) -> None:
         self.block, self.allow, self.important, self.exceptions = Rules(), Rules(), Rules(), Rules()
         self.rule_counts = Counter()
+        texts: dict[str, list[str]] = {}
+        disabled: set[str] = set()
+        for spec in [*self.params.block, *self.params.allow]:
+            if spec.format == "adblock":  # a `$badfilter` line disables its rule in every list
+                texts[spec.path] = list_lines(spec, self.base_dir)
+                disabled |= badfilters(texts[spec.path])
         for order, spec in enumerate(self.params.block):
-            load_list(spec, self.base_dir, ListTargets(self.block, self.important, self.exceptions, self.rule_counts), order)
+            load_list(spec, self.base_dir, ListTargets(self.block, self.important, self.exceptions, self.rule_counts,
+                                                       texts, disabled), order)
         for spec in self.params.allow:
-            load_list(spec, self.base_dir, ListTargets(self.allow, self.allow, self.allow, self.rule_counts), 0)
+            load_list(spec, self.base_dir, ListTargets(self.allow, self.allow, self.allow, self.rule_counts, texts,
+                                                       disabled), 0)
 
     def facts(self) -> dict[str, int]:
         """AdBlock rules used, and those that cannot decide about a page URL, by why."""
@@ -255,8 +263,7 @@ class UrlFilter(Stage):
         column = self.params.url_column
         if column not in batch.columns:
             raise ValueError(f"url_filter: the batch has no column {column!r} (set `url_column`)")
-        frame = batch.select(pl.col(column).cast(pl.String).alias("_url")).with_row_index("_row").with_columns(
-            host_of(pl.col("_url")).alias("_host"), url_key(pl.col("_url")).alias("_key"))
+        frame = url_frame(batch[column])
         blocked = self.block.match(frame)
         if len(self.exceptions):
             excepted = self.exceptions.match(frame).is_not_null()
@@ -272,10 +279,13 @@ class UrlFilter(Stage):
 
 class ListTargets:
     """Where one list's rules go: plain blocks, AdBlock `$important` blocks and `@@` exceptions,
-    and the counter of AdBlock rules by use."""
+    and the counter of AdBlock rules by use; AdBlock lists' lines already read (by path) and the
+    rules that any list's `$badfilter` disables."""
 
-    def __init__(self, block: Rules, important: Rules, exceptions: Rules, counts: Counter):
+    def __init__(self, block: Rules, important: Rules, exceptions: Rules, counts: Counter,
+                 texts: dict[str, list[str]] | None = None, disabled: set[str] | None = None):
         self.block, self.important, self.exceptions, self.counts = block, important, exceptions, counts
+        self.texts, self.disabled = texts or {}, disabled or set()
 
 
 def load_list(spec: UrlList, base_dir: str, targets: ListTargets, order: int) -> None:
@@ -296,12 +306,10 @@ def load_list(spec: UrlList, base_dir: str, targets: ListTargets, order: int) ->
                     if file.name in (kind, f"{kind}.gz"):
                         targets.block.add_lines(kind, read_lines(str(file)), spec.name or f"ut1:{category}", order, str(file))
         return
-    if not exists(where):
-        raise FileNotFoundError(f"url_filter: list {spec.path!r} not found (looked in {where})")
     reason = spec.name or where.rstrip("/").rsplit("/", 1)[-1].removesuffix(".gz")
-    lines = read_lines(where)
     if spec.format == "adblock":
-        parsed = parse_adblock(lines, lambda pattern: check_regex(pattern, ""))
+        lines = targets.texts.get(spec.path) or list_lines(spec, base_dir)
+        parsed = parse_adblock(lines, lambda pattern: check_regex(pattern, ""), targets.disabled)
         blocks = [r for r in parsed.rules if not r.exception]
         targets.block.add_adblock(blocks, reason, order)
         targets.important.add_adblock([r for r in blocks if r.important], reason, order)
@@ -309,7 +317,15 @@ def load_list(spec: UrlList, base_dir: str, targets: ListTargets, order: int) ->
         targets.counts.update({"adblock_block_rules": len(blocks), "adblock_exception_rules": len(parsed.rules) - len(blocks)})
         targets.counts.update({f"adblock_not_applicable:{why}": n for why, n in parsed.not_applicable.items()})
         return
-    targets.block.add_lines(spec.format, lines, reason, order, where)
+    targets.block.add_lines(spec.format, list_lines(spec, base_dir), reason, order, where)
+
+
+def list_lines(spec: UrlList, base_dir: str) -> list[str]:
+    """The lines of a list file (any format but ut1), or FileNotFoundError naming it."""
+    where = join(base_dir, spec.path)
+    if not exists(where):
+        raise FileNotFoundError(f"url_filter: list {spec.path!r} not found (looked in {where})")
+    return read_lines(where)
 
 
 def read_lines(path: str) -> list[str]:
@@ -356,10 +372,23 @@ def check_regex(pattern: str, where: str) -> None:
         raise ValueError(f"url_filter: bad regex in {where}: {pattern!r} ({error})") from None
 
 
-def host_of(url: pl.Expr) -> pl.Expr:
-    """The URL's host, lowercased, without `www.` and a trailing dot (a bare `host/path` works too)."""
+def url_frame(urls: pl.Series) -> pl.DataFrame:
+    """What the matchers read: `_row`, `_url`, `_host` (for domain tables), `_site` (for AdBlock
+    `domain=` constraints) and `_key` (for exact URLs)."""
+    return urls.cast(pl.String).alias("_url").to_frame().with_row_index("_row").with_columns(
+        host_of(pl.col("_url")).alias("_host"), site_of(pl.col("_url")).alias("_site"),
+        url_key(pl.col("_url")).alias("_key"))
+
+
+def site_of(url: pl.Expr) -> pl.Expr:
+    """The URL's host, lowercased, without a trailing dot (a bare `host/path` works too)."""
     with_scheme = pl.when(url.str.contains("://")).then(url).otherwise(pl.lit("//") + url)
-    return with_scheme.str.extract(HOST).str.to_lowercase().str.strip_chars_end(".").str.replace(r"^www\.", "")
+    return with_scheme.str.extract(HOST).str.to_lowercase().str.strip_chars_end(".")
+
+
+def host_of(url: pl.Expr) -> pl.Expr:
+    """The URL's host as domain lists name it: lowercased, without `www.` and a trailing dot."""
+    return site_of(url).str.replace(r"^www\.", "")
 
 
 def url_key(url: pl.Expr) -> pl.Expr:

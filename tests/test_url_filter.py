@@ -113,3 +113,32 @@ def test_errors_name_the_problem(tmp_path):
     stage.base_dir = str(tmp_path)
     with pytest.raises(ValueError, match="no column 'link'"):
         stage.process(pl.DataFrame({"url": ["https://example.com"]}))
+
+
+# Found by bench/bench_adblock_agreement.py (datamill vs Brave's adblock-rust on real URLs)
+
+def test_adblock_www_host_rule_blocks_that_host_only(tmp_path):
+    write(tmp_path / "l.txt", "||www.example.com^\n")
+    urls = ["https://www.example.com/a", "https://a.www.example.com/", "https://example.com/", "https://docs.example.com/"]
+    assert run(tmp_path, urls, block=[{"path": "l.txt", "format": "adblock"}]) == ["l.txt", "l.txt", None, None]
+
+
+def test_adblock_domain_option_keeps_www(tmp_path):
+    write(tmp_path / "l.txt", "||amd.com^$domain=~www.amd.com\n/promo/$domain=www.shop.com\n")
+    urls = ["https://rocm.docs.amd.com/x", "https://www.amd.com/x", "https://shop.com/promo/", "https://www.shop.com/promo/"]
+    assert run(tmp_path, urls, block=[{"path": "l.txt", "format": "adblock"}]) == ["l.txt", None, None, "l.txt"]
+
+
+def test_adblock_host_rule_without_separator_matches_host_prefixes(tmp_path):
+    write(tmp_path / "l.txt", "||tracker.com\n||ads.\n")
+    urls = ["https://tracker.com/", "https://tracker.com.evil.net/", "https://tracker.community/", "https://nottracker.com/",
+            "https://ads.site.org/"]
+    assert run(tmp_path, urls, block=[{"path": "l.txt", "format": "adblock"}]) == ["l.txt"] * 3 + [None, "l.txt"]
+
+
+def test_adblock_badfilter_disables_a_rule_of_another_list(tmp_path):
+    write(tmp_path / "easylist.txt", "||one.com^\n||two.com^$document\n||three.com^\n")
+    write(tmp_path / "unbreak.txt", "||one.com^$badfilter\n||two.com^$document,badfilter\n||three.com^$domain=x.org,badfilter\n")
+    urls = ["https://one.com/", "https://two.com/", "https://three.com/"]
+    lists = [{"path": "easylist.txt", "format": "adblock"}, {"path": "unbreak.txt", "format": "adblock"}]
+    assert run(tmp_path, urls, block=lists) == [None, None, "easylist.txt"]
