@@ -8,7 +8,9 @@
 2. reduce — each partition folder is reduced alone into `<workdir>/result-PPPPP.arrow`
    (one task per partition; with `workers` > 1 in a spawned process pool, so the largest
    process holds one partition, never the whole);
-3. combine — in the calling process, from the result files and the summaries.
+3. combine — in the calling process, from the result files and the summaries; MinHash pairs
+   beyond `combine_memory_mib` are joined in partitions by the same pool instead
+   (`components_partitioned`), and the decision comes back as sorted `_pos` ranges.
 
 The work files are Arrow IPC, uncompressed: written ~10× faster than parquet, and band hashes
 do not compress anyway. An executor that writes the split files itself in its map phase (so no summary is read twice)
@@ -25,7 +27,9 @@ from pathlib import Path
 
 import polars as pl
 
-from datamill.curate.dedup.partitioned import PartitionReducer, partition_reducer
+from datamill.curate.dedup.component_tasks import LocalRunner
+from datamill.curate.dedup.components_partitioned import DecisionParts, combine_pairs, pairs_fit
+from datamill.curate.dedup.partitioned import MinHashPartitions, PartitionReducer, partition_reducer
 from datamill.curate.engine.stage import BarrierStage
 
 
@@ -82,17 +86,32 @@ def reduce_partition_folder(stage: BarrierStage, workdir: Path, partition: int, 
     return target
 
 
-def combine_results(stage: BarrierStage, workdir: Path, partitions: int, summary_files: Sequence[Path]) -> pl.DataFrame:
-    """The decision table from every partition's result file."""
-    results = pl.scan_ipc([result_file(workdir, p) for p in range(partitions)])
+def combine_results(stage: BarrierStage, workdir: Path, partitions: int, summary_files: Sequence[Path],
+                    submit: Callable | None = None, combine_memory_mib: int | None = None) -> pl.DataFrame | DecisionParts:
+    """The decision table from every partition's result file; MinHash pairs beyond `combine_memory_mib`
+    are joined by partitioned connected components (tasks of `submit`, files under `workdir`)."""
+    files = [result_file(workdir, p) for p in range(partitions)]
+    if combines_in_partitions(stage, workdir, partitions, combine_memory_mib):
+        return combine_pairs(stage, LocalRunner(workdir, submit), [[f] for f in files], summary_files, partitions)
+    results = pl.scan_ipc(files)
     return reducer_of(stage).combine(results, pl.scan_parquet(list(summary_files)), read_stats(workdir))
 
 
+def combines_in_partitions(stage: BarrierStage, workdir: Path, partitions: int, combine_memory_mib: int | None) -> bool:
+    """Whether the partition results are MinHash pairs too many for `combine_memory_mib` MiB (None: never)."""
+    if combine_memory_mib is None or not isinstance(reducer_of(stage), MinHashPartitions):
+        return False
+    pairs = pl.scan_ipc([result_file(workdir, p) for p in range(partitions)]).select(pl.len()).collect().item()
+    return not pairs_fit(pairs, combine_memory_mib)
+
+
 def reduce_partitioned(
-    stage: BarrierStage, summary_files: Sequence[Path], workdir: Path, partitions: int, workers: int = 1
-) -> pl.DataFrame:
+    stage: BarrierStage, summary_files: Sequence[Path], workdir: Path, partitions: int, workers: int = 1,
+    combine_memory_mib: int | None = None,
+) -> pl.DataFrame | DecisionParts:
     """The decision table of `stage` over `summary_files`, equal to `stage.reduce` of them all,
-    computed in `partitions` partitions by `workers` processes (1: this process)."""
+    computed in `partitions` partitions by `workers` processes (1: this process); MinHash pairs
+    beyond `combine_memory_mib` MiB are combined in partitions too (its files stay in `workdir`)."""
     summary_files = [Path(f) for f in summary_files]
     if not summary_files:
         raise ValueError(f"{stage.name}: no summary files to reduce")
@@ -106,10 +125,12 @@ def reduce_partitioned(
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             _run_all(pool.submit, splits)
             _run_all(pool.submit, reduces)
+            if combines_in_partitions(stage, workdir, partitions, combine_memory_mib):
+                return combine_results(stage, workdir, partitions, summary_files, pool.submit, combine_memory_mib)
     else:
         for function, args in splits + reduces:
             function(*args)
-    return combine_results(stage, workdir, partitions, summary_files)
+    return combine_results(stage, workdir, partitions, summary_files, None, combine_memory_mib)
 
 
 def _run_all(submit: Callable, tasks: list[tuple[Callable, tuple]]) -> None:

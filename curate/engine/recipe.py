@@ -69,6 +69,10 @@ class ExecutorSpec(BaseModel):
                                    "ranking barriers (budget, percentile_band, dsir, ifd, ds_weight) in this many "
                                    "partitions, in parallel (local pool or Ray tasks): no process holds every summary. "
                                    "Same output for any value.")
+    combine_memory_mib: int = Field(2048, ge=0, description="minhash_dedup with reduce_partitions > 1: most "
+                                    "memory (MiB) the one-process union–find of the duplicate pairs may take "
+                                    "(~96 B per pair); more pairs are joined by partitioned connected components "
+                                    "in reduce_partitions parallel tasks. Same output for any value.")
 
 
 @dataclass(frozen=True)
@@ -166,7 +170,7 @@ class Recipe(BaseModel):
         """Hash of everything that decides the output (not the worker count, nor the executor:
         local and ray write the same output, so either can resume the other's run)."""
         content = self.model_dump(mode="json")
-        for key in ("workers", "address", "reduce_partitions"):
+        for key in ("workers", "address", "reduce_partitions", "combine_memory_mib"):
             content["executor"].pop(key, None)
         content["executor"]["type"] = "local"  # the value every fingerprint was made with
         content.pop("sections")

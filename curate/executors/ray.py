@@ -31,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from datamill.curate.dedup.partitioned import partition_reducer
+from datamill.curate.dedup.component_tasks import RayRunner
+from datamill.curate.dedup.components_partitioned import DecisionParts, combine_pairs, pairs_fit
+from datamill.curate.dedup.partitioned import MinHashPartitions, partition_reducer
 from datamill.curate.engine.layout import RunLayout
 from datamill.curate.engine.paths import local_copy
 from datamill.curate.engine.pipeline import Pipeline, Segment
@@ -73,7 +75,7 @@ class RayExecutor(Executor):
     def workers_used(self) -> int:
         return self.used
 
-    def reduce(self, barrier: BarrierStage, summary_files: list[Path], workdir: Path) -> pl.DataFrame:
+    def reduce(self, barrier: BarrierStage, summary_files: list[Path], workdir: Path) -> pl.DataFrame | DecisionParts:
         """In `executor.reduce_partitions` partitions as Ray tasks where the stage has a
         partitioned reduce; else on the driver."""
         partitions = self.recipe.executor.reduce_partitions
@@ -81,7 +83,8 @@ class RayExecutor(Executor):
             try:
                 task_files = ([self.layout.store.url_of(self.layout.rel(Path(f))) for f in summary_files]
                               if self.layout.store else None)  # an object-store run: tasks read the URLs
-                return reduce_on_ray(barrier, summary_files, partitions, task_files)
+                return reduce_on_ray(barrier, summary_files, partitions, task_files,
+                                     self.recipe.executor.combine_memory_mib)
             except Exception as err:
                 raise RunError(f"stage {barrier.name!r}: the partitioned reduce failed: {_root_message(err)}") from err
         return super().reduce(barrier, summary_files, workdir)
@@ -186,11 +189,13 @@ def _root_message(err: BaseException) -> str:
 # --- the partitioned barrier reduce as Ray tasks ---------------------------------------------
 
 def reduce_on_ray(stage: BarrierStage, summary_files: Sequence[Path], partitions: int,
-                  task_files: Sequence[str] | None = None) -> pl.DataFrame:
+                  task_files: Sequence[str] | None = None,
+                  combine_memory_mib: int | None = None) -> pl.DataFrame | DecisionParts:
     """The decision table of `stage` over `summary_files` (equal to `stage.reduce` of them all),
     reduced in `partitions` partitions by Ray tasks on the connected cluster; the partition data
     travels through Ray's object store, the summary files are read where the tasks run (as
-    `task_files`, e.g. their object-store URLs, where given)."""
+    `task_files`, e.g. their object-store URLs, where given). MinHash pairs beyond
+    `combine_memory_mib` MiB are joined by partitioned connected components in Ray tasks too."""
     import ray
 
     reducer = partition_reducer(stage)
@@ -207,9 +212,20 @@ def reduce_on_ray(stage: BarrierStage, summary_files: Sequence[Path], partitions
     shard_stats = [s for s in ray.get([refs[-1] for refs in pieces]) if s is not None]
     stats = pl.concat(shard_stats) if shard_stats else None
     stats_ref = ray.put(stats)
-    results = ray.get([reduce_one.remote(stage_ref, opened, stats_ref, *[refs[p] for refs in pieces])
-                       for p in range(partitions)])
+    result_refs = [reduce_one.remote(stage_ref, opened, stats_ref, *[refs[p] for refs in pieces])
+                   for p in range(partitions)]
+    if combine_memory_mib is not None and isinstance(reducer, MinHashPartitions):
+        pairs = sum(ray.get([ray.remote(_height).remote(ref) for ref in result_refs]))
+        if not pairs_fit(pairs, combine_memory_mib):  # the pairs stay in the object store
+            return combine_pairs(stage, RayRunner(MAX_RESTARTS), [[ref] for ref in result_refs], files,
+                                 partitions, task_files=opened)
+    results = ray.get(result_refs)
     return reducer.combine(pl.concat(results).lazy(), pl.scan_parquet(files), stats)
+
+
+def _height(frame: pl.DataFrame) -> int:
+    """Task: the rows of a frame in the object store (without fetching it to the driver)."""
+    return frame.height
 
 
 def _split_summary(stage: BarrierStage, file: str, partitions: int) -> tuple:

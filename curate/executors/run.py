@@ -25,6 +25,7 @@ from typing import Any, ClassVar, TypeVar
 
 import polars as pl
 
+from datamill.curate.dedup.components_partitioned import DecisionParts, write_decision
 from datamill.curate.dedup.partition_pool import reduce_partitioned
 from datamill.curate.dedup.partitioned import partition_reducer
 from datamill.curate.engine.layout import RunLayout
@@ -79,12 +80,13 @@ class Executor(ABC):
     def map_shards(self, segment: Segment, shards: list[int]) -> Iterator[ShardProgress]:
         """Run `segment` over `shards`, yielding progress; raise RunError naming a shard that failed."""
 
-    def reduce(self, barrier: BarrierStage, summary_files: list[Path], workdir: Path) -> pl.DataFrame:
+    def reduce(self, barrier: BarrierStage, summary_files: list[Path], workdir: Path) -> pl.DataFrame | DecisionParts:
         """The barrier's decision table: in `executor.reduce_partitions` partitions on a process
         pool where the stage has a partitioned reduce (dedup, ranking), else in this process."""
         partitions = self.recipe.executor.reduce_partitions
         if partitions > 1 and partition_reducer(barrier) is not None:
-            return reduce_partitioned(barrier, summary_files, workdir, partitions, workers=self.workers_used)
+            return reduce_partitioned(barrier, summary_files, workdir, partitions, workers=self.workers_used,
+                                      combine_memory_mib=self.recipe.executor.combine_memory_mib)
         return barrier.reduce(pl.scan_parquet(summary_files))
 
     @property
@@ -222,21 +224,21 @@ def load_or_make_plan(layout: RunLayout, pipeline: Pipeline) -> list[ShardSpec]:
 
 
 def reduce_barrier(layout: RunLayout, segment: int, barrier: BarrierStage,
-                   reduce: Callable[[BarrierStage, list[Path], Path], pl.DataFrame]) -> None:
+                   reduce: Callable[[BarrierStage, list[Path], Path], pl.DataFrame | DecisionParts]) -> None:
     """Write segment `segment`'s decision table from the summaries of the segment before (once);
     on a remote run the summaries are read back from the store and the decision uploaded."""
     target = layout.decision(segment)
     if layout.exists(target):
         return
     summaries = layout.fetch_matching(layout.segment_dir(segment - 1), "summary-*.parquet")
+    workdir = layout.segment_dir(segment) / "reduce"
     if summaries:
-        workdir = layout.segment_dir(segment) / "reduce"
         shutil.rmtree(workdir, ignore_errors=True)  # what an interrupted reduce left
         decision = reduce(barrier, summaries, workdir)
-        shutil.rmtree(workdir, ignore_errors=True)
     else:
         decision = pl.DataFrame({POSITION: pl.Series([], dtype=pl.Int64)})
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name("decision.tmp.parquet")
-    decision.write_parquet(tmp)
+    write_decision(decision, tmp)  # a partitioned decision's ranges may still be files in workdir
+    shutil.rmtree(workdir, ignore_errors=True)
     layout.publish(tmp, target)

@@ -1,0 +1,345 @@
+"""Connected components of duplicate pairs in partitions by node id: no process holds every pair or label.
+
+The MinHash combine (`MinHashDedup.decisions`) joins every duplicate pair in one process (union–find,
+`components.py`). When the pairs do not fit there, `partitioned_decisions` computes the same
+decision table with alternating Large-Star / Small-Star rounds (Kiveris et al., "Connected
+Components in MapReduce and Beyond", SoCC 2014) over edge frames partitioned by a hash of the node
+id, each round's partitions run as parallel tasks by a `TaskRunner` (the local process pool or Ray
+tasks, `component_tasks.py`):
+
+- Large-Star at node u (all its neighbours): every larger neighbour v is re-linked to the smallest
+  of u and its neighbours; Small-Star at u (its smaller neighbours): u and each of them are
+  re-linked to the smallest. Both keep the components and only ever link toward smaller ids; the
+  edge count never grows. Rounds: O(log² n) proven, ~log n seen — a chain of 100,000 nodes takes
+  ~20 (`tests/test_components_partitioned.py` bounds them).
+- Convergence: a Large-Star whose input is a forest of stars (every node either has no smaller
+  neighbour, or exactly one neighbour and it is smaller) — then each star's centre is its
+  component's smallest node, the label union–find gives, and the edges are (member, centre).
+- Then the stars are gathered at their centre's partition (cluster size, the `keep` rule's keeper,
+  with keep keys read from the summaries for the cluster's members only), the decision rows are
+  sent to partitions by `_pos` range (contiguous shard ranges), and each range is sorted:
+  the ranges in order are the decision table, row for row equal to `MinHashDedup.decisions`.
+
+Each task holds its partition of the edges (16 B per edge, both directions in Large-Star), so the
+largest process holds about 2·edges/P rows — except a single component's star, which lands whole
+in its centre's partition. Every step's output goes to files (local) or Ray's object store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import polars as pl
+
+from datamill.curate.engine.paths import local_copy
+from datamill.curate.engine.stage import DROP_REASON, POSITION
+
+KEY, NBR = "_key", "_nbr"
+"""A directed record of an edge, held by the partition of `_key`."""
+NODE = "_node"
+"""A flag row: a node with an earlier partner in the original pairs (keep=first with verified pairs)."""
+DROP = "_drop"
+CLUSTER, CLUSTER_SIZE, REASON, KEEP_KEY = "dup_cluster", "dup_cluster_size", "near_duplicate", "_keep_key"
+
+BYTES_PER_PAIR = 96
+"""Peak memory of the one-process union–find per duplicate pair (bench_components.py measures it)."""
+
+Handle = Any
+"""Where a task's output frame is: a file (local runner) or a Ray object reference; None: empty."""
+
+
+class TaskRunner(Protocol):
+    """Runs one step: `fn(frames, *args) -> (frames_out, info)` once per input list, in parallel."""
+
+    def map(self, fn: Callable, inputs: Sequence[Sequence[Handle]], args: tuple,
+            outputs: int) -> tuple[list[list[Handle]], list[Any]]:
+        """Per task i (inputs[i] its frames): its `outputs` output handles, and the infos."""
+        ...
+
+    def fetch(self, handle: Handle) -> pl.DataFrame | None:
+        """The frame behind a handle (None for an empty one)."""
+        ...
+
+    def drop(self, handles: Sequence[Handle]) -> None:
+        """Forget frames no step needs any more."""
+        ...
+
+
+def pairs_fit(pairs: int, budget_mib: int) -> bool:
+    """Whether `pairs` duplicate pairs fit the one-process union–find within `budget_mib` MiB."""
+    return pairs * BYTES_PER_PAIR <= budget_mib * (1 << 20)
+
+
+# --- partitioning ---------------------------------------------------------------------------
+
+def node_partition(column: str, partitions: int) -> pl.Expr:
+    """The partition of a node id: a hash of it in `partitions` equal ranges."""
+    return ((pl.col(column).hash(seed=7) // (1 << 32)) * partitions // (1 << 32)).cast(pl.UInt32)
+
+
+def range_cuts(low: int, high: int, partitions: int) -> list[int]:
+    """The P-1 boundaries of P equally wide ranges of node ids in [low, high] (contiguous `_pos`
+    ranges, so shards: the ranges in order give the decision table in `_pos` order)."""
+    span = high - low + 1
+    return [low + span * i // partitions for i in range(1, partitions)]
+
+
+def range_partition(column: str, cuts: list[int]) -> pl.Expr:
+    """The range of each node id among `cuts` (0 below the first cut)."""
+    part = pl.lit(0, dtype=pl.UInt32)
+    for cut in cuts:
+        part = part + (pl.col(column) >= cut).cast(pl.UInt32)
+    return part
+
+
+def route(frame: pl.DataFrame, part: pl.Expr, partitions: int) -> list[pl.DataFrame]:
+    """`frame`'s rows cut into one frame per partition by the partition expression."""
+    if partitions == 1:
+        return [frame]
+    groups = frame.with_columns(part.alias("_part")).partition_by("_part", as_dict=True, include_key=False)
+    empty = frame.clear()
+    return [groups.get((p,), empty) for p in range(partitions)]
+
+
+def both_ways(edges: pl.DataFrame, partitions: int) -> list[pl.DataFrame]:
+    """Edges (`_key` > `_nbr`) as records at both ends, routed to their `_key`'s partition."""
+    records = pl.concat([edges, edges.select(pl.col(NBR).alias(KEY), pl.col(KEY).alias(NBR))])
+    return route(records, node_partition(KEY, partitions), partitions)
+
+
+def _records(frames: list[pl.DataFrame], dtype: pl.DataType) -> pl.DataFrame:
+    """The unique records among the input frames (typed, possibly none)."""
+    frames = [f for f in frames if f is not None and KEY in f.columns]
+    if not frames:
+        return pl.DataFrame(schema={KEY: dtype, NBR: dtype})
+    return pl.concat(frames).unique()
+
+
+# --- the steps (each: frames in, frames out per destination partition, a small info) -------
+
+def start(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) -> tuple[list, dict]:
+    """Pairs (`src`, `dst`) → edges (larger, smaller) at both ends, for the first Large-Star."""
+    pairs = pl.concat([f.select("src", "dst") for f in frames]) if frames else pl.DataFrame(
+        schema={"src": dtype, "dst": dtype})
+    edges = pairs.select(pl.max_horizontal("src", "dst").cast(dtype).alias(KEY),
+                         pl.min_horizontal("src", "dst").cast(dtype).alias(NBR)).unique()
+    edges = edges.filter(pl.col(KEY) != pl.col(NBR))
+    info = {"pairs": pairs.height, "low": edges[NBR].min(), "high": edges[KEY].max()}
+    return both_ways(edges, partitions), info
+
+
+def large_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType,
+               cuts: list[int] | None) -> tuple[list, dict]:
+    """Large-Star over the records of this partition's nodes; edges routed for Small-Star. With
+    `cuts` (the first round, whose records are the original pairs) also the flag rows of nodes that
+    have a smaller partner, routed by `_pos` range."""
+    records = _records(frames, dtype)
+    per_node = records.group_by(KEY).agg(
+        pl.min_horizontal(pl.col(NBR).min(), pl.col(KEY).first()).alias("_min"),
+        (pl.col(NBR) < pl.col(KEY)).sum().alias("_smaller"),
+        (pl.col(NBR) > pl.col(KEY)).sum().alias("_larger"),
+    )
+    not_star = (pl.col("_smaller") >= 1) & ((pl.col("_larger") >= 1) | (pl.col("_smaller") >= 2))
+    violations = per_node.filter(not_star).height
+    edges = (
+        records.filter(pl.col(NBR) > pl.col(KEY))
+        .join(per_node.select(KEY, "_min"), on=KEY)
+        .select(pl.col(NBR).alias(KEY), pl.col("_min").alias(NBR))
+        .unique()
+    )
+    out = route(edges, node_partition(KEY, partitions), partitions)
+    if cuts is not None:
+        flags = per_node.filter(pl.col("_smaller") >= 1).select(pl.col(KEY).alias(NODE))
+        out += route(flags, range_partition(NODE, cuts), partitions)
+    return out, {"violations": violations, "edges": edges.height}
+
+
+def small_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) -> tuple[list, dict]:
+    """Small-Star over the records (node, smaller neighbour) of this partition; edges at both ends."""
+    records = _records(frames, dtype)
+    smallest = records.group_by(KEY).agg(pl.col(NBR).min().alias("_min"))
+    edges = pl.concat([
+        smallest.select(KEY, pl.col("_min").alias(NBR)),
+        records.join(smallest, on=KEY).filter(pl.col(NBR) != pl.col("_min"))
+        .select(pl.col(NBR).alias(KEY), pl.col("_min").alias(NBR)),
+    ]).unique()
+    return both_ways(edges, partitions), {"edges": edges.height}
+
+
+def to_centres(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) -> tuple[list, dict]:
+    """Star edges (member, centre) → records held by the centre's partition."""
+    records = _records(frames, dtype).filter(pl.col(KEY) > pl.col(NBR))
+    stars = records.select(pl.col(NBR).alias(KEY), pl.col(KEY).alias(NBR))
+    return route(stars, node_partition(KEY, partitions), partitions), {}
+
+
+def clusters(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType, cuts: list[int],
+             keep: str, summary_files: list[str]) -> tuple[list, dict]:
+    """Each star's members with its centre (`dup_cluster`), size and whether the `keep` rule drops
+    them ("first": all but the centre; "verified": decided by the flag rows later; "key": all but
+    the member with the highest keep key, ties to the smallest `_pos`), routed by `_pos` range."""
+    records = _records(frames, dtype).filter(pl.col(NBR) > pl.col(KEY))
+    members = pl.concat([
+        records.select(pl.col(NBR).alias(POSITION), pl.col(KEY).alias(CLUSTER)),
+        records.select(pl.col(KEY).alias(POSITION), pl.col(KEY).alias(CLUSTER)).unique(),
+    ])
+    if keep == "key":
+        keys = (pl.scan_parquet([local_copy(f) for f in summary_files]).select(pl.col(POSITION).cast(dtype), KEEP_KEY)
+                .join(members.lazy(), on=POSITION, how="semi").collect())
+        members = keys.join(members, on=POSITION)
+        keeper = (pl.col(POSITION).sort_by([KEEP_KEY, POSITION], descending=[True, False], nulls_last=True)
+                  .first().over(CLUSTER))
+        dropped = pl.col(POSITION) != keeper
+    elif keep == "first":
+        dropped = pl.col(POSITION) != pl.col(CLUSTER)
+    else:
+        dropped = pl.lit(False)
+    rows = members.select(POSITION, CLUSTER, pl.len().over(CLUSTER).cast(pl.UInt32).alias(CLUSTER_SIZE),
+                          dropped.alias(DROP))
+    return route(rows, range_partition(POSITION, cuts), partitions), {}
+
+
+def decide(frames: list[pl.DataFrame], dtype: pl.DataType, pos_dtype: pl.DataType,
+           keep: str) -> tuple[list, dict]:
+    """One `_pos` range of the decision table, sorted (keep="verified": a member is dropped exactly
+    when it has a smaller partner in the original pairs)."""
+    rows = [f for f in frames if f is not None and CLUSTER in f.columns]
+    rows = pl.concat(rows) if rows else pl.DataFrame(
+        schema={POSITION: dtype, CLUSTER: dtype, CLUSTER_SIZE: pl.UInt32, DROP: pl.Boolean})
+    if keep == "verified":
+        flags = [f for f in frames if f is not None and NODE in f.columns]
+        flagged = pl.concat(flags)[NODE] if flags else pl.Series(NODE, [], dtype=dtype)
+        rows = rows.with_columns(pl.col(POSITION).is_in(flagged.implode()).alias(DROP))
+    part = rows.sort(POSITION).select(
+        pl.col(POSITION).cast(pos_dtype),
+        pl.col(CLUSTER).cast(pos_dtype),
+        CLUSTER_SIZE,
+        pl.when(DROP).then(pl.lit(REASON)).otherwise(None).cast(pl.String).alias(DROP_REASON),
+    )
+    return [part], {"rows": part.height}
+
+
+# --- the driver -----------------------------------------------------------------------------
+
+class DecisionParts:
+    """A decision table held as sorted `_pos` ranges (one frame per range, in order), fetched one at
+    a time: `write` streams them into one parquet file, `collect` joins them (tests, small runs)."""
+
+    def __init__(self, runner: TaskRunner, handles: list[Handle], schema: dict[str, pl.DataType]):
+        self.runner, self.handles, self.schema = runner, handles, schema
+
+    def __iter__(self) -> Iterator[pl.DataFrame]:
+        for handle in self.handles:
+            frame = self.runner.fetch(handle)
+            if frame is not None and frame.height:
+                yield frame
+
+    def collect(self) -> pl.DataFrame:
+        return pl.concat([pl.DataFrame(schema=self.schema), *self], how="vertical")
+
+    def write(self, target: Path) -> None:
+        import pyarrow.parquet as pq
+
+        writer = None
+        try:
+            for frame in self:
+                table = frame.to_arrow()
+                writer = writer or pq.ParquetWriter(str(target), table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            pl.DataFrame(schema=self.schema).write_parquet(target)
+
+
+def write_decision(decision: pl.DataFrame | DecisionParts, target: Path) -> None:
+    """Write a barrier's decision table (a frame, or the ranges of a partitioned one) to `target`."""
+    if isinstance(decision, DecisionParts):
+        decision.write(target)
+    else:
+        decision.write_parquet(target)
+
+
+def keep_mode(keep: str, verified: bool) -> str:
+    """How `clusters`/`decide` pick keepers for a `minhash_dedup` keep rule."""
+    if keep == "first":
+        return "verified" if verified else "first"
+    return "key"
+
+
+def combine_pairs(stage: Any, runner: TaskRunner, pair_inputs: Sequence[Sequence[Handle]],
+                  summary_files: Sequence[str | Path], partitions: int, task_files: Sequence[str] | None = None,
+                  stats: dict | None = None) -> DecisionParts:
+    """`stage.decisions` (a `minhash_dedup` stage) of the pairs behind `pair_inputs`, in partitions;
+    the tasks read keep keys from `task_files` (e.g. the summaries' object-store URLs) where given."""
+    pos_dtype = pl.scan_parquet([str(f) for f in summary_files]).collect_schema()[POSITION]
+    keep = keep_mode(stage.params.keep, stage.params.verify_jaccard is not None)
+    files = task_files if task_files is not None else summary_files
+    return partitioned_decisions(runner, pair_inputs, partitions, keep=keep, pos_dtype=pos_dtype,
+                                 summary_files=[str(f) for f in files], stats=stats)
+
+
+def max_rounds(nodes: int) -> int:
+    """A bound on Large-Star/Small-Star rounds (O(log² n)); reaching it is a bug, not a slow input."""
+    depth = max(2, math.ceil(math.log2(nodes + 2)))
+    return 4 * depth * depth
+
+
+def partitioned_decisions(
+    runner: TaskRunner, pair_inputs: Sequence[Sequence[Handle]], partitions: int, *, keep: str,
+    pos_dtype: pl.DataType, summary_files: Sequence[str], stats: dict | None = None,
+) -> DecisionParts:
+    """The `minhash_dedup` decision table of the duplicate pairs behind `pair_inputs` (one list of
+    pair frames per task of the first step: e.g. the MinHash partitions' results), computed in
+    `partitions` partitions by `runner`; `keep` from `keep_mode`. `stats`, if given, receives the
+    number of rounds and edges."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, got {partitions}")
+    dtype, files = pos_dtype, [str(f) for f in summary_files]
+    schema = {POSITION: pos_dtype, CLUSTER: pos_dtype, CLUSTER_SIZE: pl.UInt32, DROP_REASON: pl.String}
+    outs, infos = runner.map(start, pair_inputs, (partitions, dtype), partitions)
+    lows = [i["low"] for i in infos if i["low"] is not None]
+    if not lows:
+        runner.drop([h for task in outs for h in task])
+        return DecisionParts(runner, [], schema)
+    cuts = range_cuts(min(lows), max(i["high"] for i in infos if i["high"] is not None), partitions)
+    pairs = sum(i["pairs"] for i in infos)
+    edges, flags, rounds, limit = _regroup(outs, partitions), None, 0, max_rounds(2 * pairs)
+    while True:
+        rounds += 1
+        if rounds > limit:
+            raise RuntimeError(f"connected components did not converge in {limit} rounds")
+        outs, infos = runner.map(large_star, edges, (partitions, dtype, cuts if flags is None else None),
+                                 2 * partitions if flags is None else partitions)
+        runner.drop([h for task in edges for h in task])
+        if flags is None:
+            flags = _regroup([task[partitions:] for task in outs], partitions)
+            outs = [task[:partitions] for task in outs]
+        edges = _regroup(outs, partitions)
+        if sum(i["violations"] for i in infos) == 0:
+            break
+        outs, _ = runner.map(small_star, edges, (partitions, dtype), partitions)
+        runner.drop([h for task in edges for h in task])
+        edges = _regroup(outs, partitions)
+    if stats is not None:
+        stats.update(rounds=rounds, pairs=pairs, edges=sum(i["edges"] for i in infos))
+    steps = [(to_centres, (partitions, dtype)),
+             (clusters, (partitions, dtype, cuts, keep, files))]
+    for fn, args in steps:
+        outs, _ = runner.map(fn, edges, args, partitions)
+        runner.drop([h for task in edges for h in task])
+        edges = _regroup(outs, partitions)
+    inputs = [list(rows) + list(flag) for rows, flag in zip(edges, flags)]
+    outs, _ = runner.map(decide, inputs, (dtype, pos_dtype, keep), 1)
+    runner.drop([h for task in inputs for h in task])
+    return DecisionParts(runner, [task[0] for task in outs], schema)
+
+
+def _regroup(outs: list[list[Handle]], partitions: int) -> list[list[Handle]]:
+    """Outputs per source task → inputs per destination partition."""
+    return [[task[p] for task in outs if task[p] is not None] for p in range(partitions)]
+
