@@ -222,9 +222,9 @@ def test_partitions_send_only_their_top_k_candidates(tmp_path):
 
 
 def test_a_stage_without_a_plan_has_no_partitioned_reduce():
-    from datamill.curate.selection.mix import Mix
+    from datamill.curate.selection.ranking import RankingBarrier
 
-    assert partition_reducer(Mix(Mix.Params.model_validate({}))) is None
+    assert partition_reducer(RankingBarrier()) is None
 
 
 def test_a_recipe_with_reduce_partitions_writes_the_same_corpus(tmp_path):

@@ -297,3 +297,15 @@ def test_workers_that_share_only_an_s3_run_dir_write_what_a_local_run_writes(ray
     on_s3 = {p.rsplit("/", 1)[-1]: fs.cat_file(p) for p in sorted(fs.find("ray-runs/run/shards"))}
     assert on_s3 == local and stats["executor"] == "ray"
     assert any(worker_scratch.rglob("*.parquet"))  # the workers wrote through their own mirror
+
+
+def test_mix_reduced_by_ray_tasks_equals_the_one_process_reduce(ray_cluster, tmp_path):
+    """Issue 18: the `mix` barrier (token shares, epochs, anneal phase, loss weights) in 3 Ray-task partitions."""
+    from datamill.curate.executors.ray import reduce_on_ray
+    from test_mix_partitions import CASES, mix_corpus, mix_stage, summaries
+
+    stage = mix_stage(CASES["weights-epochs-anneal-loss-weights"])
+    files = summaries(stage, mix_corpus(900), tmp_path / "s", shards=3)
+    whole, on_ray = stage.reduce(pl.scan_parquet(files)), reduce_on_ray(stage, files, 3)
+    assert on_ray.schema == whole.schema and on_ray.equals(whole, null_equal=True)
+    assert set(whole["phase"].drop_nulls()) == {0, 1} and (whole["_mix_copies"] == 0).any()

@@ -32,15 +32,26 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.registry import register_stage
+from datamill.curate.engine.stage import (
+    DROP_REASON,
+    POSITION,
+    BarrierStage,
+    FilterParams,
+)
+from datamill.curate.selection.mix_partitions import (
+    COPIES,
+    SCORE,
+    U2,
+    MixPartitions,
+    U,
+    within_budget,
+)
 from datamill.curate.selection.ranking import uniform_from_hash
-from datamill.curate.engine.stage import DROP_REASON, POSITION, BarrierStage, FilterParams
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PHASE, WEIGHT = "phase", "weight"
-_COPIES, _U, _U2 = "_mix_copies", "_mix_u", "_mix_u2"
 
 
 class Replay(BaseModel):
@@ -108,31 +119,46 @@ class Mix(BarrierStage):
         tokens = pl.col(TOKENS).cast(pl.Int64) if TOKENS in batch.columns else pl.lit(1, dtype=pl.Int64)
         return batch.select(
             POSITION, "source", tokens.alias(TOKENS),
-            uniform_from_hash("id", self.seed).alias(_U), uniform_from_hash("id", self.seed + 1).alias(_U2),
-            *([pl.col(column).cast(pl.Float64).alias("_mix_score")] if column else []),
+            uniform_from_hash("id", self.seed).alias(U), uniform_from_hash("id", self.seed + 1).alias(U2),
+            *([pl.col(column).cast(pl.Float64).alias(SCORE)] if column else []),
         )
 
     def reduce(self, summaries: pl.LazyFrame) -> pl.DataFrame:
         p = self.params
         table = summaries.collect().sort(POSITION)
         present = set(table["source"].unique().to_list())
-        epochs = pl.col("source").replace_strict(p.epochs, default=1.0, return_dtype=pl.Float64)
-        table = table.with_columns(
-            (epochs.floor() + (pl.col(_U) < epochs - epochs.floor()).cast(pl.Float64)).cast(pl.Int64).alias(_COPIES)
-        )
-        load = table.group_by("source").agg((pl.col(_COPIES) * pl.col(TOKENS)).sum().alias("t"))
+        table = table.with_columns(self.copies().alias(COPIES))
+        load = table.group_by("source").agg((pl.col(COPIES) * pl.col(TOKENS)).sum().alias("t"))
         available = dict(load.iter_rows())
-        budgets = self._budgets(available, present)
+        budgets = self.token_budgets(available, present)
         if budgets:
             table = self._downsample(table, budgets)
-        decision = table.select(POSITION, _COPIES)
+        decision = table.select(POSITION, COPIES)
         if p.anneal:
             decision = decision.with_columns(self._phases(table))
         if p.weight_from:
-            decision = decision.with_columns(self._weights(table))
+            decision = decision.with_columns(self.loss_weights(table))
         return decision
 
-    def _budgets(self, available: dict[str, int], present: set[str]) -> dict[str, float]:
+    def partition_reducer(self) -> MixPartitions:
+        """The exact partitioned reduce (`executor.reduce_partitions`, see `mix_partitions`)."""
+        return MixPartitions(self)
+
+    def copies(self) -> pl.Expr:
+        """Copies of each summary row from its source's epochs (row-local: ⌊e⌋, plus one for a seeded
+        (e − ⌊e⌋) share)."""
+        epochs = pl.col("source").replace_strict(self.params.epochs, default=1.0, return_dtype=pl.Float64)
+        return (epochs.floor() + (pl.col(U) < epochs - epochs.floor()).cast(pl.Float64)).cast(pl.Int64)
+
+    def budgeted_sources(self) -> set[str]:
+        """The sources that may get a token budget (be downsampled)."""
+        p = self.params
+        if p.weights is not None:
+            return set(p.weights)
+        return {p.replay.source} if p.replay is not None else set()
+
+    def token_budgets(self, available: dict[str, int], present: set[str]) -> dict[str, float]:
+        """Source → token budget of the downsampling, from every source's load (copies × tokens)."""
         p = self.params
         if p.weights is not None:
             missing = sorted(present - set(p.weights))
@@ -156,25 +182,29 @@ class Mix(BarrierStage):
     def _downsample(table: pl.DataFrame, budgets: dict[str, float]) -> pl.DataFrame:
         """Keep a seeded random prefix of each budgeted source's rows within its token budget."""
         budget = pl.col("source").replace_strict(budgets, default=None, return_dtype=pl.Float64)
-        load = (pl.col(_COPIES) * pl.col(TOKENS)).cum_sum().over("source", order_by=[_U, POSITION])
-        inside = budget.is_null() | (load <= budget + 1e-6)
-        return table.with_columns(pl.when(inside).then(pl.col(_COPIES)).otherwise(0).alias(_COPIES))
+        load = (pl.col(COPIES) * pl.col(TOKENS)).cum_sum().over("source", order_by=[U, POSITION])
+        inside = budget.is_null() | within_budget(load, budget)
+        return table.with_columns(pl.when(inside).then(pl.col(COPIES)).otherwise(0).alias(COPIES))
+
+    def anneal_budgets(self, kept_tokens: float) -> dict[str, float]:
+        """Anneal source → token budget of phase 1, from the tokens kept by the downsampling."""
+        anneal = self.params.anneal
+        total_weight = sum(anneal.weights.values())
+        return {s: anneal.fraction * kept_tokens * w / total_weight for s, w in anneal.weights.items()}
 
     def _phases(self, table: pl.DataFrame) -> pl.Series:
-        anneal = self.params.anneal
-        kept_tokens = float((table[_COPIES] * table[TOKENS]).sum())
-        total_weight = sum(anneal.weights.values())
-        budgets = {s: anneal.fraction * kept_tokens * w / total_weight for s, w in anneal.weights.items()}
+        budgets = self.anneal_budgets(float((table[COPIES] * table[TOKENS]).sum()))
         budget = pl.col("source").replace_strict(budgets, default=None, return_dtype=pl.Float64)
-        kept = pl.col(_COPIES) > 0
-        load = (pl.col(_COPIES) * pl.col(TOKENS)).cum_sum().over("source", kept, order_by=[_U2, POSITION])
-        in_anneal = kept & budget.is_not_null() & (load <= budget + 1e-6)
+        kept = pl.col(COPIES) > 0
+        load = (pl.col(COPIES) * pl.col(TOKENS)).cum_sum().over("source", kept, order_by=[U2, POSITION])
+        in_anneal = kept & budget.is_not_null() & within_budget(load, budget)
         return table.select(in_anneal.cast(pl.Int8).alias(PHASE)).to_series()
 
-    def _weights(self, table: pl.DataFrame) -> pl.Series:
+    def loss_weights(self, table: pl.DataFrame) -> pl.Series:
+        """The `weight` column from the rows' scores and final copies, in the rows' (`_pos`) order."""
         p = self.params
-        score = table["_mix_score"].to_numpy().astype(np.float64)
-        kept = table[_COPIES].to_numpy() > 0
+        score = table[SCORE].to_numpy().astype(np.float64)
+        kept = table[COPIES].to_numpy() > 0
         if p.weight_scale == "log":
             finite = np.isfinite(score) & kept
             shift = score[finite].max() if finite.any() else 0.0
@@ -185,20 +215,20 @@ class Mix(BarrierStage):
                                  "use weight_scale: log for log-weights")
             raw = score
         raw = np.nan_to_num(raw, nan=0.0)
-        copies = table[_COPIES].to_numpy()
+        copies = table[COPIES].to_numpy()
         mean = (raw * copies).sum() / max(copies.sum(), 1)
         weights = raw / mean if mean > 0 else np.ones_like(raw)
         return pl.Series(WEIGHT, np.clip(weights, *p.weight_clip))
 
     def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
         joined = batch.join(decision, on=POSITION, how="left", maintain_order="left")
-        copies = joined[_COPIES].fill_null(0).to_numpy()
+        copies = joined[COPIES].fill_null(0).to_numpy()
         index = np.repeat(np.arange(joined.height), np.maximum(copies, 1))
         copy_no = np.arange(len(index)) - np.repeat(np.cumsum(np.maximum(copies, 1)) - np.maximum(copies, 1),
                                                     np.maximum(copies, 1)) + 1
         out = joined[index].with_columns(pl.Series("_copy", copy_no, dtype=pl.Int64))
         new_id = pl.when(pl.col("_copy") > 1).then(pl.col("id") + "#" + pl.col("_copy").cast(pl.String))
-        reason = pl.when(pl.col(_COPIES).fill_null(0) == 0).then(pl.lit("mix_not_selected"))
+        reason = pl.when(pl.col(COPIES).fill_null(0) == 0).then(pl.lit("mix_not_selected"))
         return out.with_columns(
             new_id.otherwise(pl.col("id")).alias("id"), reason.otherwise(None).cast(pl.String).alias(DROP_REASON)
-        ).drop(_COPIES, "_copy")
+        ).drop(COPIES, "_copy")
