@@ -63,6 +63,9 @@ class NetworkRule:
     """Set for a bare `||example.com^` rule without constraints: matched by domain table instead of regex."""
     hosts: tuple[tuple[str | None, str | None], ...] = ()
     """(regex the page's host must match, regex it must not match) per `domain=`/`to=`/`denyallow=`."""
+    literal: str | None = None
+    """The longest piece of text every matching URL contains (lower case), when the rule is not a
+    regex: the matcher runs a rule's regex only on URLs holding it (one Aho-Corasick pass)."""
     anchors: tuple[str, ...] = ()
     """Plain domains (without `www.`) one of which the page's host must be (or be under), when a
     constraint lists such includes: the matcher joins on them instead of testing the rule against every row."""
@@ -210,7 +213,10 @@ def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
     # the domain table holds hosts without `www.`: a `||www.…^` rule, which must not block the bare
     # host or its other subdomains, runs as a regex over the URL instead
     host = bare.group(1) if bare and not constraints and not bare.group(1).startswith("www.") else None
-    return NetworkRule(pattern, exception, important, case_sensitive, host, tuple(constraints), anchors)
+    literal = None if is_regex else max(re.split(r"[*^|]+", body), key=len).lower()
+    literal = literal if literal and literal.isascii() else None  # the prefilter folds ASCII case only
+    return NetworkRule(pattern, exception, important, case_sensitive, host, tuple(constraints), anchors=anchors,
+                       literal=literal)
 
 
 def host_constraint(value: str, negate_all: bool = False) -> tuple[str | None, str | None] | None:

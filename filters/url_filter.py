@@ -46,6 +46,8 @@ REGEXES_PER_PATTERN = 500
 MAX_CONSTRAINTS = 3
 """Host constraints (`domain=`, `to=`, `denyallow=`) an anchored AdBlock rule may carry; more: tested rule by rule."""
 """AdBlock rules joined into one alternation (keeps each compiled regex well under its size limit)."""
+MIN_LITERAL = 3
+"""AdBlock patterns with a literal this long run only on URLs holding it (shorter ones: on every URL)."""
 MAX_LABELS = 12
 """Parent domains tried per host (a.b.c.example.com has 5)."""
 HOST = r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?//(?:[^@/?#]*@)?([^:/?#]+)"
@@ -99,12 +101,17 @@ class Rules:
         self.urls: list[tuple[str, str, int]] = []
         self.substrings: list[tuple[list[str], str, int]] = []
         self.regexes: list[tuple[str, str, int]] = []
+        self.indexed: list[tuple[str, str, tuple[tuple[str | None, str | None], ...], str, int]] = []
+        """AdBlock rules with a literal every matching URL holds: (literal, URL regex, host
+        constraints, reason, order), tested only on the URLs where one Aho-Corasick pass finds it."""
         self.constrained: list[tuple[str, tuple[tuple[str | None, str | None], ...], str, int]] = []
         """AdBlock rules limited to some page hosts: (URL regex, host constraints, reason, order)."""
         self.anchored: list[tuple[tuple[str, ...], str, tuple[tuple[str | None, str | None], ...], str, int]] = []
         """Host-limited AdBlock rules that name plain domains to include: (domains, URL regex, host
         constraints, reason, order), matched by joining hosts on the domains first."""
-        self._anchored_tables: tuple[pl.DataFrame, pl.DataFrame] | None = None
+        self._keyed_tables: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
+        self._compiled: list[re.Pattern | None] = []
+        self._literals: list[str] = []
         self._tables: tuple[pl.DataFrame | None, pl.DataFrame | None] | None = None
 
     def add_lines(self, kind: str, lines: list[str], reason: str, order: int, where: str) -> None:
@@ -124,31 +131,35 @@ class Rules:
                 self.regexes.append(("|".join(f"(?:{p})" for p in patterns), reason, order))
 
     def add_adblock(self, rules: list[NetworkRule], reason: str, order: int) -> None:
-        """AdBlock network rules: bare hosts to the domain table, unconstrained patterns joined
-        into alternations (one case-insensitive, one case-sensitive), host-limited ones kept apart."""
+        """AdBlock network rules: bare hosts to the domain table; rules limited to named domains
+        keyed by those domains, other rules with a literal keyed by it; the rest joined into
+        alternations (one case-insensitive, one case-sensitive) or, host-limited, kept apart."""
         self.domains += [(rule.host, reason, order) for rule in rules if rule.host]
-        for case_sensitive in (False, True):
-            patterns = [r.pattern for r in rules if not r.host and not r.hosts and r.case_sensitive == case_sensitive]
-            flag = "" if case_sensitive else "(?i)"
-            for start in range(0, len(patterns), REGEXES_PER_PATTERN):
-                for chunk in compilable(patterns[start:start + REGEXES_PER_PATTERN], flag):
-                    self.regexes.append((flag + "|".join(f"(?:{p})" for p in chunk), reason, order))
+        unkeyed = {False: [], True: []}
         for r in rules:
-            if not r.hosts:
+            if r.host:
                 continue
             pattern = ("" if r.case_sensitive else "(?i)") + r.pattern
             if r.anchors and len(r.hosts) <= MAX_CONSTRAINTS:
                 self.anchored.append((r.anchors, pattern, r.hosts, reason, order))
-            else:
+            elif r.literal and len(r.literal) >= MIN_LITERAL and len(r.hosts) <= MAX_CONSTRAINTS:
+                self.indexed.append((r.literal, pattern, r.hosts, reason, order))
+            elif r.hosts:
                 self.constrained.append((pattern, r.hosts, reason, order))
+            else:
+                unkeyed[r.case_sensitive].append(r.pattern)
+        for case_sensitive, patterns in unkeyed.items():
+            flag = "" if case_sensitive else "(?i)"
+            for start in range(0, len(patterns), REGEXES_PER_PATTERN):
+                for chunk in compilable(patterns[start:start + REGEXES_PER_PATTERN], flag):
+                    self.regexes.append((flag + "|".join(f"(?:{p})" for p in chunk), reason, order))
 
     def match(self, frame: pl.DataFrame) -> pl.Series:
-        """Per row of `frame` (columns `_row`, `_url`, `_host`, `_site`, `_key`): the reason of the
-        first matching list, or null."""
+        """Per row of `frame` (see `url_frame`): the reason of the first matching list, or null."""
         found = []
         domains, urls = self.tables()
         if domains is not None:
-            suffixes = frame.select("_row", parent_domains(pl.col("_host")).alias("_suffix")).explode("_suffix")
+            suffixes = frame.select("_row", pl.col("_parents").alias("_suffix")).explode("_suffix")
             found.append(suffixes.join(domains, on="_suffix").select("_row", "_reason", "_order"))
         if urls is not None:
             found.append(frame.select("_row", "_key").join(urls, on="_key").select("_row", "_reason", "_order"))
@@ -160,7 +171,9 @@ class Rules:
             hit = frame.filter(pl.col("_url").str.contains(pattern).fill_null(False))
             found.append(hit.select("_row", pl.lit(reason).alias("_reason"), pl.lit(order, dtype=pl.Int64).alias("_order")))
         if self.anchored:
-            found.append(self.match_anchored(frame))
+            found.append(self.match_keyed(frame, "anchored"))
+        if self.indexed:
+            found.append(self.match_keyed(frame, "indexed"))
         for pattern, hosts, reason, order in self.constrained:
             condition = pl.col("_url").str.contains(pattern)
             for include, exclude in hosts:
@@ -176,25 +189,55 @@ class Rules:
         first = (pl.concat(found).sort("_order").group_by("_row").agg(pl.col("_reason").first()))
         return frame.select("_row").join(first, on="_row", how="left", maintain_order="left")["_reason"]
 
-    def match_anchored(self, frame: pl.DataFrame) -> pl.DataFrame:
-        """(`_row`, `_reason`, `_order`) of anchored rules: rows whose host is under one of a rule's
-        domains are paired with it, then the rule's URL pattern and host constraints are tested per pair."""
-        if self._anchored_tables is None:
-            anchors = pl.DataFrame([(d, i) for i, rule in enumerate(self.anchored) for d in rule[0]],
-                                   schema={"_suffix": pl.String, "_rule": pl.Int64}, orient="row").unique()
-            columns = {"_rule": list(range(len(self.anchored))), "_pattern": [r[1] for r in self.anchored],
-                       "_reason": [r[3] for r in self.anchored], "_order": [r[4] for r in self.anchored]}
+    def prepare(self) -> None:
+        """Build the tables and compile the patterns now (set-up), not on the first batch."""
+        self.tables()
+        for kind in ("anchored", "indexed"):
+            self.keyed_tables(kind)
+
+    def keyed_tables(self, kind: str) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """(key → rule, rule → pattern, constraints, reason, order) for `anchored` or `indexed` rules."""
+        if kind not in self._keyed_tables:
+            entries = self.anchored if kind == "anchored" else [((lit,), *rest) for lit, *rest in self.indexed]
+            keys = pl.DataFrame([(k, i) for i, rule in enumerate(entries) for k in rule[0]],
+                                schema={"_k": pl.String, "_rule": pl.Int64}, orient="row").unique()
+            columns = {"_rule": list(range(len(entries))), "_pattern": [r[1] for r in entries],
+                       "_reason": [r[3] for r in entries], "_order": [r[4] for r in entries]}
             for k in range(MAX_CONSTRAINTS):
                 for side, name in ((0, "inc"), (1, "exc")):
-                    columns[f"_{name}{k}"] = [r[2][k][side] if k < len(r[2]) else None for r in self.anchored]
-            rules = pl.DataFrame(columns, schema_overrides={"_order": pl.Int64})
-            self._anchored_tables = (anchors, rules.with_columns(
-                pl.col(f"^_(inc|exc)\\d$").cast(pl.String)))
-        anchors, rules = self._anchored_tables
-        pairs = (frame.select("_row", "_url", "_site", parent_domains(pl.col("_host")).alias("_suffix"))
-                 .explode("_suffix").join(anchors, on="_suffix").unique(["_row", "_rule"])
+                    columns[f"_{name}{k}"] = [r[2][k][side] if k < len(r[2]) else None for r in entries]
+            rules = pl.DataFrame(columns, schema={"_rule": pl.Int64, "_pattern": pl.String, "_reason": pl.String,
+                                                  "_order": pl.Int64, **{c: pl.String for c in columns if c[1:4] in ("inc", "exc")}})
+            self._keyed_tables[kind] = (keys, rules)
+            if kind == "indexed":
+                self._literals = keys["_k"].unique().sort().to_list()
+                self._compiled = [None] * len(entries)  # compiled when a URL first holds the rule's literal
+        return self._keyed_tables[kind]
+
+    def match_keyed(self, frame: pl.DataFrame, kind: str) -> pl.DataFrame:
+        """(`_row`, `_reason`, `_order`) of keyed rules: each row is paired with the rules whose key
+        it holds (`anchored`: a parent domain of its host; `indexed`: a literal in its URL), then the
+        rule's URL pattern and host constraints are tested per pair. Indexed patterns (made by
+        `pattern_to_regex`, never a list's own regex) are compiled once with `re`: per-row
+        patterns in polars compile each distinct pattern on every batch (~0.3 ms each)."""
+        keys, rules = self.keyed_tables(kind)
+        if kind == "anchored":
+            found = pl.col("_parents")
+        else:
+            found = pl.col("_url").str.extract_many(self._literals, ascii_case_insensitive=True, overlapping=True)
+        pairs = (frame.select("_row", "_url", "_site", found.alias("_k")).explode("_k")
+                 .with_columns(pl.col("_k").str.to_lowercase()).join(keys, on="_k").unique(["_row", "_rule"])
                  .join(rules, on="_rule"))
-        condition = pl.col("_url").str.contains(pl.col("_pattern"))
+        if kind == "indexed":
+            compiled, patterns = self._compiled, self.indexed
+            hits = []
+            for rule, url in zip(pairs["_rule"], pairs["_url"]):
+                if compiled[rule] is None:
+                    compiled[rule] = re.compile(patterns[rule][1])
+                hits.append(compiled[rule].search(url) is not None)
+            condition = pl.lit(pl.Series(hits, dtype=pl.Boolean))
+        else:
+            condition = pl.col("_url").str.contains(pl.col("_pattern"))
         for k in range(MAX_CONSTRAINTS):
             condition &= pl.col(f"_inc{k}").is_null() | pl.col("_site").str.contains(pl.col(f"_inc{k}"))
             condition &= pl.col(f"_exc{k}").is_null() | ~pl.col("_site").str.contains(pl.col(f"_exc{k}"))
@@ -213,7 +256,8 @@ class Rules:
         return self._tables
 
     def __len__(self) -> int:
-        return (len(self.domains) + len(self.urls) + len(self.substrings) + len(self.regexes) + len(self.constrained)
+        return (len(self.domains) + len(self.urls) + len(self.substrings) + len(self.regexes) + len(self.indexed)
+                + len(self.constrained)
                 + len(self.anchored))
 
 
@@ -252,6 +296,8 @@ class UrlFilter(Stage):
         for spec in self.params.allow:
             load_list(spec, self.base_dir, ListTargets(self.allow, self.allow, self.allow, self.rule_counts, texts,
                                                        disabled), 0)
+        for rules in (self.block, self.allow, self.important, self.exceptions):
+            rules.prepare()
 
     def facts(self) -> dict[str, int]:
         """AdBlock rules used, and those that cannot decide about a page URL, by why."""
@@ -373,11 +419,13 @@ def check_regex(pattern: str, where: str) -> None:
 
 
 def url_frame(urls: pl.Series) -> pl.DataFrame:
-    """What the matchers read: `_row`, `_url`, `_host` (for domain tables), `_site` (for AdBlock
-    `domain=` constraints) and `_key` (for exact URLs)."""
-    return urls.cast(pl.String).alias("_url").to_frame().with_row_index("_row").with_columns(
-        host_of(pl.col("_url")).alias("_host"), site_of(pl.col("_url")).alias("_site"),
-        url_key(pl.col("_url")).alias("_key"))
+    """What the matchers read: `_row`, `_url`, `_host` and its `_parents` (for domain tables),
+    `_site` (for AdBlock `domain=` constraints) and `_key` (for exact URLs)."""
+    frame = urls.cast(pl.String).alias("_url").to_frame().with_row_index("_row").with_columns(
+        site_of(pl.col("_url")).alias("_site"), url_key(pl.col("_url")).alias("_key"))
+    frame = frame.with_columns(pl.col("_site").str.replace(r"^www\.", "").alias("_host"))
+    parents = frame.select(pl.col("_host").unique()).with_columns(parent_domains(pl.col("_host")).alias("_parents"))
+    return frame.join(parents, on="_host", how="left", maintain_order="left")  # a batch repeats its hosts
 
 
 def site_of(url: pl.Expr) -> pl.Expr:
