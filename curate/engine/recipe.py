@@ -66,12 +66,12 @@ class ExecutorSpec(BaseModel):
                                 "default: start a local Ray cluster.")
     batch_rows: int = Field(1000, ge=1, description="Records per batch handed to stages.")
     reduce_partitions: int = Field(1, ge=1, description="Reduce dedup barriers (minhash_dedup, exact_dedup) and "
-                                   "ranking barriers (budget, percentile_band, dsir, ifd, ds_weight) in this many "
-                                   "partitions, in parallel (local pool or Ray tasks): no process holds every summary. "
-                                   "Same output for any value.")
+                                   "ranking barriers (budget, percentile_band, dsir, ifd, ds_weight) and mix in this "
+                                   "many partitions, in parallel (local pool or Ray tasks): no process holds every "
+                                   "summary. Same output for any value.")
     combine_memory_mib: int = Field(2048, ge=0, description="minhash_dedup with reduce_partitions > 1: most "
                                     "memory (MiB) the one-process union–find of the duplicate pairs may take "
-                                    "(~96 B per pair); more pairs are joined by partitioned connected components "
+                                    "(~160 B per pair); more pairs are joined by partitioned connected components "
                                     "in reduce_partitions parallel tasks. Same output for any value.")
 
 

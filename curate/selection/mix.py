@@ -24,6 +24,9 @@ Steps, all decided once over the whole corpus (a barrier) and all seeded by a ha
    takes the column itself), normalized to mean 1 over the kept rows, then clipped to
    `weight_clip`. train/ multiplies each document's token losses by `weight`.
 Rows not kept are dropped with reason `mix_not_selected` (or flagged, with `action: flag`).
+
+With `executor.reduce_partitions: P` the reduce runs in P partitions (`mix_partitions`): the same
+decision table, with only the rows of the seeded-order buckets where a budget ends walked on the driver.
 """
 
 from __future__ import annotations

@@ -226,7 +226,7 @@ class MixPartitions:
                 stats: pl.DataFrame | None = None) -> pl.DataFrame:
         cuts = self.cuts(stats)
         resolved = self.resolve_downsampling(summaries, cuts)
-        rows = results.filter(pl.col(POSITION).is_not_null()).collect().sort(POSITION)
+        rows = results.filter(pl.col(POSITION).is_not_null()).sort(POSITION).collect()
         at = np.searchsorted(rows[POSITION].to_numpy(), resolved[POSITION].to_numpy())
         copies = rows[COPIES].scatter(at, resolved[COPIES])
         if copies.null_count():
@@ -237,7 +237,7 @@ class MixPartitions:
             kept_tokens = (sum(t for s, t in cuts.available.items() if s not in cuts.budgets)
                            + sum(cuts.kept_in.values())
                            + int(resolved.select(load_expr().sum()).item() or 0))
-            loads = results.filter(pl.col(POSITION).is_null()).select(PHASE_BUCKET, COPIES).collect()
+            loads = results.filter(pl.col(POSITION).is_null()).select(PHASE_BUCKET, COPIES).collect(engine="streaming")
             decision = decision.with_columns(self.phases(rows, loads, resolved, summaries, cuts, float(kept_tokens)))
         if self.weighted:
             decision = decision.with_columns(self.stage.loss_weights(rows))
@@ -246,7 +246,7 @@ class MixPartitions:
     def resolve_downsampling(self, summaries: pl.LazyFrame, cuts: Cuts) -> pl.DataFrame:
         """The rows of the OPEN buckets with their final copies: each bucket walked in the
         single-process order from the load before it."""
-        rows = summaries.filter(cuts.open_filter()).select(POSITION, "source", TOKENS, U, U2).collect()
+        rows = summaries.filter(cuts.open_filter()).select(POSITION, "source", TOKENS, U, U2).collect(engine="streaming")
         rows = self.decided_copies(rows, cuts).with_columns(self.stage.copies().alias(COPIES))
         budget = pl.col("source").replace_strict(cuts.budgets, default=None, return_dtype=pl.Float64)
         load = pl.col(_PREFIX) + load_expr().cum_sum().over("source", _BUCKET, order_by=[U, POSITION])
@@ -292,7 +292,7 @@ class MixPartitions:
         conditions = [(pl.col("source") == self.anneal[i]) & bucket(pl.col(U2)).is_in(
             (wanted[wanted // BUCKETS == i] % BUCKETS).tolist()) for i in np.unique(wanted // BUCKETS)]
         rows = summaries.filter(_any_of(conditions) & pl.col(TOKENS).is_not_null()).select(
-            POSITION, "source", TOKENS, U, U2).collect()
+            POSITION, "source", TOKENS, U, U2).collect(engine="streaming")
         rows = self.decided_copies(rows, cuts).drop(_BUCKET, _PREFIX)
         undecided = rows[COPIES].is_null().to_numpy()
         if undecided.any():
