@@ -1,4 +1,4 @@
-"""Benchmark: the `mix` barrier's reduce, whole (one process) vs partitioned — wall time, driver peak memory, rows walked.
+"""Benchmark: the `mix` barrier's reduce, whole (one process) vs partitioned — wall time, peak memory, rows walked.
 
 Input: `mix` summaries (`Mix.summarize`) of --docs generated rows: four sources of skewed sizes
 (web 60 %, code 20 %, wiki 15 %, books 5 %), token counts 50–2000, a log-weight score with 1 %
@@ -125,8 +125,8 @@ def main() -> None:
             outputs.append(out.read_bytes())
             walked, worker = (f"{r['walked']:,}", f"{r['worker'] / MIB:,.0f}") if partitions else ("-", "-")
             print(f"{label:>14} {r['seconds']:>8.1f} {r['driver_peak'] / MIB:>10,.0f} "
-                  f"{(r['driver_peak'] - r['driver_base']) / args.docs:>6.0f} {worker:>10} {walked:>9} {r['kept']:>10,} "
-                  f"{r['phase1']:>9,}", flush=True)
+                  f"{(r['driver_peak'] - r['driver_base']) / args.docs:>6.0f} {worker:>10} {walked:>9} "
+                  f"{r['kept']:>10,} {r['phase1']:>9,}", flush=True)
         assert outputs[0] == outputs[1], "the partitioned decision differs from the whole reduce"
     print("decision tables byte-identical")
 

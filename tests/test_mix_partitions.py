@@ -149,7 +149,8 @@ def test_a_recipe_mixing_in_partitions_writes_the_same_corpus(tmp_path):
                              "columns": {"logw": "float"}} for n in ("web", "wiki")],
                 "executor": {"batch_rows": 16, "reduce_partitions": partitions}}
         stats = run_recipe(validate_recipe(spec), workers=1)
-        shards[partitions] = {p.name: p.read_bytes() for p in sorted((tmp_path / f"p{partitions}" / "shards").iterdir())}
+        out = tmp_path / f"p{partitions}" / "shards"
+        shards[partitions] = {p.name: p.read_bytes() for p in sorted(out.iterdir())}
     assert shards[3] == shards[1]
     kept = pl.read_parquet(sorted((tmp_path / "p3" / "shards").glob("*.parquet")))
     assert stats["stages"][0]["dropped"]["mix_not_selected"] > 0

@@ -89,8 +89,16 @@ def classify(positive: np.ndarray, negative: np.ndarray, budget: float) -> tuple
 
 def _dense(codes: np.ndarray, values: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros(size, dtype=np.int64)
-    np.add.at(out, codes, values)
+    np.add.at(out, codes.astype(np.int64), values.astype(np.int64))
     return out
+
+
+def _place(positions: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Indices of `wanted` positions in the sorted, unique `positions` (each must be there)."""
+    at = np.searchsorted(positions, wanted)
+    if len(wanted) and (at.max() >= len(positions) or not np.array_equal(positions[at], wanted)):
+        raise AssertionError("mix: a row of an undecided bucket is missing from the partitions' rows")
+    return at
 
 
 def _any_of(conditions: list[pl.Expr]) -> pl.Expr:
@@ -227,8 +235,8 @@ class MixPartitions:
         cuts = self.cuts(stats)
         resolved = self.resolve_downsampling(summaries, cuts)
         rows = results.filter(pl.col(POSITION).is_not_null()).sort(POSITION).collect()
-        at = np.searchsorted(rows[POSITION].to_numpy(), resolved[POSITION].to_numpy())
-        copies = rows[COPIES].scatter(at, resolved[COPIES])
+        copies = rows[COPIES].scatter(_place(rows[POSITION].to_numpy(), resolved[POSITION].to_numpy()),
+                                      resolved[COPIES])
         if copies.null_count():
             raise AssertionError(f"mix: {copies.null_count()} rows in an undecided bucket were not resolved")
         rows = rows.with_columns(copies)
@@ -237,7 +245,7 @@ class MixPartitions:
             kept_tokens = (sum(t for s, t in cuts.available.items() if s not in cuts.budgets)
                            + sum(cuts.kept_in.values())
                            + int(resolved.select(load_expr().sum()).item() or 0))
-            loads = results.filter(pl.col(POSITION).is_null()).select(PHASE_BUCKET, COPIES).collect(engine="streaming")
+            loads = results.filter(pl.col(POSITION).is_null()).select(PHASE_BUCKET, COPIES).collect()
             decision = decision.with_columns(self.phases(rows, loads, resolved, summaries, cuts, float(kept_tokens)))
         if self.weighted:
             decision = decision.with_columns(self.stage.loss_weights(rows))
@@ -246,7 +254,8 @@ class MixPartitions:
     def resolve_downsampling(self, summaries: pl.LazyFrame, cuts: Cuts) -> pl.DataFrame:
         """The rows of the OPEN buckets with their final copies: each bucket walked in the
         single-process order from the load before it."""
-        rows = summaries.filter(cuts.open_filter()).select(POSITION, "source", TOKENS, U, U2).collect(engine="streaming")
+        rows = summaries.filter(cuts.open_filter()).select(POSITION, "source", TOKENS, U, U2).collect(
+            engine="streaming")
         rows = self.decided_copies(rows, cuts).with_columns(self.stage.copies().alias(COPIES))
         budget = pl.col("source").replace_strict(cuts.budgets, default=None, return_dtype=pl.Float64)
         load = pl.col(_PREFIX) + load_expr().cum_sum().over("source", _BUCKET, order_by=[U, POSITION])
@@ -260,34 +269,33 @@ class MixPartitions:
         """`phase` of every row (in `_pos` order), as `Mix._phases` gives it."""
         budgets = self.stage.anneal_budgets(kept_tokens)
         size = len(self.anneal) * BUCKETS
-        kept_open = resolved.filter((pl.col(COPIES) > 0) & (pl.col(PHASE_BUCKET) >= 0)).select(
-            PHASE_BUCKET, load_expr().alias(COPIES))
-        codes = np.concatenate([loads[PHASE_BUCKET].to_numpy(), kept_open[PHASE_BUCKET].to_numpy(),
-                                kept_open[PHASE_BUCKET].to_numpy()]).astype(np.int64)
-        values = np.concatenate([loads[COPIES].to_numpy(), np.clip(kept_open[COPIES].to_numpy(), 0, None),
-                                 np.clip(kept_open[COPIES].to_numpy(), None, 0)]).astype(np.int64)
-        shift = np.r_[np.zeros(len(loads) + len(kept_open), dtype=np.int64), np.full(len(kept_open), size)]
-        dense = _dense(codes + shift, values, 2 * size)
+        # kept load per anneal bucket: the partitions' sums (negative parts under code + size) and
+        # the resolved rows of the OPEN downsampling buckets
+        sums = _dense(loads[PHASE_BUCKET].to_numpy(), loads[COPIES].to_numpy(), 2 * size)
+        kept_open = resolved.filter((pl.col(COPIES) > 0) & (pl.col(PHASE_BUCKET) >= 0))
+        codes, load = kept_open[PHASE_BUCKET].to_numpy(), kept_open.select(load_expr()).to_series().to_numpy()
+        positive = sums[:size] + _dense(codes, np.clip(load, 0, None), size)
+        negative = sums[size:] + _dense(codes, np.clip(load, None, 0), size)
         table, prefix = np.empty(size, dtype=np.int8), np.empty(size, dtype=np.int64)
         for i, source in enumerate(self.anneal):
             part = slice(i * BUCKETS, (i + 1) * BUCKETS)
-            table[part], prefix[part] = classify(dense[:size][part], dense[size:][part], budgets[source])
+            table[part], prefix[part] = classify(positive[part], negative[part], budgets[source])
         code = rows[PHASE_BUCKET].fill_null(-2).to_numpy()
         kept = rows[COPIES].to_numpy() > 0
         scored = kept & (code >= 0)
         phase = np.zeros(len(code), dtype=np.int8)
-        phase[scored] = table[code[scored]]
+        phase[scored] = table[code[scored]]  # IN = 1 and OUT = 0 are the phases; OPEN rows are walked
         open_rows = np.flatnonzero(scored & (phase == OPEN))
         if len(open_rows):
             walked = self.walk_open_anneal(summaries, cuts, resolved, table, prefix, budgets)
-            at = np.searchsorted(walked[POSITION].to_numpy(), rows[POSITION].to_numpy()[open_rows])
-            phase[open_rows] = walked[PHASE_BUCKET].to_numpy()[at]
+            at = _place(walked[POSITION].to_numpy(), rows[POSITION].to_numpy()[open_rows])
+            phase[open_rows] = walked["phase"].to_numpy()[at]
         return pl.Series("phase", phase, dtype=pl.Int8).scatter(np.flatnonzero(kept & (code == -1)), None)
 
     def walk_open_anneal(self, summaries: pl.LazyFrame, cuts: Cuts, resolved: pl.DataFrame, table: np.ndarray,
                          prefix: np.ndarray, budgets: dict) -> pl.DataFrame:
-        """The kept rows of the OPEN anneal buckets with their phase (in `phase_bucket`), walked
-        in (`_mix_u2`, `_pos`) order from the load before the bucket; sorted by `_pos`."""
+        """`_pos` and `phase` of the kept rows of the OPEN anneal buckets, walked in (`_mix_u2`,
+        `_pos`) order from the load before the bucket; sorted by `_pos`."""
         wanted = np.flatnonzero(table == OPEN)
         conditions = [(pl.col("source") == self.anneal[i]) & bucket(pl.col(U2)).is_in(
             (wanted[wanted // BUCKETS == i] % BUCKETS).tolist()) for i in np.unique(wanted // BUCKETS)]
@@ -295,11 +303,11 @@ class MixPartitions:
             POSITION, "source", TOKENS, U, U2).collect(engine="streaming")
         rows = self.decided_copies(rows, cuts).drop(_BUCKET, _PREFIX)
         undecided = rows[COPIES].is_null().to_numpy()
-        if undecided.any():
-            at = np.searchsorted(resolved[POSITION].to_numpy(), rows[POSITION].to_numpy()[undecided])
+        if undecided.any():  # in an OPEN downsampling bucket too: copies as resolved
+            at = _place(resolved[POSITION].to_numpy(), rows[POSITION].to_numpy()[undecided])
             rows = rows.with_columns(rows[COPIES].scatter(np.flatnonzero(undecided), resolved[COPIES].gather(at)))
         rows = rows.filter(pl.col(COPIES) > 0).with_columns(self.phase_code())
         before = pl.lit(pl.Series(prefix)).gather(pl.col(PHASE_BUCKET))
         load = before + load_expr().cum_sum().over(PHASE_BUCKET, order_by=[U2, POSITION])
         budget = pl.col("source").replace_strict(budgets, default=None, return_dtype=pl.Float64)
-        return rows.select(POSITION, within_budget(load, budget).cast(pl.Int8).alias(PHASE_BUCKET)).sort(POSITION)
+        return rows.select(POSITION, within_budget(load, budget).cast(pl.Int8).alias("phase")).sort(POSITION)
