@@ -117,3 +117,26 @@ def test_host_limited_rules_give_the_same_answer_joined_on_their_domains_or_rule
     # m.com/Deal, y.com/any, g.de/g (entity wildcard), www.b7.org: 4
     assert sum(r is not None for r in joined.values()) == 34
     assert joined["https://safe.shop3.com/promo3/"] is None and joined["https://c.a4.org/x4/"] is None
+
+
+def test_rules_keyed_by_their_literal_give_the_same_answer_as_one_alternation(tmp_path, monkeypatch):
+    import datamill.filters.url_filter as url_filter
+
+    rules = ["/banner/*/ad", "^track^", "/ads/*", "/ads/banner", "-promo-", ".swf|", "|https://cdn.x.io/lib", "||y.net/pix^",
+             "||z.org", "/Deal/$match-case", "/img*.gif$domain=~safe.com", "/promo/*$domain=~ok.ads.com|~fine.net",
+             "@@/ads/keep", "@@||y.net/pix/ok^", "pop.up", "*/spacer.", "/ad_\\d+/"]
+    urls = ["https://a.com/banner/1/ad", "https://a.com/BANNER/x/AD", "https://t.com/x?track&y=1", "https://t.com/tracker",
+            "https://b.com/ads/", "https://b.com/ads/keep", "https://b.com/adsx", "https://c.com/get-promo-now",
+            "https://d.com/f.swf", "https://d.com/f.swf?x", "https://cdn.x.io/lib.js", "http://cdn.x.io/lib.js",
+            "https://a.y.net/pix/1", "https://y.net/pix/ok/", "https://z.org.evil.net/", "https://notz.org/",
+            "https://m.com/Deal/", "https://m.com/deal/", "https://e.com/img7.gif", "https://safe.com/img7.gif",
+            "https://ok.ads.com/promo/", "https://fine.net/promo/", "https://x.com/promo/", "https://pop.up.com/", "https://s.com/x/spacer.gif",
+            "https://r.com/ad_12/", "https://r.com/AD_/", None]
+    keyed, _ = reasons_for(tmp_path, rules, urls)
+    monkeypatch.setattr(url_filter, "MIN_LITERAL", 10 ** 6)  # no rule keyed: alternations and one pass per rule
+    plain, _ = reasons_for(tmp_path, rules, urls)
+    assert keyed == plain
+    assert [u for u, r in keyed.items() if r is None] == [
+        "https://t.com/tracker", "https://b.com/ads/keep", "https://b.com/adsx", "https://d.com/f.swf?x",
+        "http://cdn.x.io/lib.js", "https://y.net/pix/ok/", "https://notz.org/", "https://m.com/deal/",
+        "https://safe.com/img7.gif", "https://ok.ads.com/promo/", "https://fine.net/promo/", "https://r.com/AD_/", None]
