@@ -70,6 +70,8 @@ class NetworkRule:
     """Set for a bare `||example.com^` rule without constraints: matched by domain table instead of regex."""
     hosts: tuple[tuple[str | None, str | None], ...] = ()
     """(regex the page's host must match, regex it must not match) per `domain=`/`to=`/`denyallow=`."""
+    regex: bool = False
+    """A `/regex/` rule of the list (Rust regex syntax); else the pattern is made by `pattern_to_regex`."""
     literal: str | None = None
     """The longest piece of text every matching URL contains (lower case), when the rule is not a
     regex: the matcher runs a rule's regex only on URLs holding it (one Aho-Corasick pass)."""
@@ -223,7 +225,7 @@ def parse_rule(body: str, options: list[str]) -> NetworkRule | str:
     literal = None if is_regex else max(re.split(r"[*^|]+", body), key=len).lower()
     literal = literal if literal and literal.isascii() else None  # the prefilter folds ASCII case only
     return NetworkRule(pattern, exception, important, case_sensitive, host, tuple(constraints), anchors=anchors,
-                       literal=literal)
+                       literal=literal, regex=is_regex)
 
 
 def host_constraint(value: str, negate_all: bool = False) -> tuple[str | None, str | None] | None:

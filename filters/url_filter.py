@@ -110,7 +110,9 @@ class Rules:
         """Host-limited AdBlock rules that name plain domains to include: (domains, URL regex, host
         constraints, reason, order), matched by joining hosts on the domains first."""
         self._keyed_tables: dict[str, tuple[pl.DataFrame, pl.DataFrame]] = {}
-        self._compiled: list[re.Pattern | None] = []
+        self._compiled: dict[str, re.Pattern] = {}
+        self.own_regexes: set[str] = set()
+        """Patterns of the lists' own `/regex/` rules (Rust syntax: never compiled with `re`)."""
         self._literals: list[str] = []
         self._tables: tuple[pl.DataFrame | None, pl.DataFrame | None] | None = None
 
@@ -140,6 +142,8 @@ class Rules:
             if r.host:
                 continue
             pattern = ("" if r.case_sensitive else "(?i)") + r.pattern
+            if r.regex:
+                self.own_regexes.add(pattern)
             if r.anchors and len(r.hosts) <= MAX_CONSTRAINTS:
                 self.anchored.append((r.anchors, pattern, r.hosts, reason, order))
             elif r.literal and len(r.literal) >= MIN_LITERAL and len(r.hosts) <= MAX_CONSTRAINTS:
@@ -211,15 +215,14 @@ class Rules:
             self._keyed_tables[kind] = (keys, rules)
             if kind == "indexed":
                 self._literals = keys["_k"].unique().sort().to_list()
-                self._compiled = [None] * len(entries)  # compiled when a URL first holds the rule's literal
         return self._keyed_tables[kind]
 
     def match_keyed(self, frame: pl.DataFrame, kind: str) -> pl.DataFrame:
         """(`_row`, `_reason`, `_order`) of keyed rules: each row is paired with the rules whose key
         it holds (`anchored`: a parent domain of its host; `indexed`: a literal in its URL), then the
-        rule's URL pattern and host constraints are tested per pair. Indexed patterns (made by
-        `pattern_to_regex`, never a list's own regex) are compiled once with `re`: per-row
-        patterns in polars compile each distinct pattern on every batch (~0.3 ms each)."""
+        rule's URL pattern and host constraints are tested per pair, with `re` (compiled once,
+        when a pair first needs it: per-row patterns in polars compile each distinct pattern on
+        every batch, ~0.3 ms each). A list's own `/regex/` rules (Rust regex syntax) run in polars."""
         keys, rules = self.keyed_tables(kind)
         if kind == "anchored":
             found = pl.col("_parents")
@@ -228,20 +231,36 @@ class Rules:
         pairs = (frame.select("_row", "_url", "_site", found.alias("_k")).explode("_k")
                  .with_columns(pl.col("_k").str.to_lowercase()).join(keys, on="_k").unique(["_row", "_rule"])
                  .join(rules, on="_rule"))
-        if kind == "indexed":
-            compiled, patterns = self._compiled, self.indexed
-            hits = []
-            for rule, url in zip(pairs["_rule"], pairs["_url"]):
-                if compiled[rule] is None:
-                    compiled[rule] = re.compile(patterns[rule][1])
-                hits.append(compiled[rule].search(url) is not None)
-            condition = pl.lit(pl.Series(hits, dtype=pl.Boolean))
-        else:
-            condition = pl.col("_url").str.contains(pl.col("_pattern"))
+        own = pairs["_pattern"].is_in(list(self.own_regexes)) if self.own_regexes else pl.Series([False] * pairs.height, dtype=pl.Boolean)
+        theirs = pairs.filter(own)
+        pairs = pairs.filter(~own)
+        limits = [f"_{side}{k}" for k in range(MAX_CONSTRAINTS) for side in ("inc", "exc")]
+        keep = [self.pair_matches(pattern, url, site, bounds) for pattern, url, site, *bounds in
+                zip(*(pairs[c].to_list() for c in ("_pattern", "_url", "_site", *limits)))]
+        condition = pl.col("_url").str.contains(pl.col("_pattern"))
         for k in range(MAX_CONSTRAINTS):
             condition &= pl.col(f"_inc{k}").is_null() | pl.col("_site").str.contains(pl.col(f"_inc{k}"))
             condition &= pl.col(f"_exc{k}").is_null() | ~pl.col("_site").str.contains(pl.col(f"_exc{k}"))
-        return pairs.filter(condition.fill_null(False)).select("_row", "_reason", "_order")
+        return pl.concat([pairs.filter(pl.Series(keep, dtype=pl.Boolean)), theirs.filter(condition.fill_null(False))]
+                         ).select("_row", "_reason", "_order")
+
+    def pair_matches(self, pattern: str, url: str, site: str | None, bounds: list[str | None]) -> bool:
+        """Whether `url` matches a generated rule `pattern` and its host `site` the (include,
+        exclude, …) regexes in `bounds`."""
+        if not self.search(pattern, url):
+            return False
+        for include, exclude in zip(bounds[::2], bounds[1::2]):
+            if include is not None and (site is None or not self.search(include, site)):
+                return False
+            if exclude is not None and (site is None or self.search(exclude, site)):
+                return False
+        return True
+
+    def search(self, regex: str, text: str) -> bool:
+        compiled = self._compiled.get(regex)
+        if compiled is None:
+            compiled = self._compiled[regex] = re.compile(regex)
+        return compiled.search(text) is not None
 
     def tables(self) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
         """The domain and URL tables (one row per entry, the first list naming it), built once."""

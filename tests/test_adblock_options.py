@@ -104,18 +104,19 @@ def test_host_limited_rules_give_the_same_answer_joined_on_their_domains_or_rule
 
     rules = [f"/promo{i}/$domain=shop{i}.com|~safe.shop{i}.com" for i in range(30)]
     rules += [f"/x{i}/$domain=a{i}.org|b{i}.org,to=~c.a{i}.org" for i in range(20)]
-    rules += ["/Deal/$match-case,domain=m.com", "/any/$domain=~no.com", "/g/$domain=g.*", "@@/promo1/$domain=ok.shop1.com"]
+    rules += ["/Deal/$match-case,domain=m.com", "/any/$domain=~no.com", "/g/$domain=g.*", "@@/promo1/$domain=ok.shop1.com",
+              "/\\/deal[0-9]+\\//$domain=m.com"]
     urls = [f"https://{sub}shop{i}.com/promo{j}/" for i in range(0, 32, 3) for j in (i, i + 1) for sub in ("", "safe.", "ok.")]
     urls += [f"https://{sub}a{i}.org/x{i}/" for i in range(0, 22, 4) for sub in ("", "c.", "d.")]
     urls += ["https://m.com/Deal/", "https://m.com/deal/", "https://y.com/any/", "https://no.com/any/", "https://g.de/g/",
-             "https://www.b7.org/x7/"]
+             "https://www.b7.org/x7/", "https://m.com/deal42/", "https://n.com/deal42/"]
     joined, _ = reasons_for(tmp_path, rules, urls)
     monkeypatch.setattr(url_filter, "MAX_CONSTRAINTS", 0)  # every host-limited rule tested on every row
     one_by_one, _ = reasons_for(tmp_path, rules, urls)
     assert joined == one_by_one
     # shopN and ok.shopN for the 10 rules hit (not safe.): 20; aN and d.aN (not c.aN, excluded by to=): 10;
-    # m.com/Deal, y.com/any, g.de/g (entity wildcard), www.b7.org: 4
-    assert sum(r is not None for r in joined.values()) == 34
+    # m.com/Deal, y.com/any, g.de/g (entity wildcard), www.b7.org, m.com/deal42 (a regex rule): 5
+    assert sum(r is not None for r in joined.values()) == 35
     assert joined["https://safe.shop3.com/promo3/"] is None and joined["https://c.a4.org/x4/"] is None
 
 

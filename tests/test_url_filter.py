@@ -142,3 +142,9 @@ def test_adblock_badfilter_disables_a_rule_of_another_list(tmp_path):
     urls = ["https://one.com/", "https://two.com/", "https://three.com/"]
     lists = [{"path": "easylist.txt", "format": "adblock"}, {"path": "unbreak.txt", "format": "adblock"}]
     assert run(tmp_path, urls, block=lists) == [None, None, "easylist.txt"]
+
+
+def test_adblock_rules_no_url_holds_the_literal_of(tmp_path):
+    write(tmp_path / "l.txt", "||a.com^\n@@/nowhere/*\n/absent/*$domain=~b.com\n")
+    assert run(tmp_path, ["https://a.com/x", "https://c.com/y"], block=[{"path": "l.txt", "format": "adblock"}]) == [
+        "l.txt", None]
