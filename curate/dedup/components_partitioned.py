@@ -42,10 +42,12 @@ KEY, NBR = "_key", "_nbr"
 NODE = "_node"
 """A flag row: a node with an earlier partner in the original pairs (keep=first with verified pairs)."""
 DROP = "_drop"
+DEGREE = "_degree"
+"""Star notes: a centre's neighbour count (claim), or 0 (a leaf's acknowledgement)."""
 CLUSTER, CLUSTER_SIZE, REASON, KEEP_KEY = "dup_cluster", "dup_cluster_size", "near_duplicate", "_keep_key"
 
-BYTES_PER_PAIR = 96
-"""Peak memory of the one-process union–find per duplicate pair (bench_components.py measures it)."""
+BYTES_PER_PAIR = 160
+"""Peak memory of the one-process union–find and decision table per duplicate pair (bench_components.py: 142–159 B)."""
 
 Handle = Any
 """Where a task's output frame is: a file (local runner) or a Ray object reference; None: empty."""
@@ -111,11 +113,18 @@ def both_ways(edges: pl.DataFrame, partitions: int) -> list[pl.DataFrame]:
 
 
 def _records(frames: list[pl.DataFrame], dtype: pl.DataType) -> pl.DataFrame:
-    """The unique records among the input frames (typed, possibly none)."""
-    frames = [f for f in frames if f is not None and KEY in f.columns]
+    """The unique edge records among the input frames (typed, possibly none); a self-loop (x, x)
+    is no edge but the note that x's star is finished."""
+    frames = [f for f in frames if f is not None and f.columns == [KEY, NBR]]
     if not frames:
         return pl.DataFrame(schema={KEY: dtype, NBR: dtype})
     return pl.concat(frames).unique()
+
+
+def _with(frames: list[pl.DataFrame], column: str) -> pl.DataFrame | None:
+    """The input frames of one kind (those with `column`), joined; None if there are none."""
+    frames = [f for f in frames if f is not None and column in f.columns]
+    return pl.concat(frames) if frames else None
 
 
 # --- the steps (each: frames in, frames out per destination partition, a small info) -------
@@ -133,16 +142,21 @@ def start(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) -> tu
 
 def large_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType,
                cuts: list[int] | None) -> tuple[list, dict]:
-    """Large-Star over the records of this partition's nodes; edges routed for Small-Star. With
+    """Large-Star over the records of this partition's nodes, less those of finished stars (self-loop
+    notes); edges routed for Small-Star, then the star notes: a claim (centre, centre, its
+    neighbour count) from every node without a smaller neighbour and an acknowledgement (centre,
+    leaf, 0) from every node whose only neighbour is smaller, each at the centre's partition. With
     `cuts` (the first round, whose records are the original pairs) also the flag rows of nodes that
     have a smaller partner, routed by `_pos` range."""
     records = _records(frames, dtype)
+    done = records.filter(pl.col(KEY) == pl.col(NBR))[KEY]
+    records = records.filter(~pl.col(KEY).is_in(done.implode()))
     per_node = records.group_by(KEY).agg(
         pl.min_horizontal(pl.col(NBR).min(), pl.col(KEY).first()).alias("_min"),
         (pl.col(NBR) < pl.col(KEY)).sum().alias("_smaller"),
-        (pl.col(NBR) > pl.col(KEY)).sum().alias("_larger"),
+        (pl.col(NBR) > pl.col(KEY)).sum().alias(DEGREE),
     )
-    not_star = (pl.col("_smaller") >= 1) & ((pl.col("_larger") >= 1) | (pl.col("_smaller") >= 2))
+    not_star = (pl.col("_smaller") >= 1) & ((pl.col(DEGREE) >= 1) | (pl.col("_smaller") >= 2))
     violations = per_node.filter(not_star).height
     edges = (
         records.filter(pl.col(NBR) > pl.col(KEY))
@@ -150,7 +164,13 @@ def large_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType,
         .select(pl.col(NBR).alias(KEY), pl.col("_min").alias(NBR))
         .unique()
     )
+    notes = pl.concat([
+        per_node.filter(pl.col("_smaller") == 0).select(KEY, pl.col(KEY).alias(NBR), DEGREE),
+        per_node.filter((pl.col("_smaller") == 1) & (pl.col(DEGREE) == 0))
+        .select(pl.col("_min").alias(KEY), pl.col(KEY).alias(NBR), DEGREE),
+    ])
     out = route(edges, node_partition(KEY, partitions), partitions)
+    out += route(notes, node_partition(KEY, partitions), partitions)
     if cuts is not None:
         flags = per_node.filter(pl.col("_smaller") >= 1).select(pl.col(KEY).alias(NODE))
         out += route(flags, range_partition(NODE, cuts), partitions)
@@ -158,7 +178,11 @@ def large_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType,
 
 
 def small_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) -> tuple[list, dict]:
-    """Small-Star over the records (node, smaller neighbour) of this partition; edges at both ends."""
+    """Small-Star over the records (node, smaller neighbour) of this partition; edges at both ends.
+    A centre whose every neighbour acknowledged it as its only one is a finished star (its whole
+    component, with the smallest node at the centre): its records (centre, leaf) are set aside for
+    the end (in this partition's last output), and self-loop notes go to the partitions of its nodes,
+    whose records the next round drops."""
     records = _records(frames, dtype)
     smallest = records.group_by(KEY).agg(pl.col(NBR).min().alias("_min"))
     edges = pl.concat([
@@ -166,7 +190,16 @@ def small_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) 
         records.join(smallest, on=KEY).filter(pl.col(NBR) != pl.col("_min"))
         .select(pl.col(NBR).alias(KEY), pl.col("_min").alias(NBR)),
     ]).unique()
-    return both_ways(edges, partitions), {"edges": edges.height}
+    notes = _with(frames, DEGREE)
+    if notes is None:
+        notes = pl.DataFrame(schema={KEY: dtype, NBR: dtype, DEGREE: pl.UInt32})
+    acks = notes.filter(pl.col(KEY) != pl.col(NBR))
+    claims = notes.filter(pl.col(KEY) == pl.col(NBR))
+    finished = claims.join(acks.group_by(KEY).len("_acks"), on=KEY).filter(pl.col("_acks") == pl.col(DEGREE))
+    stars = acks.join(finished.select(KEY), on=KEY, how="semi").select(KEY, NBR)
+    done = pl.concat([finished.select(KEY), stars.select(pl.col(NBR).alias(KEY))]).select(KEY, pl.col(KEY).alias(NBR))
+    out = both_ways(pl.concat([edges, done]), partitions)  # a note (x, x) goes to x's partition
+    return [*out, stars], {"edges": edges.height, "finished": finished.height}
 
 
 def to_centres(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) -> tuple[list, dict]:
@@ -307,33 +340,38 @@ def partitioned_decisions(
         runner.drop([h for task in outs for h in task])
         return DecisionParts(runner, [], schema)
     cuts = range_cuts(min(lows), max(i["high"] for i in infos if i["high"] is not None), partitions)
-    pairs = sum(i["pairs"] for i in infos)
-    edges, flags, rounds, limit = _regroup(outs, partitions), None, 0, max_rounds(2 * pairs)
+    pairs, P = sum(i["pairs"] for i in infos), partitions
+    edges, rounds, limit = _regroup(outs, P), 0, max_rounds(2 * pairs)
+    flags: list[list[Handle]] = [[] for _ in range(P)]
+    finished: list[list[Handle]] = [[] for _ in range(P)]  # records (centre, leaf) of finished stars
     while True:
         rounds += 1
         if rounds > limit:
             raise RuntimeError(f"connected components did not converge in {limit} rounds")
-        outs, infos = runner.map(large_star, edges, (partitions, dtype, cuts if flags is None else None),
-                                 2 * partitions if flags is None else partitions)
+        first_verified = rounds == 1 and keep == "verified"
+        outs, infos = runner.map(large_star, edges, (P, dtype, cuts if first_verified else None),
+                                 3 * P if first_verified else 2 * P)
         runner.drop([h for task in edges for h in task])
-        if flags is None:
-            flags = _regroup([task[partitions:] for task in outs], partitions)
-            outs = [task[:partitions] for task in outs]
-        edges = _regroup(outs, partitions)
-        if sum(i["violations"] for i in infos) == 0:
+        if first_verified:
+            flags = _regroup([task[2 * P:] for task in outs], P)
+        edges, notes = _regroup([t[:P] for t in outs], P), _regroup([t[P:2 * P] for t in outs], P)
+        if sum(i["violations"] for i in infos) == 0:  # every component left is a star at its smallest node
+            runner.drop([h for task in notes for h in task])
             break
-        outs, _ = runner.map(small_star, edges, (partitions, dtype), partitions)
-        runner.drop([h for task in edges for h in task])
-        edges = _regroup(outs, partitions)
+        inputs = [e + n for e, n in zip(edges, notes)]
+        outs, _ = runner.map(small_star, inputs, (P, dtype), P + 1)
+        runner.drop([h for task in inputs for h in task])
+        for p, task in enumerate(outs):  # a partition's finished stars stay with it
+            finished[p] += [task[P]] if task[P] is not None else []
+        edges = _regroup([t[:P] for t in outs], P)
     if stats is not None:
-        stats.update(rounds=rounds, pairs=pairs, edges=sum(i["edges"] for i in infos))
-    steps = [(to_centres, (partitions, dtype)),
-             (clusters, (partitions, dtype, cuts, keep, files))]
-    for fn, args in steps:
-        outs, _ = runner.map(fn, edges, args, partitions)
-        runner.drop([h for task in edges for h in task])
-        edges = _regroup(outs, partitions)
-    inputs = [list(rows) + list(flag) for rows, flag in zip(edges, flags)]
+        stats.update(rounds=rounds, pairs=pairs)
+    outs, _ = runner.map(to_centres, edges, (P, dtype), P)
+    runner.drop([h for task in edges for h in task])
+    stars = [c + f for c, f in zip(_regroup(outs, P), finished)]
+    outs, _ = runner.map(clusters, stars, (P, dtype, cuts, keep, files), P)
+    runner.drop([h for task in stars for h in task])
+    inputs = [rows + flag for rows, flag in zip(_regroup(outs, P), flags)]
     outs, _ = runner.map(decide, inputs, (dtype, pos_dtype, keep), 1)
     runner.drop([h for task in inputs for h in task])
     return DecisionParts(runner, [task[0] for task in outs], schema)
