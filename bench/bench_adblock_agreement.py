@@ -36,7 +36,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 URL = re.compile(rb"https?://[A-Za-z0-9._~:/?#@!$&'()*+,;=%-]+")
-GOOD = re.compile(r"^https?://(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}(?::\d{1,5})?(?:[/?#][^\s]*)?$", re.I)
+GOOD = re.compile(r"^https?://(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z]{2,}(?::\d{1,5})?(?:[/?#][^\s]*)?$", re.IGNORECASE)
 SEGMENT = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{2,20}$")
 ROOTS = ["/usr/share/doc", "/usr/share/man", sys.prefix + "/lib"]
 
@@ -256,7 +256,7 @@ def our_rule(url: str, kind: str, rules: dict[str, list[str]], cache: dict) -> s
         for text in rules.get(kind, []):
             parsed = parse_adblock([text]).rules
             if parsed and not parsed[0].exception:
-                cache[kind].append((text, re.compile(parsed[0].pattern, 0 if parsed[0].case_sensitive else re.I)))
+                cache[kind].append((text, re.compile(parsed[0].pattern, 0 if parsed[0].case_sensitive else re.IGNORECASE)))
     return next((text for text, regex in cache[kind] if regex.search(url)), None)
 
 
@@ -401,6 +401,8 @@ def main() -> None:
                                        "brave": why[name][i], "ours_exception": ours_exception[i]}) + "\n")
             for i in rows[:args.examples]:
                 print(f"      {urls[i][:110]}  brave={why[name][i]!r} ours_exc={ours_exception[i]!r}")
+    if dump:
+        dump.close()
     unexplained = explained.pop("unexplained", 0)
     print(f"\npage reading: {sum(explained.values())} disagreements have a known cause, {unexplained} do not")
     n = len(urls)

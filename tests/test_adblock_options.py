@@ -100,7 +100,7 @@ def test_to_from_and_denyallow_constrain_the_page_host(tmp_path):
 
 
 def test_host_limited_rules_give_the_same_answer_joined_on_their_domains_or_rule_by_rule(tmp_path, monkeypatch):
-    import datamill.filters.url_filter as url_filter
+    from datamill.filters import url_filter
 
     rules = [f"/promo{i}/$domain=shop{i}.com|~safe.shop{i}.com" for i in range(30)]
     rules += [f"/x{i}/$domain=a{i}.org|b{i}.org,to=~c.a{i}.org" for i in range(20)]
@@ -121,7 +121,7 @@ def test_host_limited_rules_give_the_same_answer_joined_on_their_domains_or_rule
 
 
 def test_rules_keyed_by_their_literal_give_the_same_answer_as_one_alternation(tmp_path, monkeypatch):
-    import datamill.filters.url_filter as url_filter
+    from datamill.filters import url_filter
 
     rules = ["/banner/*/ad", "^track^", "/ads/*", "/ads/banner", "-promo-", ".swf|", "|https://cdn.x.io/lib", "||y.net/pix^",
              "||z.org", "/Deal/$match-case", "/img*.gif$domain=~safe.com", "/promo/*$domain=~ok.ads.com|~fine.net",
