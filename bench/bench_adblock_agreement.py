@@ -18,7 +18,7 @@ URL is decided by datamill and by Brave's engine, in three readings:
 Prints agreement, disagreements by rule kind with examples, and URLs/s of both (datamill over the
 batch; Brave one call per URL, as Dolma calls it).
 
-    python bench/bench_adblock_agreement.py --urls 24000
+    python bench/bench_adblock_agreement.py --urls 60000 --repeat 5
 """
 
 from __future__ import annotations
@@ -263,16 +263,18 @@ def our_rule(url: str, kind: str, rules: dict[str, list[str]], cache: dict) -> s
 def cause(side: str, kind: str, url: str, brave: str | None, ours: str | None, rules: dict[str, list[str]]) -> str:
     """Why the engines differ on a URL in the `page` reading, when it is a known difference."""
     host = re.split(r"[/?#:]", url.split("://", 1)[1], maxsplit=1)[0]
-    if side == "only datamill" and host != host.lower():
+    if host != host.lower():  # Brave misses the rule (only datamill) or the exception (only Brave)
         return "Brave: no match on an upper-case host"
     if kind == "peer_unsupported":
         return "Brave 0.6: option unknown, rule dropped"
     if side == "only Brave" and kind == "match_case":
         return "Brave: $match-case ignored"
-    if side == "only Brave" and (brave or "").startswith(("||www.", "@@||www.")):
+    if "||www." in (brave or ""):  # the block rule (only Brave) or the exception (only datamill)
         return "Brave: ||www.x^ read as ||x^"
     if side == "only Brave" and kind == "url_end" and (brave or "").startswith("/") and (brave or "").endswith("/|"):
         return "Brave: /x/| read as regex /x/"
+    if side == "only datamill" and ours and ours.endswith("$/"):
+        return "Brave: a /regex$/ is cut at its $"
     if side == "only datamill" and ours:
         body = ours.split("$")[0]
         labels = host.lower().split(".")
@@ -293,7 +295,7 @@ def main() -> None:
     from datamill.filters.url_filter import UrlFilter, UrlFilterParams, url_frame
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--urls", type=int, default=24000, help="page URLs in all (real ones plus variations)")
+    parser.add_argument("--urls", type=int, default=60000, help="page URLs in all (real ones plus variations)")
     parser.add_argument("--examples", type=int, default=3, help="examples printed per disagreement kind")
     parser.add_argument("--repeat", type=int, default=3, help="timed passes (the fastest counts)")
     parser.add_argument("--dump", help="write every disagreement here (JSON lines)")
@@ -391,14 +393,15 @@ def main() -> None:
         for (side, kind), rows in sorted(by_kind.items(), key=lambda kv: -len(kv[1])):
             print(f"  {side:13} {kind:16} {len(rows):5}")
             if name == "page":
-                causes = Counter(cause(side, kind, urls[i], why[name][i],
-                                       our_rule(urls[i], kind, rules, cache) if side == "only datamill" else None, rules)
-                                 for i in rows)
+                ours_rule = {i: our_rule(urls[i], kind, rules, cache) if side == "only datamill" else None for i in rows}
+                row_cause = {i: cause(side, kind, urls[i], why[name][i], ours_rule[i], rules) for i in rows}
+                causes = Counter(row_cause.values())
                 print("      why: " + "; ".join(f"{c} {k}" for c, k in causes.most_common()))
                 explained.update({c: k for c, k in causes.items()})
             for i in rows if dump else ():
+                extra = {"ours": ours_rule[i], "cause": row_cause[i]} if name == "page" else {}
                 dump.write(json.dumps({"reading": name, "side": side, "kind": kind, "url": urls[i],
-                                       "brave": why[name][i], "ours_exception": ours_exception[i]}) + "\n")
+                                       "brave": why[name][i], "ours_exception": ours_exception[i], **extra}) + "\n")
             for i in rows[:args.examples]:
                 print(f"      {urls[i][:110]}  brave={why[name][i]!r} ours_exc={ours_exception[i]!r}")
     if dump:
