@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import polars as pl
 
 from datamill.curate.engine.paths import local_copy
@@ -112,13 +113,33 @@ def both_ways(edges: pl.DataFrame, partitions: int) -> list[pl.DataFrame]:
     return route(records, node_partition(KEY, partitions), partitions)
 
 
-def _records(frames: list[pl.DataFrame], dtype: pl.DataType) -> pl.DataFrame:
-    """The unique edge records among the input frames (typed, possibly none); a self-loop (x, x)
-    is no edge but the note that x's star is finished."""
+def _sorted_unique(keys: np.ndarray, nbrs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (key, nbr) pairs, sorted by key then nbr (numpy: ~3× the pairs' bytes at peak,
+    where polars' two-column `unique` takes ~15×)."""
+    order = np.argsort(nbrs, kind="stable")  # two stable sorts: ~2× faster than np.lexsort
+    order = order[np.argsort(keys[order], kind="stable")]
+    keys, nbrs = keys[order], nbrs[order]
+    keep = np.ones(keys.size, dtype=bool)
+    keep[1:] = (keys[1:] != keys[:-1]) | (nbrs[1:] != nbrs[:-1])
+    return keys[keep], nbrs[keep]
+
+
+def _frame(keys: np.ndarray, nbrs: np.ndarray, dtype: pl.DataType) -> pl.DataFrame:
+    return pl.DataFrame({KEY: pl.Series(keys, dtype=dtype), NBR: pl.Series(nbrs, dtype=dtype)})
+
+
+def _records(frames: list[pl.DataFrame], dtype: pl.DataType) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct edge records (`_key`, `_nbr`) among the input frames, sorted by key then
+    neighbour; a self-loop (x, x) is no edge but the note that x's star is finished."""
     frames = [f for f in frames if f is not None and f.columns == [KEY, NBR]]
-    if not frames:
-        return pl.DataFrame(schema={KEY: dtype, NBR: dtype})
-    return pl.concat(frames).unique()
+    records = pl.concat(frames) if frames else pl.DataFrame(schema={KEY: dtype, NBR: dtype})
+    return _sorted_unique(records[KEY].to_numpy(), records[NBR].to_numpy())
+
+
+def _groups(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, size) of each run of equal keys in sorted `keys`."""
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]]) if keys.size else np.zeros(0, dtype=np.int64)
+    return starts, np.diff(np.r_[starts, keys.size])
 
 
 def _with(frames: list[pl.DataFrame], column: str) -> pl.DataFrame | None:
@@ -133,9 +154,10 @@ def start(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) -> tu
     """Pairs (`src`, `dst`) → edges (larger, smaller) at both ends, for the first Large-Star."""
     pairs = pl.concat([f.select("src", "dst") for f in frames]) if frames else pl.DataFrame(
         schema={"src": dtype, "dst": dtype})
-    edges = pairs.select(pl.max_horizontal("src", "dst").cast(dtype).alias(KEY),
-                         pl.min_horizontal("src", "dst").cast(dtype).alias(NBR)).unique()
-    edges = edges.filter(pl.col(KEY) != pl.col(NBR))
+    pairs = pairs.select(pl.max_horizontal("src", "dst").cast(dtype).alias(KEY),
+                         pl.min_horizontal("src", "dst").cast(dtype).alias(NBR))
+    keys, nbrs = _sorted_unique(pairs.to_series(0).to_numpy(), pairs.to_series(1).to_numpy())
+    edges = _frame(keys, nbrs, dtype).filter(pl.col(KEY) != pl.col(NBR))
     info = {"pairs": pairs.height, "low": edges[NBR].min(), "high": edges[KEY].max()}
     return both_ways(edges, partitions), info
 
@@ -148,31 +170,28 @@ def large_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType,
     leaf, 0) from every node whose only neighbour is smaller, each at the centre's partition. With
     `cuts` (the first round, whose records are the original pairs) also the flag rows of nodes that
     have a smaller partner, routed by `_pos` range."""
-    records = _records(frames, dtype)
-    done = records.filter(pl.col(KEY) == pl.col(NBR))[KEY]
-    records = records.filter(~pl.col(KEY).is_in(done.implode()))
-    per_node = records.group_by(KEY).agg(
-        pl.min_horizontal(pl.col(NBR).min(), pl.col(KEY).first()).alias("_min"),
-        (pl.col(NBR) < pl.col(KEY)).sum().alias("_smaller"),
-        (pl.col(NBR) > pl.col(KEY)).sum().alias(DEGREE),
-    )
-    not_star = (pl.col("_smaller") >= 1) & ((pl.col(DEGREE) >= 1) | (pl.col("_smaller") >= 2))
-    violations = per_node.filter(not_star).height
-    edges = (
-        records.filter(pl.col(NBR) > pl.col(KEY))
-        .join(per_node.select(KEY, "_min"), on=KEY)
-        .select(pl.col(NBR).alias(KEY), pl.col("_min").alias(NBR))
-        .unique()
-    )
-    notes = pl.concat([
-        per_node.filter(pl.col("_smaller") == 0).select(KEY, pl.col(KEY).alias(NBR), DEGREE),
-        per_node.filter((pl.col("_smaller") == 1) & (pl.col(DEGREE) == 0))
-        .select(pl.col("_min").alias(KEY), pl.col(KEY).alias(NBR), DEGREE),
-    ])
+    k, n = _records(frames, dtype)
+    loops = k == n
+    if loops.any():
+        live = ~np.isin(k, k[loops])
+        k, n = k[live], n[live]
+    starts, sizes = _groups(k)
+    keys, first = k[starts], n[starts]  # first: the smallest neighbour
+    smaller = np.add.reduceat((n < k).astype(np.int64), starts) if k.size else np.zeros(0, dtype=np.int64)
+    larger = sizes - smaller
+    violations = int(((smaller >= 1) & ((larger >= 1) | (smaller >= 2))).sum())
+    up = n > k
+    edges = _frame(*_sorted_unique(n[up], np.repeat(np.minimum(keys, first), sizes)[up]), dtype)
+    centre, leaf = smaller == 0, (smaller == 1) & (larger == 0)
+    notes = pl.DataFrame({
+        KEY: pl.Series(np.r_[keys[centre], first[leaf]], dtype=dtype),
+        NBR: pl.Series(np.r_[keys[centre], keys[leaf]], dtype=dtype),
+        DEGREE: pl.Series(np.r_[larger[centre], np.zeros(int(leaf.sum()), dtype=np.int64)], dtype=pl.UInt32),
+    })
     out = route(edges, node_partition(KEY, partitions), partitions)
     out += route(notes, node_partition(KEY, partitions), partitions)
     if cuts is not None:
-        flags = per_node.filter(pl.col("_smaller") >= 1).select(pl.col(KEY).alias(NODE))
+        flags = pl.DataFrame({NODE: pl.Series(keys[smaller >= 1], dtype=dtype)})
         out += route(flags, range_partition(NODE, cuts), partitions)
     return out, {"violations": violations, "edges": edges.height}
 
@@ -183,13 +202,12 @@ def small_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) 
     component, with the smallest node at the centre): its records (centre, leaf) are set aside for
     the end (in this partition's last output), and self-loop notes go to the partitions of its nodes,
     whose records the next round drops."""
-    records = _records(frames, dtype)
-    smallest = records.group_by(KEY).agg(pl.col(NBR).min().alias("_min"))
-    edges = pl.concat([
-        smallest.select(KEY, pl.col("_min").alias(NBR)),
-        records.join(smallest, on=KEY).filter(pl.col(NBR) != pl.col("_min"))
-        .select(pl.col(NBR).alias(KEY), pl.col("_min").alias(NBR)),
-    ]).unique()
+    k, n = _records(frames, dtype)
+    starts, sizes = _groups(k)
+    keys, smallest = k[starts], n[starts]
+    m = np.repeat(smallest, sizes)
+    other = n != m
+    edges = _frame(*_sorted_unique(np.r_[keys, n[other]], np.r_[smallest, m[other]]), dtype)
     notes = _with(frames, DEGREE)
     if notes is None:
         notes = pl.DataFrame(schema={KEY: dtype, NBR: dtype, DEGREE: pl.UInt32})
@@ -204,8 +222,9 @@ def small_star(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) 
 
 def to_centres(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType) -> tuple[list, dict]:
     """Star edges (member, centre) → records held by the centre's partition."""
-    records = _records(frames, dtype).filter(pl.col(KEY) > pl.col(NBR))
-    stars = records.select(pl.col(NBR).alias(KEY), pl.col(KEY).alias(NBR))
+    k, n = _records(frames, dtype)
+    up = k > n
+    stars = _frame(n[up], k[up], dtype)
     return route(stars, node_partition(KEY, partitions), partitions), {}
 
 
@@ -214,7 +233,8 @@ def clusters(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType, cu
     """Each star's members with its centre (`dup_cluster`), size and whether the `keep` rule drops
     them ("first": all but the centre; "verified": decided by the flag rows later; "key": all but
     the member with the highest keep key, ties to the smallest `_pos`), routed by `_pos` range."""
-    records = _records(frames, dtype).filter(pl.col(NBR) > pl.col(KEY))
+    keys, nbrs = _records(frames, dtype)
+    records = _frame(keys, nbrs, dtype).filter(pl.col(NBR) > pl.col(KEY))
     members = pl.concat([
         records.select(pl.col(NBR).alias(POSITION), pl.col(KEY).alias(CLUSTER)),
         records.select(pl.col(KEY).alias(POSITION), pl.col(KEY).alias(CLUSTER)).unique(),
