@@ -16,8 +16,8 @@ Everything else is counted, never silently dropped: `cosmetic` (`##`, `#@#`, `#?
 scriptlets, `$$` HTML filters: they hide page elements, they never block a URL), `resource_type`
 (only `script`, `image`, … — a page is not one), `third_party` (a page is never third-party to
 itself), `modifier` (`csp=`, `redirect-rule=`, `removeparam=`…: they rewrite a request instead of
-blocking it; `redirect=` blocks first, so it counts as a block), `cosmetic_exception` (`@@…$elemhide`, `$generichide`…), `unsupported_option`,
-`bad_regex` (JavaScript-only regex syntax), `empty_pattern` (`*`, `|` or `||` alone, without a
+blocking it; `redirect=` blocks first, so it counts as a block), `cosmetic_exception`
+(`@@…$elemhide`, `$generichide`…), `unsupported_option`, `bad_regex` (JavaScript-only regex syntax), `empty_pattern` (`*`, `|` or `||` alone, without a
 host constraint: it would block every page) and `badfilter` (disabled).
 
 Where Brave's adblock-rust (the `adblock` package Dolma's url taggers call) decides otherwise, this

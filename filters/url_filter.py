@@ -43,11 +43,11 @@ from datamill.curate.engine.stage import DROP_REASON, FilterParams, Stage
 from datamill.filters.adblock import NetworkRule, badfilters, parse_adblock
 
 REGEXES_PER_PATTERN = 500
-MAX_CONSTRAINTS = 3
-"""Host constraints (`domain=`, `to=`, `denyallow=`) an anchored AdBlock rule may carry; more: tested rule by rule."""
 """AdBlock rules joined into one alternation (keeps each compiled regex well under its size limit)."""
+MAX_CONSTRAINTS = 3
+"""Host constraints (`domain=`, `to=`, `denyallow=`) a keyed AdBlock rule may carry; more: tested rule by rule."""
 MIN_LITERAL = 3
-"""AdBlock patterns with a literal this long run only on URLs holding it (shorter ones: on every URL)."""
+"""AdBlock rules whose literal is this long are keyed by it (shorter ones: joined into alternations)."""
 MAX_LABELS = 12
 """Parent domains tried per host (a.b.c.example.com has 5)."""
 HOST = r"^(?:[A-Za-z][A-Za-z0-9+.-]*:)?//(?:[^@/?#]*@)?([^:/?#]+)"
@@ -210,8 +210,8 @@ class Rules:
             for k in range(MAX_CONSTRAINTS):
                 for side, name in ((0, "inc"), (1, "exc")):
                     columns[f"_{name}{k}"] = [r[2][k][side] if k < len(r[2]) else None for r in entries]
-            rules = pl.DataFrame(columns, schema={"_rule": pl.Int64, "_pattern": pl.String, "_reason": pl.String,
-                                                  "_order": pl.Int64, **{c: pl.String for c in columns if c[1:4] in ("inc", "exc")}})
+            schema = {"_rule": pl.Int64, "_pattern": pl.String, "_reason": pl.String, "_order": pl.Int64}
+            rules = pl.DataFrame(columns, schema={**schema, **{c: pl.String for c in columns if c not in schema}})
             self._keyed_tables[kind] = (keys, rules)
             if kind == "indexed":
                 self._literals = keys["_k"].unique().sort().to_list()
@@ -231,9 +231,8 @@ class Rules:
         pairs = (frame.select("_row", "_url", "_site", found.alias("_k")).explode("_k")
                  .with_columns(pl.col("_k").str.to_lowercase()).join(keys, on="_k").unique(["_row", "_rule"])
                  .join(rules, on="_rule"))
-        own = pairs["_pattern"].is_in(list(self.own_regexes)) if self.own_regexes else pl.Series([False] * pairs.height, dtype=pl.Boolean)
-        theirs = pairs.filter(own)
-        pairs = pairs.filter(~own)
+        own = pl.col("_pattern").is_in(sorted(self.own_regexes)) if self.own_regexes else pl.lit(False)
+        theirs, pairs = pairs.filter(own), pairs.filter(~own)
         limits = [f"_{side}{k}" for k in range(MAX_CONSTRAINTS) for side in ("inc", "exc")]
         keep = [self.pair_matches(pattern, url, site, bounds) for pattern, url, site, *bounds in
                 zip(*(pairs[c].to_list() for c in ("_pattern", "_url", "_site", *limits)))]
@@ -245,8 +244,8 @@ class Rules:
                          ).select("_row", "_reason", "_order")
 
     def pair_matches(self, pattern: str, url: str, site: str | None, bounds: list[str | None]) -> bool:
-        """Whether `url` matches a generated rule `pattern` and its host `site` the (include,
-        exclude, …) regexes in `bounds`."""
+        """Whether `url` matches a generated rule `pattern` and its host `site` satisfies the
+        (include, exclude, …) regexes in `bounds`."""
         if not self.search(pattern, url):
             return False
         for include, exclude in zip(bounds[::2], bounds[1::2]):
@@ -276,8 +275,7 @@ class Rules:
 
     def __len__(self) -> int:
         return (len(self.domains) + len(self.urls) + len(self.substrings) + len(self.regexes) + len(self.indexed)
-                + len(self.constrained)
-                + len(self.anchored))
+                + len(self.constrained) + len(self.anchored))
 
 
 @register_stage
