@@ -23,8 +23,10 @@ from typing import Any
 
 from datamill.curate.engine.paths import filesystem, is_url
 
-VERSION_KEYS = ("ETag", "etag", "md5Hash", "crc32c", "blob_id", "sha", "checksum")
-"""Fields of an fsspec `info()` that change whenever an object's bytes do (S3, GCS, HF hub…)."""
+VERSION_KEYS = ("ETag", "generation", "etag", "md5Hash", "crc32c", "blob_id", "sha", "checksum")
+"""Fields of an fsspec `info()` that change whenever an object's bytes do, first found wins: S3's ETag;
+GCS's generation (new on every write, also for composed objects, which have no MD5; gcsfs reports it
+in `info` and in listings alike), then its etag/MD5/CRC32C; the HF hub's blob id."""
 
 
 def is_remote(location: str | Path) -> bool:
@@ -39,12 +41,44 @@ def local_path(location: str | Path) -> Path:
     return Path(text.removeprefix("file://"))
 
 
+MIRRORS = "datamill-runs"
+ORIGIN_SUFFIX = ".url"
+
+
 def local_mirror(url: str) -> Path:
     """This machine's scratch folder for the remote run directory `url`: `$DATAMILL_SCRATCH`
-    (default: the system temp folder) / datamill-runs / <readable name>-<hash of the URL>."""
-    base = Path(os.environ.get("DATAMILL_SCRATCH") or tempfile.gettempdir()) / "datamill-runs"
+    (default: the system temp folder) / datamill-runs / <readable name>-<hash of the URL>. The URL
+    is noted beside it (`<folder>.url`), so `mirror_origin` can tell any path inside it where its
+    object lives."""
+    base = Path(os.environ.get("DATAMILL_SCRATCH") or tempfile.gettempdir()) / MIRRORS
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", url.split("://", 1)[-1].strip("/"))[-60:]
-    return base / f"{name}-{hashlib.sha1(url.encode()).hexdigest()[:12]}"
+    folder = base / f"{name}-{hashlib.sha1(url.encode()).hexdigest()[:12]}"
+    origin = folder.with_name(folder.name + ORIGIN_SUFFIX)
+    if not origin.is_file():
+        base.mkdir(parents=True, exist_ok=True)
+        partial = origin.with_name(f".{origin.name}.{os.getpid()}")
+        partial.write_text(url)
+        os.replace(partial, origin)
+    return folder
+
+
+def mirror_origin(path: str | Path) -> str | None:
+    """The URL of the object or prefix that the local `path` stands for when it lies inside a remote
+    run directory's mirror (`local_mirror`), e.g. `<mirror>/state/x.json` → `s3://b/run/state/x.json`;
+    None for any other path. This is how run-local files that stages write (generation caches,
+    tallies) find their place on the store, on whatever machine the stage runs."""
+    path = Path(path).absolute()
+    for folder in (path, *path.parents):
+        if folder.parent.name != MIRRORS:
+            continue
+        origin = folder.with_name(folder.name + ORIGIN_SUFFIX)
+        try:
+            url = origin.read_text().strip()
+        except OSError:
+            return None
+        rel = path.relative_to(folder).as_posix()
+        return url if rel == "." else f"{url}/{rel}"
+    return None
 
 
 def output_store_problems(url: str) -> list[str]:
