@@ -17,15 +17,16 @@ scriptlets, `$$` HTML filters: they hide page elements, they never block a URL),
 (only `script`, `image`, … — a page is not one), `third_party` (a page is never third-party to
 itself), `modifier` (`csp=`, `redirect-rule=`, `removeparam=`…: they rewrite a request instead of
 blocking it; `redirect=` blocks first, so it counts as a block), `cosmetic_exception`
-(`@@…$elemhide`, `$generichide`…), `unsupported_option`, `bad_regex` (JavaScript-only regex syntax), `empty_pattern` (`*`, `|` or `||` alone, without a
-host constraint: it would block every page) and `badfilter` (disabled).
+(`@@…$elemhide`, `$generichide`…), `unsupported_option`, `bad_regex` (JavaScript-only regex
+syntax), `empty_pattern` (`*`, `|` or `||` alone, without a host constraint: it would block every
+page) and `badfilter` (disabled).
 
 Where Brave's adblock-rust (the `adblock` package Dolma's url taggers call) decides otherwise, this
 follows the ABP/uBO syntax on purpose (bench/bench_adblock_agreement.py counts each case): rules
 without a type apply to the page (Dolma asks with no type, a browser's `document` request would
 skip path rules); `$match-case` is honoured; host names match in any case; `||www.a.com^` does
 not block `a.com` or `docs.a.com`; a plain pattern matches inside a word (`type.` in
-`sonatype.org`); `/x/|` is a pattern ending the URL, not a regex.
+`sonatype.org`); `/x/|` is a pattern ending the URL, not a regex; `/…$/` is a regex ending the URL.
 """
 
 from __future__ import annotations
