@@ -326,7 +326,8 @@ class UrlFilter(Stage):
         column = self.params.url_column
         if column not in batch.columns:
             raise ValueError(f"url_filter: the batch has no column {column!r} (set `url_column`)")
-        frame = url_frame(batch[column])
+        sides = (self.block, self.allow, self.important, self.exceptions)
+        frame = url_frame(batch[column], keys=any(side.urls for side in sides))
         blocked = self.block.match(frame)
         if len(self.exceptions):
             excepted = self.exceptions.match(frame).is_not_null()
@@ -435,11 +436,12 @@ def check_regex(pattern: str, where: str) -> None:
         raise ValueError(f"url_filter: bad regex in {where}: {pattern!r} ({error})") from None
 
 
-def url_frame(urls: pl.Series) -> pl.DataFrame:
+def url_frame(urls: pl.Series, keys: bool = True) -> pl.DataFrame:
     """What the matchers read: `_row`, `_url`, `_host` and its `_parents` (for domain tables),
-    `_site` (for AdBlock `domain=` constraints) and `_key` (for exact URLs)."""
+    `_site` (for AdBlock `domain=` constraints) and, with `keys`, `_key` (for exact URLs)."""
+    key = url_key(pl.col("_url")) if keys else pl.lit(None, dtype=pl.String)
     frame = urls.cast(pl.String).alias("_url").to_frame().with_row_index("_row").with_columns(
-        site_of(pl.col("_url")).alias("_site"), url_key(pl.col("_url")).alias("_key"))
+        site_of(pl.col("_url")).alias("_site"), key.alias("_key"))
     frame = frame.with_columns(pl.col("_site").str.replace(r"^www\.", "").alias("_host"))
     parents = frame.select(pl.col("_host").unique()).with_columns(parent_domains(pl.col("_host")).alias("_parents"))
     return frame.join(parents, on="_host", how="left", maintain_order="left")  # a batch repeats its hosts
