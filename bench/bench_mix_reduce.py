@@ -8,7 +8,8 @@ configuration runs in a fresh child process:
 - whole: `stage.reduce(pl.scan_parquet(summaries))`, what the executors do with reduce_partitions: 1;
 - P partitions: `partition_pool.reduce_partitioned` on a spawned pool of --workers processes.
 Memory: the driver's VmHWM (B/row: above its start) and the largest pool process's peak RSS.
-"walked" counts the rows the driver reads back for the cut buckets (downsampling + anneal).
+"walked" counts the rows the driver reads back for the anneal split's buckets (the partitions
+decide every row's copies).
 The decision tables are compared byte for byte.
 
     python bench/bench_mix_reduce.py [--docs 5000000] [--partitions 8] [--workers 2]
@@ -69,15 +70,14 @@ def measure(summaries: Path, partitions: int, workers: int, out: Path) -> dict:
     from datamill.curate.selection.mix_partitions import MixPartitions
 
     walked = []
-    for name in ("resolve_downsampling", "walk_open_anneal"):
-        real = getattr(MixPartitions, name)
+    real = MixPartitions.walk_open_anneal
 
-        def counted(self, *args, _real=real):
-            result = _real(self, *args)
-            walked.append(result.height)
-            return result
+    def counted(self, *args):
+        result = real(self, *args)
+        walked.append(result.height)
+        return result
 
-        setattr(MixPartitions, name, counted)
+    MixPartitions.walk_open_anneal = counted
     stage = make_stage()
     files = sorted(summaries.glob("summary-*.parquet"))
     base = peak_rss()

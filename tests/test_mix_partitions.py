@@ -87,9 +87,10 @@ def test_coarse_buckets_and_negative_token_counts_stay_exact(buckets, monkeypatc
         assert_partitioned_equals_whole(stage, summaries(stage, corpus, folder / "s", shards=3), folder)
 
 
-def test_the_driver_walks_only_the_rows_of_the_cut_buckets(monkeypatch):
-    """64 buckets: each downsampled source leaves about 1/64 of its rows undecided, and each anneal
-    source about 1/64 of its kept rows; everything else is decided in the partitions."""
+def test_partitions_decide_every_copy_and_the_driver_walks_one_anneal_bucket(monkeypatch):
+    """64 buckets, 8 partitions: each partition gets whole `_mix_u` buckets (about 1/8 of the rows)
+    and decides every row's copies; the driver reads back only the rows of the anneal split's
+    buckets (about 1/64 of each anneal source's kept rows)."""
     monkeypatch.setattr(mix_partitions, "BUCKETS", 64)
     corpus = mix_corpus(12_000, seed=4).with_columns(pl.col(TOKENS).fill_null(7).clip(1, 400))
     stage = mix_stage({"weights": {"web": 0.4, "wiki": 0.3, "code": 0.2, "books": 0.1},
@@ -98,8 +99,10 @@ def test_the_driver_walks_only_the_rows_of_the_cut_buckets(monkeypatch):
     assert isinstance(reducer, MixPartitions)
     shards = [stage.summarize(part) for part in corpus.iter_slices(3000)]
     stats, whole = pl.concat([reducer.stats(s) for s in shards]), pl.concat(shards)
-    results = [reducer.reduce_partition(f.lazy(), whole.lazy(), stats) for f in reducer.split(whole, 8)]
-    undecided = sum(r[COPIES].null_count() for r in results)
+    frames = reducer.split(whole, 8)
+    assert sum(f.height for f in frames) == whole.height and min(f.height for f in frames) > 12_000 / 8 / 2
+    results = [reducer.reduce_partition(f.lazy(), whole.lazy(), stats) for f in frames]
+    assert all(r.filter(pl.col(POSITION).is_not_null())[COPIES].null_count() == 0 for r in results)
     walked = []
     real_walk = MixPartitions.walk_open_anneal
 
@@ -110,8 +113,7 @@ def test_the_driver_walks_only_the_rows_of_the_cut_buckets(monkeypatch):
     monkeypatch.setattr(MixPartitions, "walk_open_anneal", walk)
     decision = reducer.combine(pl.concat(results).lazy(), whole.lazy(), stats)
     assert decision.equals(stage.reduce(whole.lazy()))
-    assert 0 < undecided <= 4 * 2 * 12_000 // 64 // 4  # one bucket per source, each ≤ twice its mean size
-    assert walked and 0 < walked[0].height <= 2 * 2 * 12_000 // 64 // 4
+    assert walked and 0 < walked[0].height <= 2 * 2 * 12_000 // 64 // 4  # ≤ twice a mean bucket per source
     assert 0 < (decision[COPIES] == 0).sum() and decision["phase"].sum() > 0
 
 

@@ -26,7 +26,7 @@ Steps, all decided once over the whole corpus (a barrier) and all seeded by a ha
 Rows not kept are dropped with reason `mix_not_selected` (or flagged, with `action: flag`).
 
 With `executor.reduce_partitions: P` the reduce runs in P partitions (`mix_partitions`): the same
-decision table, with only the rows of the seeded-order buckets where a budget ends walked on the driver.
+decision table; partitions decide every row's copies, the driver walks only the anneal split's bucket.
 """
 
 from __future__ import annotations

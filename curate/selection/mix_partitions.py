@@ -1,4 +1,4 @@
-"""Exact partitioned `mix`: partitions decide every row away from a cut, the driver the few rows in a cut's bucket.
+"""Exact partitioned `mix`: partitions decide every copy; the driver walks only the anneal split's bucket.
 
 The single-process `Mix.reduce` makes two token-budget cuts, each a walk down a seeded random
 order: a downsampled source keeps its rows while the running token load (copies × tokens) in
@@ -9,30 +9,32 @@ of the `id`, so cutting them into BUCKETS equal ranges of the hash gives balance
 contiguous in the order. Reduced in P partitions (`MixPartitions`, run by any executor through
 the `dedup.partitioned` protocol):
 
-1. split — rows go to a partition by a hash of `_pos`; every shard also emits `stats`: per source
-   its token load (copies × tokens, positive and negative parts) and, for a source that may be
-   downsampled (a `weights` source, the `replay` source), the same per bucket of `_mix_u`.
-   Summed, they give every source's load — hence its budget, exactly as `Mix.token_budgets`
-   computes it — and the load before each bucket: a bucket whose last row is surely within the
-   budget is kept (IN), one whose first row is surely over it is dropped (OUT), and only the
-   bucket the budget ends in is OPEN (with negative token counts, every bucket the bounds
-   cannot decide).
-2. reduce_partition — per row: the copies (epochs, row-local), final outside OPEN buckets (null
-   inside), the row's anneal bucket code (anneal source index × BUCKETS + bucket of `_mix_u2`)
-   and its score for `weight_from`; plus, with `anneal`, per anneal bucket the token load of the
-   rows it keeps for sure (rows with a null `_pos`: load in `_mix_copies`, positive parts under
-   their code, negative parts under code + sources × BUCKETS).
-3. combine — the driver reads the OPEN buckets' rows from the summaries (a filtered scan: about
-   rows/BUCKETS per downsampled source) and walks them from the bucket's known load, as the
-   single process does; that fixes the kept tokens and so the anneal budgets. The anneal buckets'
-   loads (the partitions' sums plus the resolved rows) classify the anneal buckets the same way,
-   and a second filtered scan walks the rows of the OPEN anneal buckets. The loss weights (a
-   mean over every kept row) are computed on the rows in `_pos` order, as `Mix.loss_weights`
-   does.
+1. split — a row goes to the partition of its `_mix_u` bucket (bucket × P // BUCKETS: contiguous
+   bucket ranges, balanced because the hash is uniform), so every bucket lies in one partition.
+   Every shard also emits `stats`: per source its token load (positive and negative parts) and,
+   for a source that may be downsampled (a `weights` source, the `replay` source), the same per
+   `_mix_u` bucket. Summed, they give every source's load — hence its budget, as
+   `Mix.token_budgets` computes it — and the load before each bucket: a bucket whose last row is
+   surely within the budget is kept (IN), one whose first row is surely over it dropped (OUT);
+   only the bucket the budget ends in is OPEN (with negative token counts, every bucket the
+   bounds cannot decide).
+2. reduce_partition — the copies of every row: row-local (epochs) in IN buckets and whole
+   sources, 0 in OUT buckets, and an OPEN bucket (all of it is here) walked row by row from the
+   load before it. With `anneal`, each row's anneal bucket code (anneal source index × BUCKETS +
+   bucket of `_mix_u2`) and extra rows (null `_pos`) holding loads in `_mix_copies`: per anneal
+   bucket the kept rows' positive (code) and negative (code + size) load, and the load kept in
+   the walked OPEN buckets (code 2 × size); with `weight_from`, the score.
+3. combine — the driver sorts the rows by `_pos`. With `anneal`: the kept tokens (stats plus the
+   walked buckets' loads) give the anneal budgets; the anneal buckets' loads classify them the
+   same way, and one filtered scan of the summaries reads the rows of the OPEN anneal buckets
+   (about kept rows / BUCKETS per anneal source), walked from the load before the bucket. The loss
+   weights (a mean over every kept row) are computed on the rows in `_pos` order, as
+   `Mix.loss_weights` does.
 
 Every comparison is the single process's own (`load <= budget + 1e-6` on the same integer loads),
 so the decision table is identical for any P. The driver holds the rows' `_pos`, copies, anneal
-code (and score with `weight_from`): ~20 B per row (~28 with weights), plus the OPEN buckets' rows.
+code (and score with `weight_from`): ~20 B per row (~28 with weights), plus the OPEN anneal
+buckets' rows.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ import numpy as np
 import polars as pl
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.stage import POSITION
-from datamill.curate.selection.ranking_partitions import split_rows
 
 COPIES, U, U2, SCORE = "_mix_copies", "_mix_u", "_mix_u2", "_mix_score"
 """Summary and decision columns of `mix`: copies of a row, its two seeded uniforms, the weight_from score."""
@@ -116,13 +117,6 @@ class Cuts:
     classes: pl.DataFrame
     kept_in: dict
 
-    def open_filter(self) -> pl.Expr:
-        """Summary rows in an OPEN bucket of a budgeted source (with a token count)."""
-        open_ = self.classes.filter(pl.col(_CLASS) == OPEN)
-        conditions = [(pl.col("source") == s) & bucket(pl.col(U)).is_in(part[_BUCKET].to_list())
-                      for (s,), part in open_.group_by("source")]
-        return _any_of(conditions) & pl.col(TOKENS).is_not_null()
-
 
 class MixPartitions:
     """The `dedup.partitioned.PartitionReducer` of `mix` (see the module docstring).
@@ -138,10 +132,17 @@ class MixPartitions:
         self.weighted = params.weight_from is not None
         self.budgeted = sorted(stage.budgeted_sources())
 
+    @property
+    def size(self) -> int:
+        """Anneal bucket codes: 0 … size − 1."""
+        return len(self.anneal) * BUCKETS
+
     # --- per shard -----------------------------------------------------------------------------
 
     def split(self, summary: pl.DataFrame, partitions: int) -> list[pl.DataFrame]:
-        return split_rows(summary, partitions)
+        """The rows by `_mix_u` bucket range: each bucket in one partition."""
+        owner = summary.select(bucket(pl.col(U)).cast(pl.Int64) * partitions // BUCKETS).to_series()
+        return [summary.filter(owner == p) for p in range(partitions)]
 
     def stats(self, summary: pl.DataFrame) -> pl.DataFrame:
         """Per source (and bucket of `_mix_u` for a source that may be downsampled): the positive
@@ -181,9 +182,9 @@ class MixPartitions:
         classes = pl.concat(frames) if frames else pl.DataFrame(schema=schema)
         return Cuts(available, budgets, classes.cast(schema), kept_in)
 
-    def decided_copies(self, rows: pl.DataFrame, cuts: Cuts) -> pl.DataFrame:
-        """`rows` (source, `_mix_u`, tokens) with `_mix_copies`: final, or null in an OPEN bucket;
-        and `_mix_bucket`, `_mix_prefix` (the load before the row's bucket) for budgeted sources."""
+    def decided_copies(self, rows: pl.DataFrame, cuts: Cuts) -> tuple[pl.DataFrame, int]:
+        """`rows` (a partition: whole `_mix_u` buckets) with their final `_mix_copies`, and the
+        load kept in the OPEN buckets walked here."""
         budgeted = pl.col("source").is_in(list(cuts.budgets)) if cuts.budgets else pl.lit(False)
         rows = rows.with_columns(self.stage.copies().alias(COPIES),
                                  pl.when(budgeted).then(bucket(pl.col(U))).alias(_BUCKET))
@@ -193,7 +194,16 @@ class MixPartitions:
                  .when(pl.col(_CLASS) == IN).then(pl.col(COPIES))
                  .when(pl.col(_CLASS) == OUT).then(0)
                  .otherwise(None))
-        return rows.with_columns(final.cast(pl.Int64).alias(COPIES)).drop(_CLASS)
+        decided = rows.select(final.cast(pl.Int64).alias(COPIES)).to_series()
+        walk = np.flatnonzero(decided.is_null().to_numpy())
+        if not len(walk):
+            return rows.with_columns(decided).drop(_BUCKET, _CLASS, _PREFIX), 0
+        budget = pl.col("source").replace_strict(cuts.budgets, default=None, return_dtype=pl.Float64)
+        load = pl.col(_PREFIX) + load_expr().cum_sum().over("source", _BUCKET, order_by=[U, POSITION])
+        walked = rows[walk].with_columns(pl.when(within_budget(load, budget)).then(pl.col(COPIES)).otherwise(0)
+                                         .alias(COPIES))
+        rows = rows.with_columns(decided.scatter(walk, walked[COPIES])).drop(_BUCKET, _CLASS, _PREFIX)
+        return rows, int(walked.select(load_expr().sum()).item() or 0)
 
     def phase_code(self) -> pl.Expr:
         index = pl.col("source").replace_strict({s: i for i, s in enumerate(self.anneal)}, default=None,
@@ -206,9 +216,9 @@ class MixPartitions:
 
     def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame,
                          stats: pl.DataFrame | None = None) -> pl.DataFrame:
-        """Every row of the partition: `_pos`, copies (null: in an OPEN bucket), anneal code and
-        score; with anneal, then the rows of per-bucket loads of the rows surely kept."""
-        rows = self.decided_copies(partition.collect(), self.cuts(stats))
+        """Every row of the partition: `_pos`, final copies, anneal code and score; with anneal,
+        then the load rows (null `_pos`, see the module docstring)."""
+        rows, walked_load = self.decided_copies(partition.collect(), self.cuts(stats))
         columns = [POSITION, COPIES] + ([self.phase_code()] if self.anneal else []) + (
             [pl.col(SCORE).cast(pl.Float64)] if self.weighted else [])
         result = rows.select(columns)
@@ -218,68 +228,45 @@ class MixPartitions:
             (pl.col(COPIES) > 0) & (pl.col(PHASE_BUCKET) >= 0))
         sums = kept.group_by(PHASE_BUCKET).agg(pl.col("_load").clip(lower_bound=0).sum().alias("_pos_load"),
                                                pl.col("_load").clip(upper_bound=0).sum().alias("_neg_load"))
-        shift = len(self.anneal) * BUCKETS
         loads = pl.concat([
             sums.select(pl.col(PHASE_BUCKET), pl.col("_pos_load").alias(COPIES)),
-            sums.filter(pl.col("_neg_load") != 0).select(pl.col(PHASE_BUCKET) + shift,
+            sums.filter(pl.col("_neg_load") != 0).select(pl.col(PHASE_BUCKET) + self.size,
                                                           pl.col("_neg_load").alias(COPIES)),
-        ]).select(pl.lit(None, dtype=result.schema[POSITION]).alias(POSITION), pl.col(COPIES).cast(pl.Int64),
-                  pl.col(PHASE_BUCKET).cast(pl.Int32),
-                  *([pl.lit(None, dtype=pl.Float64).alias(SCORE)] if self.weighted else []))
+            pl.DataFrame({PHASE_BUCKET: [2 * self.size], COPIES: [walked_load]}),
+        ], how="vertical_relaxed").select(
+            pl.lit(None, dtype=result.schema[POSITION]).alias(POSITION), pl.col(COPIES).cast(pl.Int64),
+            pl.col(PHASE_BUCKET).cast(pl.Int32), *([pl.lit(None, dtype=pl.Float64).alias(SCORE)] if self.weighted
+                                                   else []))
         return pl.concat([result, loads])
 
     # --- once, on the driver -------------------------------------------------------------------
 
     def combine(self, results: pl.LazyFrame, summaries: pl.LazyFrame,
                 stats: pl.DataFrame | None = None) -> pl.DataFrame:
-        cuts = self.cuts(stats)
-        resolved = self.resolve_downsampling(summaries, cuts)
-        rows = results.filter(pl.col(POSITION).is_not_null()).sort(POSITION).collect()
-        copies = rows[COPIES].scatter(_place(rows[POSITION].to_numpy(), resolved[POSITION].to_numpy()),
-                                      resolved[COPIES])
-        if copies.null_count():
-            raise AssertionError(f"mix: {copies.null_count()} rows in an undecided bucket were not resolved")
-        rows = rows.with_columns(copies)
+        # one chunk, like the one-process table (a parquet file of it is then the same bytes)
+        rows = results.filter(pl.col(POSITION).is_not_null()).collect().sort(POSITION).rechunk()
         decision = rows.select(POSITION, COPIES)
         if self.anneal:
+            loads = results.filter(pl.col(POSITION).is_null()).select(PHASE_BUCKET, COPIES).collect()
+            cuts = self.cuts(stats)
             kept_tokens = (sum(t for s, t in cuts.available.items() if s not in cuts.budgets)
                            + sum(cuts.kept_in.values())
-                           + int(resolved.select(load_expr().sum()).item() or 0))
-            loads = results.filter(pl.col(POSITION).is_null()).select(PHASE_BUCKET, COPIES).collect()
-            decision = decision.with_columns(self.phases(rows, loads, resolved, summaries, cuts, float(kept_tokens)))
+                           + int(loads.filter(pl.col(PHASE_BUCKET) == 2 * self.size)[COPIES].sum()))
+            decision = decision.with_columns(self.phases(rows, loads, summaries, float(kept_tokens)))
         if self.weighted:
             decision = decision.with_columns(self.stage.loss_weights(rows))
         return decision
 
-    def resolve_downsampling(self, summaries: pl.LazyFrame, cuts: Cuts) -> pl.DataFrame:
-        """The rows of the OPEN buckets with their final copies: each bucket walked in the
-        single-process order from the load before it."""
-        rows = summaries.filter(cuts.open_filter()).select(POSITION, "source", TOKENS, U, U2).collect(
-            engine="streaming")
-        rows = self.decided_copies(rows, cuts).with_columns(self.stage.copies().alias(COPIES))
-        budget = pl.col("source").replace_strict(cuts.budgets, default=None, return_dtype=pl.Float64)
-        load = pl.col(_PREFIX) + load_expr().cum_sum().over("source", _BUCKET, order_by=[U, POSITION])
-        decided = rows.with_columns(pl.when(within_budget(load, budget)).then(pl.col(COPIES)).otherwise(0)
-                                    .alias(COPIES))
-        return decided.with_columns(self.phase_code() if self.anneal else pl.lit(None, pl.Int32).alias(
-            PHASE_BUCKET)).select(POSITION, "source", TOKENS, U, U2, COPIES, PHASE_BUCKET).sort(POSITION)
-
-    def phases(self, rows: pl.DataFrame, loads: pl.DataFrame, resolved: pl.DataFrame, summaries: pl.LazyFrame,
-               cuts: Cuts, kept_tokens: float) -> pl.Series:
+    def phases(self, rows: pl.DataFrame, loads: pl.DataFrame, summaries: pl.LazyFrame,
+               kept_tokens: float) -> pl.Series:
         """`phase` of every row (in `_pos` order), as `Mix._phases` gives it."""
         budgets = self.stage.anneal_budgets(kept_tokens)
-        size = len(self.anneal) * BUCKETS
-        # kept load per anneal bucket: the partitions' sums (negative parts under code + size) and
-        # the resolved rows of the OPEN downsampling buckets
-        sums = _dense(loads[PHASE_BUCKET].to_numpy(), loads[COPIES].to_numpy(), 2 * size)
-        kept_open = resolved.filter((pl.col(COPIES) > 0) & (pl.col(PHASE_BUCKET) >= 0))
-        codes, load = kept_open[PHASE_BUCKET].to_numpy(), kept_open.select(load_expr()).to_series().to_numpy()
-        positive = sums[:size] + _dense(codes, np.clip(load, 0, None), size)
-        negative = sums[size:] + _dense(codes, np.clip(load, None, 0), size)
+        size = self.size
+        sums = _dense(loads[PHASE_BUCKET].to_numpy(), loads[COPIES].to_numpy(), 2 * size + 1)
         table, prefix = np.empty(size, dtype=np.int8), np.empty(size, dtype=np.int64)
         for i, source in enumerate(self.anneal):
             part = slice(i * BUCKETS, (i + 1) * BUCKETS)
-            table[part], prefix[part] = classify(positive[part], negative[part], budgets[source])
+            table[part], prefix[part] = classify(sums[:size][part], sums[size:2 * size][part], budgets[source])
         code = rows[PHASE_BUCKET].fill_null(-2).to_numpy()
         kept = rows[COPIES].to_numpy() > 0
         scored = kept & (code >= 0)
@@ -287,27 +274,24 @@ class MixPartitions:
         phase[scored] = table[code[scored]]  # IN = 1 and OUT = 0 are the phases; OPEN rows are walked
         open_rows = np.flatnonzero(scored & (phase == OPEN))
         if len(open_rows):
-            walked = self.walk_open_anneal(summaries, cuts, resolved, table, prefix, budgets)
+            walked = self.walk_open_anneal(summaries, rows, table, prefix, budgets)
             at = _place(walked[POSITION].to_numpy(), rows[POSITION].to_numpy()[open_rows])
             phase[open_rows] = walked["phase"].to_numpy()[at]
         return pl.Series("phase", phase, dtype=pl.Int8).scatter(np.flatnonzero(kept & (code == -1)), None)
 
-    def walk_open_anneal(self, summaries: pl.LazyFrame, cuts: Cuts, resolved: pl.DataFrame, table: np.ndarray,
+    def walk_open_anneal(self, summaries: pl.LazyFrame, rows: pl.DataFrame, table: np.ndarray,
                          prefix: np.ndarray, budgets: dict) -> pl.DataFrame:
-        """`_pos` and `phase` of the kept rows of the OPEN anneal buckets, walked in (`_mix_u2`,
-        `_pos`) order from the load before the bucket; sorted by `_pos`."""
+        """`_pos` and `phase` of the kept rows of the OPEN anneal buckets (read from the summaries,
+        copies from `rows`), walked in (`_mix_u2`, `_pos`) order from the load before the bucket."""
         wanted = np.flatnonzero(table == OPEN)
         conditions = [(pl.col("source") == self.anneal[i]) & bucket(pl.col(U2)).is_in(
             (wanted[wanted // BUCKETS == i] % BUCKETS).tolist()) for i in np.unique(wanted // BUCKETS)]
-        rows = summaries.filter(_any_of(conditions) & pl.col(TOKENS).is_not_null()).select(
-            POSITION, "source", TOKENS, U, U2).collect(engine="streaming")
-        rows = self.decided_copies(rows, cuts).drop(_BUCKET, _PREFIX)
-        undecided = rows[COPIES].is_null().to_numpy()
-        if undecided.any():  # in an OPEN downsampling bucket too: copies as resolved
-            at = _place(resolved[POSITION].to_numpy(), rows[POSITION].to_numpy()[undecided])
-            rows = rows.with_columns(rows[COPIES].scatter(np.flatnonzero(undecided), resolved[COPIES].gather(at)))
-        rows = rows.filter(pl.col(COPIES) > 0).with_columns(self.phase_code())
+        found = summaries.filter(_any_of(conditions) & pl.col(TOKENS).is_not_null()).select(
+            POSITION, "source", TOKENS, U2).collect(engine="streaming")
+        at = _place(rows[POSITION].to_numpy(), found[POSITION].to_numpy())
+        found = found.with_columns(rows[COPIES].gather(at)).filter(pl.col(COPIES) > 0).with_columns(
+            self.phase_code())
         before = pl.lit(pl.Series(prefix)).gather(pl.col(PHASE_BUCKET))
         load = before + load_expr().cum_sum().over(PHASE_BUCKET, order_by=[U2, POSITION])
         budget = pl.col("source").replace_strict(budgets, default=None, return_dtype=pl.Float64)
-        return rows.select(POSITION, within_budget(load, budget).cast(pl.Int8).alias("phase")).sort(POSITION)
+        return found.select(POSITION, within_budget(load, budget).cast(pl.Int8).alias("phase")).sort(POSITION)
