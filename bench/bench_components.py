@@ -4,8 +4,8 @@ Input: --pairs generated duplicate pairs over documents numbered like datamill's
 | row, 100k rows per shard), shaped like MinHash LSH output: clusters of 2 + geometric(0.5)
 documents and a few of thousands (boilerplate), each member linked to a random earlier member
 plus extra links inside its cluster (several bands agreeing), and three near-copy drift chains of
-20,000 documents (the worst case for label propagation). The pairs are cut into 8 files, as 8
-MinHash partitions leave them.
+20,000 documents (the worst case for label propagation). The pairs are cut into --partitions
+files, as that many MinHash partitions leave them.
 
 Each mode runs in a fresh child process (`--measure`):
 - union-find: `MinHashDedup.decisions` on all pairs read into one process (today's combine);
@@ -124,7 +124,7 @@ def main() -> None:
         folder = Path(tmp)
         src, dst, documents = generate_pairs(args.pairs)
         order = np.random.default_rng(1).permutation(src.size)
-        for i, rows in enumerate(np.array_split(order, 8)):
+        for i, rows in enumerate(np.array_split(order, args.partitions)):  # as P MinHash partitions leave them
             pl.DataFrame({"src": src[rows], "dst": dst[rows]}).write_ipc(folder / f"pairs-{i}.arrow")
         pl.DataFrame({POSITION: pl.Series([], dtype=pl.Int64)}).write_parquet(folder / "summary.parquet")
         print(f"{src.size:,} pairs over {documents:,} documents; {args.partitions} partitions, "

@@ -25,7 +25,9 @@ Memory per document:
   with `verify_jaccard` also the text.
 - reduce: one band at a time, ~16 B/document plus polars' group-by table; then 16 B per
   candidate link, union–find arrays over linked documents only, and the keep keys of clustered
-  documents. `verify_jaccard` pairs each bucket member with at most `verify_window` + 1 others
+  documents (~150 B per link at peak; with `executor.reduce_partitions` > 1 and more links than
+  `executor.combine_memory_mib` allows, connected components run partitioned instead:
+  `components_partitioned.py`). `verify_jaccard` pairs each bucket member with at most `verify_window` + 1 others
   (16 B per pair), additionally loads the text of paired documents only and their
   shingle-hash sets (16 B per shingle), and joins the links in chunks of ~4M shingle rows.
 The decision table holds clustered documents only (~30 B each).

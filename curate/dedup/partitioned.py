@@ -31,7 +31,8 @@ The ranking barriers (budget, percentile_band, dsir, ifd, ds_weight) have their 
 Memory of one partition (MinHash, 64-bit band values): 18 B per band value it owns (about
 bands/P of every document's values), plus polars' group-by table of one band at a time; the
 combine holds the pairs (16 B each, a pair found in buckets of several partitions counts once per
-partition) and union–find arrays over the documents that have a pair.
+partition) and union–find arrays over the documents that have a pair — or, beyond the executor's
+`combine_memory_mib`, runs partitioned itself (`components_partitioned`).
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ orchestration in `executors.run`). The reduce runs on the driver, or with
 the ranking barriers) as Ray tasks (`reduce_on_ray`): one split task per summary file returns its
 P partition frames and its statistics into Ray's object store, one task per partition reduces the
 frames of that partition, and the driver combines the partition results (duplicate pairs,
-candidates) into the decision table — the same table as the single-process reduce.
+candidates) into the decision table — the same table as the single-process reduce. MinHash pairs
+beyond `executor.combine_memory_mib` stay in the object store and are joined by partitioned
+connected components in Ray tasks (`dedup.components_partitioned`, `component_tasks.RayRunner`).
 
 A worker that dies (killed, out of memory) is restarted by Ray and its shard re-run from scratch:
 a shard's files only appear by rename with its done marker, so a retry never duplicates output.
