@@ -8,6 +8,14 @@ the params. Files are written to a temporary name in the same folder and renamed
 completion as soon as the backend reports it (backends that take `on_completion`; for others, each
 chunk as soon as it is done), so a run killed halfway resumes with only the rest left to generate.
 This module knows only the `Generator` protocol; `synth/factory.py` wraps backends in it.
+
+A run directory on an object store: the cache folder and the tallies are then inside this machine's
+mirror of the run (`engine.store.local_mirror`), and the cache keeps the store in step with it, so
+workers on other machines share one cache: entries missing locally are fetched from the store (one
+concurrent batch of GETs per `generate` call; absent ones are generated), new entries are uploaded
+after each chunk (one concurrent batch of PUTs) and the tally with them — all before the stage hands
+its records back, so before the shard's done marker. A worker killed mid-chunk loses at most that
+chunk's entries to the other machines.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from datamill.curate.engine.paths import write_bytes
+from datamill.curate.engine.store import ObjectStore, mirror_origin
 from datamill.synth.generation import Chat, Completion, Generator, OnCompletion, SamplingParams, validate_chats
 
 
@@ -50,13 +60,49 @@ def choice_key(model_id: str, chat: Chat, choices: list[str], prefix: str) -> st
 
 
 class GenerationCache:
-    """Completions stored one file per key under a folder."""
+    """Completions stored one file per key under a folder (kept in step with the store when the
+    folder is inside a remote run's mirror)."""
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
+        origin = mirror_origin(self.folder)
+        self.store = ObjectStore(origin) if origin else None
+        """The cache's prefix on the run's object store, or None for a local cache."""
+        self.unsent: dict[str, Path] = {}
+        self.fetched = 0
+        """Entries this process found on the store, not in its own folder."""
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
+
+    def name(self, key: str) -> str:
+        return f"{key[:2]}/{key}.json"
+
+    def prefetch(self, keys: list[str]) -> int:
+        """Copy the entries of `keys` that this folder lacks from the store (one concurrent batch);
+        returns how many were found there. Nothing to do for a local cache."""
+        if self.store is None:
+            return 0
+        wanted = {self.store.key(self.name(k)): k for k in dict.fromkeys(keys) if not self.path(k).is_file()}
+        if not wanted:
+            return 0
+        found = self.store.fs.cat(list(wanted), on_error="return")
+        got = 0
+        for name, data in found.items():
+            if isinstance(data, bytes):
+                self.write_raw(wanted[name], data)
+                got += 1
+            elif not isinstance(data, FileNotFoundError):
+                raise OSError(f"generation cache on {self.store.url}: cannot read {name}: {data}") from data
+        self.fetched += got
+        return got
+
+    def flush(self) -> None:
+        """Upload the entries written since the last flush (one concurrent batch of PUTs)."""
+        if self.store is None or not self.unsent:
+            return
+        self.store.fs.pipe({self.store.key(self.name(k)): p.read_bytes() for k, p in self.unsent.items()})
+        self.unsent.clear()
 
     def get(self, key: str) -> Completion | None:
         path = self.path(key)
@@ -84,12 +130,24 @@ class GenerationCache:
         self.write(key, asdict(completion))
 
     def write(self, key: str, value) -> None:
+        """Store `value` as the entry's JSON (queued for upload when the cache has a store)."""
+        self.replace(key, "w", lambda f: json.dump(value, f, ensure_ascii=False))
+        if self.store is not None:
+            self.unsent[key] = self.path(key)
+
+    def write_raw(self, key: str, data: bytes) -> None:
+        """Store the entry's bytes as they are (fetched from the store)."""
+        self.replace(key, "wb", lambda f: f.write(data))
+
+    def replace(self, key: str, mode: str, fill) -> None:
+        """The entry's file, filled by `fill(file)` under a temporary name in the same folder, then
+        renamed into place: a crash never leaves half an entry."""
         path = self.path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{key}.", suffix=".tmp", dir=path.parent)
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(value, f, ensure_ascii=False)
+            with os.fdopen(fd, mode, encoding="utf-8" if "b" not in mode else None) as f:
+                fill(f)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -134,6 +192,8 @@ class CachedGenerator:
         self.backend = backend
         self.tally_path = tally_path
         """Where `tally` is written (JSON, atomically) after every call: the run report reads it."""
+        self.tally_url = mirror_origin(tally_path) if tally_path is not None else None
+        """Where the tally also goes when the run directory is on an object store."""
         self.cache = GenerationCache(folder)
         self.chunk_chats = chunk_chats
         self.model_id = backend.model_id
@@ -146,6 +206,7 @@ class CachedGenerator:
         """The backend's `score_choices`, each chat's answer stored under a key of (model, chat, prefix, choices)."""
         chats = validate_chats(chats)
         keys = [choice_key(self.model_id, chat, choices, prefix) for chat in chats]
+        self.cache.prefetch(keys)
         found = [self.cache.get_scores(k) for k in keys]
         missing = [i for i, v in enumerate(found) if v is None]
         if missing:
@@ -155,6 +216,7 @@ class CachedGenerator:
             for i, row in zip(missing, scores):
                 self.cache.put_scores(keys[i], row)
                 found[i] = row
+            self.cache.flush()
         self.tally.completions += len(chats)
         self.tally.cache_hits += len(chats) - len(missing)
         self.save_tally()
@@ -164,6 +226,7 @@ class CachedGenerator:
                  on_completion: OnCompletion | None = None) -> list[list[Completion]]:
         chats = validate_chats(chats)
         keys = [[entry_key(self.model_id, chat, params, s) for s in range(params.n)] for chat in chats]
+        self.cache.prefetch([k for row in keys for k in row])
         results = [[self.cache.get(k) for k in row] for row in keys]
         hits = sum(c is not None for row in results for c in row)
         self.tally.completions += len(chats) * params.n
@@ -197,14 +260,19 @@ class CachedGenerator:
             for position, row in enumerate(generated):
                 for s, completion in enumerate(row):
                     store(position, s, completion)
+            self.cache.flush()
             self.save_tally()
         self.save_tally()
         return results  # type: ignore[return-value]
 
     def save_tally(self) -> None:
+        """Write the tally (and, for a run on an object store, put it there too: one PUT)."""
         if self.tally_path is None:
             return
+        data = json.dumps({"model_id": self.model_id, **asdict(self.tally)}).encode()
         self.tally_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.tally_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"model_id": self.model_id, **asdict(self.tally)}))
+        tmp.write_bytes(data)
         os.replace(tmp, self.tally_path)
+        if self.tally_url is not None:
+            write_bytes(self.tally_url, data)

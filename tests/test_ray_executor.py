@@ -309,3 +309,6 @@ def test_mix_reduced_by_ray_tasks_equals_the_one_process_reduce(ray_cluster, tmp
     whole, on_ray = stage.reduce(pl.scan_parquet(files)), reduce_on_ray(stage, files, 3)
     assert on_ray.schema == whole.schema and on_ray.equals(whole, null_equal=True)
     assert set(whole["phase"].drop_nulls()) == {0, 1} and (whole["_mix_copies"] == 0).any()
+
+
+from synth_remote_workers import teacher, test_ray_workers_share_the_generation_cache_and_tallies_through_the_store  # noqa: E402,F401,E501  (last: on this module's warm cluster)

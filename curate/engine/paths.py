@@ -13,10 +13,17 @@ import hashlib
 import os
 import shutil
 import tempfile
+import time
+import uuid
 from pathlib import Path
 from typing import IO
 
 GLOB_CHARS = "*?["
+CACHE_MAX_GB = 20.0
+"""Default size cap of the downloads cache (`$DATAMILL_CACHE_MAX_GB` overrides it)."""
+IN_USE_S = 600.0
+"""A downloaded copy handed out (or fetched) in the last this many seconds is never pruned: a worker
+may be about to open it."""
 
 
 def is_url(path: str | Path) -> bool:
@@ -112,6 +119,60 @@ def download_dir() -> Path:
     return Path(root).expanduser() / "downloads"
 
 
+def cache_cap_bytes() -> int:
+    """The downloads cache's size cap: `$DATAMILL_CACHE_MAX_GB` (GB of 10^9 bytes; default 20)."""
+    text = os.environ.get("DATAMILL_CACHE_MAX_GB", "").strip()
+    try:
+        gigabytes = float(text) if text else CACHE_MAX_GB
+    except ValueError:
+        raise ValueError(f"DATAMILL_CACHE_MAX_GB={text!r}: not a number of gigabytes (e.g. 50 or 0.5)") from None
+    if not gigabytes >= 0:
+        raise ValueError(f"DATAMILL_CACHE_MAX_GB={text!r}: must be 0 or more")
+    return int(gigabytes * 1e9)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under `folder`."""
+    return sum(os.path.getsize(os.path.join(top, name)) for top, _, names in os.walk(folder) for name in names)
+
+
+def prune_downloads(keep: Path | None = None) -> list[Path]:
+    """Bound the downloads cache: while it holds more than `cache_cap_bytes()`, delete the least recently
+    used copies (an entry's folder time is its last use), sparing `keep` and anything used in the last
+    `IN_USE_S` seconds, which may exceed the cap until they go idle. Returns the entries removed. A
+    removed entry is renamed away first, so `local_copy` never hands out a half-deleted copy; asked for
+    again, it is downloaded again."""
+    root = download_dir()
+    if not root.is_dir():
+        return []
+    cap, now = cache_cap_bytes(), time.time()
+    entries, total = [], 0
+    for entry in root.iterdir():
+        if entry.name.startswith(".") or not entry.is_dir():
+            continue
+        try:
+            size, used = folder_bytes(entry), entry.stat().st_mtime
+        except OSError:  # removed meanwhile by another process's prune
+            continue
+        entries.append((used, entry, size))
+        total += size
+    removed = []
+    for used, entry, size in sorted(entries):
+        if total <= cap:
+            break
+        if entry == keep or now - used < IN_USE_S:
+            continue
+        trash = root / f".pruned-{uuid.uuid4().hex}"
+        try:
+            os.rename(entry, trash)
+        except OSError:
+            continue
+        shutil.rmtree(trash, ignore_errors=True)
+        total -= size
+        removed.append(entry)
+    return removed
+
+
 def _fingerprint(fs, root: str) -> tuple[str, list[str]]:
     """What identifies the current content at `root` (ETags, sizes, times) and, for a folder, its files."""
     def stamp(info: dict) -> str:
@@ -139,7 +200,9 @@ def local_copy(path: str) -> str:
     downloaded once into `download_dir()`, keyed by the URL and its ETag/size/time, so libraries
     that need a real file (fastText, transformers, dictd's random access) can read it. A changed
     object gets a fresh copy; concurrent workers download to temporary names and the first rename
-    wins, so nobody sees a half-written copy."""
+    wins, so nobody sees a half-written copy. Every copy handed out is stamped as used, and after
+    each download the cache is pruned to its size cap, least recently used first (`prune_downloads`):
+    model files and the barrier summaries that Ray reduce tasks fetch do not pile up without bound."""
     if not is_url(path):
         return path
     fs, root = filesystem(path)
@@ -151,6 +214,10 @@ def local_copy(path: str) -> str:
     name = root.rstrip("/").rsplit("/", 1)[-1] or "download"
     target = download_dir() / key / name
     if target.exists():
+        try:
+            os.utime(target.parent)  # last used now (the LRU order of prune_downloads)
+        except OSError:
+            pass
         return str(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".part-", dir=target.parent))
@@ -171,4 +238,6 @@ def local_copy(path: str) -> str:
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    os.utime(target.parent)
+    prune_downloads(keep=target.parent)
     return str(target)

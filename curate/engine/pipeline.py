@@ -82,6 +82,14 @@ class Pipeline:
         self.segments = split_segments(self.stages)
         self._set_up: set[int] = set()
 
+    def __setstate__(self, state: dict) -> None:
+        """Unpickled in a worker (a Ray node may be another machine): stages and sources keep their
+        run-local files in this machine's mirror of a remote run directory, not the sender's."""
+        self.__dict__.update(state)
+        run_dir = local_run_dir(self.recipe.output.dir)
+        for part in (*self.sources, *self.stages):
+            part.run_dir = run_dir
+
     def setup(self, stages: list[Stage]) -> None:
         """Call `setup()` once per stage per process (models load once per worker)."""
         for stage in stages:
