@@ -33,9 +33,11 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-
 from datamill.curate.dedup.component_tasks import LocalRunner
-from datamill.curate.dedup.components_partitioned import partitioned_decisions, write_decision
+from datamill.curate.dedup.components_partitioned import (
+    partitioned_decisions,
+    write_decision,
+)
 from datamill.curate.dedup.minhash_stage import MinHashDedup
 from datamill.curate.engine.stage import POSITION
 

@@ -34,7 +34,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import polars as pl
-
 from datamill.curate.engine.paths import local_copy
 from datamill.curate.engine.stage import DROP_REASON, POSITION
 
@@ -241,7 +240,7 @@ def clusters(frames: list[pl.DataFrame], partitions: int, dtype: pl.DataType, cu
     ])
     if keep == "key":
         keys = (pl.scan_parquet([local_copy(f) for f in summary_files]).select(pl.col(POSITION).cast(dtype), KEEP_KEY)
-                .join(members.lazy(), on=POSITION, how="semi").collect())
+                .join(members.lazy(), on=POSITION, how="semi").collect(engine="streaming"))  # summaries streamed
         members = keys.join(members, on=POSITION)
         keeper = (pl.col(POSITION).sort_by([KEEP_KEY, POSITION], descending=[True, False], nulls_last=True)
                   .first().over(CLUSTER))
