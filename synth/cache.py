@@ -69,8 +69,7 @@ class GenerationCache:
         self.store = ObjectStore(origin) if origin else None
         """The cache's prefix on the run's object store, or None for a local cache."""
         self.unsent: dict[str, Path] = {}
-        self.fetched = 0
-        """Entries this process found on the store, not in its own folder."""
+        """Entries written here and not yet on the store, by key."""
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
@@ -94,7 +93,6 @@ class GenerationCache:
                 got += 1
             elif not isinstance(data, FileNotFoundError):
                 raise OSError(f"generation cache on {self.store.url}: cannot read {name}: {data}") from data
-        self.fetched += got
         return got
 
     def flush(self) -> None:
@@ -250,10 +248,14 @@ class CachedGenerator:
                         on_completion(i, s, completion)
 
             began = time.perf_counter()
-            if self.streams:
-                generated = self.backend.generate([chats[i] for i in chunk], params, on_completion=store)
-            else:
-                generated = self.backend.generate([chats[i] for i in chunk], params)
+            try:
+                if self.streams:
+                    generated = self.backend.generate([chats[i] for i in chunk], params, on_completion=store)
+                else:
+                    generated = self.backend.generate([chats[i] for i in chunk], params)
+            except BaseException:
+                self.cache.flush()  # what streamed in before the failure reaches the store too
+                raise
             self.tally.seconds += time.perf_counter() - began
             if len(generated) != len(chunk) or any(len(row) != params.n for row in generated):
                 raise RuntimeError(f"backend {self.model_id} returned a wrong number of completions")
