@@ -127,9 +127,11 @@ class ObjectStore:
         self.fs.pipe_file(self.key(rel), data)
 
     def create_exclusive(self, rel: str, data: bytes) -> bool:
-        """Create the object only if it does not exist (S3 `If-None-Match: *`, or the filesystem's
-        exclusive mode "xb"); False if it exists. Raises NotImplementedError where the store has
-        no conditional create."""
+        """Create the object only if it does not exist, through the filesystem's exclusive mode "xb"
+        (s3fs: `If-None-Match: *`; gcsfs: `ifGenerationMatch=0`, whose 412 it raises as
+        FileExistsError); False if it exists. Raises NotImplementedError where the store has no
+        conditional create. A server that ignores the condition (gcp-storage-emulator does) lets a
+        second create overwrite the first."""
         try:
             with self.fs.open(self.key(rel), "xb") as handle:
                 handle.write(data)
