@@ -91,6 +91,9 @@ def combine_results(stage: BarrierStage, workdir: Path, partitions: int, summary
     """The decision table from every partition's result file; MinHash pairs beyond `combine_memory_mib`
     are joined by partitioned connected components (tasks of `submit`, files under `workdir`)."""
     files = [result_file(workdir, p) for p in range(partitions)]
+    if combines_in_partitions(stage, workdir, partitions, combine_memory_mib) and hasattr(reducer_of(stage), "combine_ranges"):
+        runner = LocalRunner(workdir, submit)
+        return DecisionParts(runner, *reducer_of(stage).combine_ranges(runner, [[f] for f in files], read_stats(workdir)))
     if combines_in_partitions(stage, workdir, partitions, combine_memory_mib):
         return combine_pairs(stage, LocalRunner(workdir, submit), [[f] for f in files], summary_files, partitions)
     results = pl.scan_ipc(files)
@@ -98,7 +101,10 @@ def combine_results(stage: BarrierStage, workdir: Path, partitions: int, summary
 
 
 def combines_in_partitions(stage: BarrierStage, workdir: Path, partitions: int, combine_memory_mib: int | None) -> bool:
-    """Whether the partition results are MinHash pairs too many for `combine_memory_mib` MiB (None: never)."""
+    """Whether the partition results are MinHash pairs too many for `combine_memory_mib` MiB, or
+    ranking rows (a reducer with `combine_ranges`) too many to combine in one process (None: never)."""
+    if combine_memory_mib is not None and hasattr(reducer_of(stage), "combine_ranges"):
+        return reducer_of(stage).combines_in_ranges(read_stats(workdir), combine_memory_mib)
     if combine_memory_mib is None or not isinstance(reducer_of(stage), MinHashPartitions):
         return False
     pairs = pl.scan_ipc([result_file(workdir, p) for p in range(partitions)]).select(pl.len()).collect().item()

@@ -32,18 +32,26 @@ Candidates of a group (cut = the rank where the selection changes, the stages' o
 
 Rows without a score (null, NaN) are never candidates and never selected. The combine holds the
 slim scored rows of every partition (the decision table it returns has a row per document
-anyway) and sorts only the candidates.
+anyway) and sorts only the candidates — as long as they fit the executor's `combine_memory_mib`
+(~BYTES_PER_ROW per row). Beyond it, `combine_ranges` keeps the rows where they are: a task per
+partition cuts its result into `_pos` ranges (whole shards, by the shards' first `_pos` and row
+counts that `stats` adds; each range sorted) and sends the driver only its candidates (and, for
+cut-based selections, per group the count of its decided rows below each cut's first point);
+the driver decides the candidates exactly as `merge_candidates` does; a task per range applies
+their decisions to the range's rows and writes its part of the decision table. The ranges in
+order are the table (`dedup.components_partitioned.DecisionParts`, written one range at a time),
+so the driver holds the candidates and one range, never every row.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
-
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.stage import POSITION
 
@@ -286,23 +294,34 @@ def _mark_near_cuts(table: pl.DataFrame, plan: RankPlan, cuts: pl.DataFrame) -> 
     return table.with_columns(inside.alias(CANDIDATE), (keyed & selected).alias(SELECTED)).drop([c for c in cuts.columns if c != plan.group])
 
 
-def _merge_near_cuts(results: pl.DataFrame, plan: RankPlan, cuts: pl.DataFrame) -> pl.DataFrame:
+def before_counts(done: pl.DataFrame, plan: RankPlan) -> pl.DataFrame:
+    """Cut-based selections: per group, the decided rows ranked before each cut's first sample
+    point (`_offset_i`); counts of several partitions add up (`sum_before_counts`)."""
+    count = 2 if plan.band is not None else 1
+    offsets = [pl.col(f"_before_{i}").sum().cast(pl.Int64).alias(f"_offset_{i}") for i in range(count)]
+    return done.group_by(plan.group).agg(offsets) if plan.group else done.select(offsets)
+
+
+def sum_before_counts(counts: list[pl.DataFrame], plan: RankPlan) -> pl.DataFrame:
+    """`before_counts` of several partitions summed per group."""
+    table = pl.concat(counts)
+    offsets = [pl.col(c).sum() for c in table.columns if c != plan.group]
+    return table.group_by(plan.group).agg(offsets) if plan.group else table.select(offsets)
+
+
+def _decide_near_cuts(open_: pl.DataFrame, plan: RankPlan, cuts: pl.DataFrame, before: pl.DataFrame) -> pl.DataFrame:
     """The candidates' ranks: their order among all candidates plus the rows decided before the
     cut's first sample point (every other row before a candidate lies there)."""
     count = 2 if plan.band is not None else 1
     group = [plan.group] if plan.group else []
-    done = results.filter(~pl.col(CANDIDATE))
-    offsets = [pl.col(f"_before_{i}").sum().cast(pl.Int64).alias(f"_offset_{i}") for i in range(count)]
-    before = done.group_by(group).agg(offsets) if group else done.select(offsets)
-    open_ = _sorted(results.filter(pl.col(CANDIDATE)).with_columns(rank_value(results, plan.key).alias(_KEY)), plan)
+    open_ = _sorted(open_.with_columns(rank_value(open_, plan.key).alias(_KEY)), plan)
     open_ = _with_cuts(open_, plan, cuts)
     open_ = open_.join(before, on=group, how="left", nulls_equal=True) if group else open_.join(before, how="cross")
     offset = pl.col("_offset_0") if count == 1 else pl.when("_inside_0").then(pl.col("_offset_0")).otherwise(
         pl.col("_offset_1"))
     rank = _per_group(pl.int_range(pl.len(), dtype=pl.Int64), plan) + offset.fill_null(0)
     inside = rank < pl.col("_cut_0") if count == 1 else (rank >= pl.col("_cut_0")) & (rank < pl.col("_cut_1"))
-    decided = open_.with_columns(inside.alias(SELECTED))
-    return pl.concat([done, decided.select(done.columns)])
+    return open_.with_columns(inside.alias(SELECTED))
 
 
 def mark_candidates(scored: pl.DataFrame, plan: RankPlan, total: pl.DataFrame,
@@ -353,17 +372,14 @@ def _band_tails(table: pl.DataFrame, plan: RankPlan) -> tuple[pl.Expr, pl.Expr]:
             pl.col(plan.group).replace_strict(high, default=0, return_dtype=pl.Int64))
 
 
-def merge_candidates(results: pl.DataFrame, plan: RankPlan, total: pl.DataFrame,
-                     cuts: pl.DataFrame | None = None) -> pl.DataFrame:
-    """All partitions' `mark_candidates` rows with `_selected` final: the candidates ranked together."""
-    if plan.key is None:
-        return results.drop(CANDIDATE)
+def decide_candidates(open_: pl.DataFrame, plan: RankPlan, total: pl.DataFrame, cuts: pl.DataFrame | None = None,
+                      before: pl.DataFrame | None = None) -> pl.DataFrame:
+    """The candidates of all partitions (`_candidate` rows of `mark_candidates`) with `_selected`
+    final, ranked together; `before`: the `before_counts` of every partition's decided rows
+    (cut-based selections only)."""
     if cuts is not None:
-        merged = _merge_near_cuts(results, plan, cuts)
-        return merged.drop(CANDIDATE, *[c for c in merged.columns if c.startswith(("_before_", "_inside_"))])
-    done = results.filter(~pl.col(CANDIDATE))
-    open_ = _with_totals(results.filter(pl.col(CANDIDATE)).with_columns(rank_value(results, plan.key).alias(_KEY)),
-                         plan, total)
+        return _decide_near_cuts(open_, plan, cuts, before)
+    open_ = _with_totals(open_.with_columns(rank_value(open_, plan.key).alias(_KEY)), plan, total)
     rank = _per_group(pl.int_range(pl.len(), dtype=pl.Int64), plan)
     if plan.band is not None:
         below, above = _band_tails(open_, plan)
@@ -371,16 +387,30 @@ def merge_candidates(results: pl.DataFrame, plan: RankPlan, total: pl.DataFrame,
         bottom = _sorted(open_.filter(LOW), plan, descending=False).filter(rank < below)
         top = _sorted(open_.filter(HIGH), plan, descending=False).filter(from_top < above)
         outside = pl.concat([bottom.select(POSITION), top.select(POSITION)])[POSITION]
-        decided = open_.with_columns((~pl.col(POSITION).is_in(outside.implode())).alias(SELECTED))
+        return open_.with_columns((~pl.col(POSITION).is_in(outside.implode())).alias(SELECTED))
+    ranked = _sorted(open_, plan)
+    if plan.budget is not None and plan.budget.tokens is not None:
+        tokens = pl.col(plan.tokens).fill_null(0).cast(pl.Int64)
+        inside = _per_group(tokens.cum_sum(), plan) <= plan.budget.tokens
     else:
-        ranked = _sorted(open_, plan)
-        if plan.budget is not None and plan.budget.tokens is not None:
-            tokens = pl.col(plan.tokens).fill_null(0).cast(pl.Int64)
-            inside = _per_group(tokens.cum_sum(), plan) <= plan.budget.tokens
-        else:
-            inside = rank < _keep_count(plan)
-        decided = ranked.with_columns(inside.alias(SELECTED))
-    return pl.concat([done, decided.select(done.columns)]).drop(CANDIDATE, LOW, HIGH, strict=False)
+        inside = rank < _keep_count(plan)
+    return ranked.with_columns(inside.alias(SELECTED))
+
+
+def _helper_columns(columns: list[str]) -> list[str]:
+    return [c for c in columns if c in (CANDIDATE, LOW, HIGH) or c.startswith(("_before_", "_inside_"))]
+
+
+def merge_candidates(results: pl.DataFrame, plan: RankPlan, total: pl.DataFrame,
+                     cuts: pl.DataFrame | None = None) -> pl.DataFrame:
+    """All partitions' `mark_candidates` rows with `_selected` final: the candidates ranked together."""
+    if plan.key is None:
+        return results.drop(CANDIDATE)
+    done = results.filter(~pl.col(CANDIDATE))
+    before = before_counts(done, plan) if cuts is not None else None
+    decided = decide_candidates(results.filter(pl.col(CANDIDATE)), plan, total, cuts, before)
+    merged = pl.concat([done, decided.select(done.columns)])
+    return merged.drop(_helper_columns(merged.columns))
 
 
 class RankingPartitions:
@@ -398,7 +428,7 @@ class RankingPartitions:
         return split_rows(summary, partitions)
 
     def stats(self, summary: pl.DataFrame) -> pl.DataFrame:
-        return self.stage.rank_stats(summary)
+        return with_shard_rows(self.stage.rank_stats(summary), summary)
 
     def reduce_partition(self, partition: pl.LazyFrame, summaries: pl.LazyFrame,
                          stats: pl.DataFrame | None = None) -> pl.DataFrame:
@@ -411,3 +441,91 @@ class RankingPartitions:
         total = totals(stats, self.plan)
         ranked = merge_candidates(results.collect(), self.plan, total, cut_table(stats, self.plan, total))
         return self.stage.decision(ranked)
+
+    def combines_in_ranges(self, stats: pl.DataFrame | None, memory_mib: int) -> bool:
+        """Whether the one-process `combine` (every row of every partition) would pass `memory_mib`."""
+        rows = int(stats[SHARD_ROWS].fill_null(0).sum()) if stats is not None and SHARD_ROWS in stats.columns else 0
+        return rows * BYTES_PER_ROW > memory_mib * (1 << 20)
+
+    def combine_ranges(self, runner: Any, results: Sequence[Sequence[Any]],
+                       stats: pl.DataFrame) -> tuple[list[Any], dict[str, pl.DataType]]:
+        """The decision table without holding every row here: `runner` (a `TaskRunner` of
+        `dedup.component_tasks`) cuts each partition's result (`results`: one list of handles per
+        partition) into `_pos` ranges and sends back only its candidates; they are decided here,
+        then one task per range applies their decisions and writes that range's decision rows.
+        Returns the ranges' handles in `_pos` order and the decision's schema (a `DecisionParts`)."""
+        total = totals(stats, self.plan)
+        cuts = cut_table(stats, self.plan, total) if self.plan.key is not None else None
+        ranges = range_starts(stats, len(results))
+        outs, infos = runner.map(bucket_by_range, results, (self.plan, ranges), len(ranges) + 1)
+        schema = infos[0]["schema"]
+        decided = self.decide(infos, total, cuts)
+        runner_inputs = [[task[r] for task in outs if task[r] is not None] for r in range(len(ranges) + 1)]
+        parts, _ = runner.map(decide_range, runner_inputs, (self.stage, decided, schema), 1)
+        runner.drop([h for task in outs for h in task])
+        return [task[0] for task in parts], dict(self.stage.decision(pl.DataFrame(schema=schema)).schema)
+
+    def decide(self, infos: list[dict], total: pl.DataFrame, cuts: pl.DataFrame | None) -> pl.DataFrame:
+        """`_pos` and final `_selected` of every partition's candidates."""
+        open_ = pl.concat([i["candidates"] for i in infos])
+        if self.plan.key is None or open_.height == 0:
+            return pl.DataFrame(schema={POSITION: open_.schema[POSITION], SELECTED: pl.Boolean})
+        before = sum_before_counts([i["before"] for i in infos], self.plan) if cuts is not None else None
+        return decide_candidates(open_, self.plan, total, cuts, before).select(POSITION, SELECTED)
+
+
+SHARD_FIRST, SHARD_ROWS = "_shard_first_pos", "_shard_rows"
+"""`RankingPartitions.stats` columns: a shard's first `_pos` and its rows (the `_pos` ranges of the ranged combine)."""
+RANGE_ROWS = 1 << 20
+"""Most rows of one `_pos` range of the ranged combine (unless one shard holds more)."""
+BYTES_PER_ROW = 64
+"""Peak memory of the one-process combine per summary row (bench_ranking_reduce.py)."""
+_RANGE = "_pos_range"
+
+
+def with_shard_rows(stats: pl.DataFrame, summary: pl.DataFrame) -> pl.DataFrame:
+    """A shard's `rank_stats` with its first `_pos` and row count on every row."""
+    first = summary[POSITION].min() if summary.height else None
+    return stats.with_columns(pl.lit(first, dtype=pl.Int64).alias(SHARD_FIRST),
+                              pl.lit(summary.height, dtype=pl.Int64).alias(SHARD_ROWS))
+
+
+def range_starts(stats: pl.DataFrame, partitions: int) -> list[int]:
+    """The first `_pos` of every `_pos` range but the first: whole shards, in `_pos` order, about
+    rows / P rows each (at most RANGE_ROWS, unless one shard holds more)."""
+    shards = stats.select(SHARD_FIRST, SHARD_ROWS).drop_nulls().unique().sort(SHARD_FIRST)
+    target = max(1, min(RANGE_ROWS, -(-int(shards[SHARD_ROWS].sum()) // max(partitions, 1))))
+    starts, held = [], 0
+    for first, rows in shards.iter_rows():
+        if held >= target:
+            starts.append(int(first))
+            held = 0
+        held += int(rows)
+    return starts
+
+
+def bucket_by_range(frames: list[pl.DataFrame], plan: RankPlan, starts: list[int]) -> tuple[list, dict]:
+    """Task: one partition's `mark_candidates` rows cut into the `_pos` ranges (each sorted by
+    `_pos`); its info: the candidates (slim), the decided rows' `before_counts`, the schema."""
+    result = pl.concat(frames)
+    ranges = np.searchsorted(np.asarray(starts, dtype=np.int64), result[POSITION].to_numpy(), side="right")
+    table = result.with_columns(pl.Series(_RANGE, ranges, dtype=pl.UInt32)).sort(POSITION)
+    by_range = table.partition_by(_RANGE, as_dict=True, include_key=False)
+    outs = [by_range.get((r,), result.clear()) for r in range(len(starts) + 1)]
+    open_ = result.filter(pl.col(CANDIDATE)) if plan.key is not None else result.clear()
+    slim = [c for c in (POSITION, plan.tie_break, plan.group, plan.key, plan.tokens, CANDIDATE, LOW, HIGH)
+            if c is not None and c in result.columns] + [c for c in result.columns if c.startswith("_inside_")]
+    info = {"candidates": open_.select(list(dict.fromkeys(slim))), "schema": dict(result.schema),
+            "before": before_counts(result.filter(~pl.col(CANDIDATE)), plan) if "_before_0" in result.columns else None}
+    return outs, info
+
+
+def decide_range(frames: list[pl.DataFrame], stage: Any, decided: pl.DataFrame,
+                 schema: dict[str, pl.DataType]) -> tuple[list, dict]:
+    """Task: one `_pos` range of the decision table, its candidates' `_selected` taken from `decided`."""
+    rows = pl.concat([pl.DataFrame(schema=schema), *frames], how="vertical")
+    if decided.height:
+        final = rows.select(POSITION).join(decided, on=POSITION, how="left", maintain_order="left")[SELECTED]
+        rows = rows.with_columns(pl.coalesce(final, pl.col(SELECTED)).alias(SELECTED))
+    part = stage.decision(rows.drop(_helper_columns(rows.columns)))
+    return [part], {"rows": part.height}
