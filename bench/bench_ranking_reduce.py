@@ -5,9 +5,12 @@ Input: `budget`/`percentile_band` summaries of --docs generated rows (`_pos`, a 
 configuration runs in a fresh child process:
 - whole: `stage.reduce(pl.scan_parquet(summaries))`, what the executors do with reduce_partitions: 1;
 - P partitions: `partition_pool.reduce_partitioned` (split by a hash of `_pos`, per-partition
-  candidates, merge in the driver) on a spawned pool of --workers processes.
-Memory is each process's VmHWM (driver; the largest pool worker is not measured here: a
-partition holds about 1/P of the rows). The decision tables are compared byte for byte.
+  candidates, merge in the driver) on a spawned pool of --workers processes;
+- P ranged: the same with `combine_memory_mib=0`: the partitions' rows stay in files cut into
+  `_pos` ranges, the driver merges only the candidates and writes the decision range by range.
+Seconds include writing decision.parquet. Memory: the driver's VmHWM, and the largest pool
+worker's peak (getrusage of the reaped children). The whole and partitioned decision files are
+compared byte for byte, the ranged one (written by pyarrow, range by range) as a table.
 
     python bench/bench_ranking_reduce.py [--docs 5000000] [--partitions 8] [--workers 2]
 """
@@ -59,8 +62,8 @@ def generate(docs: int, folder: Path, seed: int = 0) -> int:
 
 
 def make_stage(name: str, tokens_total: int):
-    from datamill.curate.engine.registry import stage_types
     from datamill.curate.engine.plugins import load_plugins
+    from datamill.curate.engine.registry import stage_types
 
     load_plugins()
     kind, params = STAGES[name]
@@ -70,7 +73,11 @@ def make_stage(name: str, tokens_total: int):
     return cls(cls.Params.model_validate(params))
 
 
-def measure(summaries: Path, name: str, tokens_total: int, partitions: int, workers: int, out: Path) -> dict:
+def measure(summaries: Path, name: str, tokens_total: int, partitions: int, workers: int, out: Path,
+            memory_mib: int | None = None) -> dict:
+    import resource
+
+    from datamill.curate.dedup.components_partitioned import write_decision
     from datamill.curate.dedup.partition_pool import reduce_partitioned
 
     stage = make_stage(name, tokens_total)
@@ -81,12 +88,15 @@ def measure(summaries: Path, name: str, tokens_total: int, partitions: int, work
         decision = stage.reduce(pl.scan_parquet(files))
     else:
         work = out.with_suffix(".work")
-        decision = reduce_partitioned(stage, files, work, partitions, workers=workers)
-        shutil.rmtree(work, ignore_errors=True)
+        decision = reduce_partitioned(stage, files, work, partitions, workers=workers, combine_memory_mib=memory_mib)
+    write_decision(decision, out)
     seconds = time.perf_counter() - start
-    decision.write_parquet(out)
-    return {"seconds": seconds, "driver_peak": peak_rss(), "driver_base": base,
-            "kept": decision["_drop_reason"].null_count()}
+    if partitions:
+        shutil.rmtree(work, ignore_errors=True)
+    driver = peak_rss()
+    kept = pl.scan_parquet(out).select(pl.col("_drop_reason").null_count()).collect().item()
+    worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return {"seconds": seconds, "driver_peak": driver, "driver_base": base, "kept": kept, "worker_peak": worker}
 
 
 def candidates(summaries: Path, name: str, tokens_total: int, partitions: int) -> int:
@@ -114,29 +124,37 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=5_000_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--measure", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        summaries, name, total, partitions, workers, out = args.measure
-        print(json.dumps(measure(Path(summaries), name, int(total), int(partitions), int(workers), Path(out))))
+        summaries, name, total, partitions, workers, out, memory = args.measure
+        memory = None if memory == "none" else int(memory)
+        print(json.dumps(measure(Path(summaries), name, int(total), int(partitions), int(workers), Path(out), memory)))
         return
     print(f"{args.docs:,} rows; partitioned: {args.partitions} partitions on {args.workers} worker processes")
-    print(f"{'stage':>24} {'mode':>14} {'seconds':>8} {'driver MiB':>10} {'B/row':>6} {'candidates':>11} {'kept':>10}")
+    print(f"{'stage':>24} {'mode':>14} {'seconds':>8} {'driver MiB':>10} {'B/row':>6} {'worker MiB':>10} "
+          f"{'candidates':>11} {'kept':>10}")
     with tempfile.TemporaryDirectory(prefix="bench_rank_") as tmp:
         folder = Path(tmp) / "summaries"
         total = generate(args.docs, folder)
         for name in STAGES:
             outputs = []
-            for partitions, label in ((0, "whole"), (args.partitions, f"{args.partitions} partitions")):
+            sent = candidates(folder, name, total, args.partitions)
+            modes = ((0, "whole", "none"), (args.partitions, f"{args.partitions} partitions", "none"),
+                     (args.partitions, f"{args.partitions} ranged", 0))
+            for partitions, label, memory in modes:
                 out = Path(tmp) / f"decision-{len(outputs)}.parquet"
-                r = child(folder, name, total, partitions, args.workers, out)
-                outputs.append(out.read_bytes())
-                sent = candidates(folder, name, total, partitions) if partitions else "-"
+                r = child(folder, name, total, partitions, args.workers, out, memory)
+                outputs.append(out)
+                worker = f"{r['worker_peak'] / MIB:,.0f}" if partitions else "-"
                 print(f"{name:>24} {label:>14} {r['seconds']:>8.1f} {r['driver_peak'] / MIB:>10,.0f} "
-                      f"{(r['driver_peak'] - r['driver_base']) / args.docs:>6.0f} {sent:>11} {r['kept']:>10,}",
-                      flush=True)
-            assert outputs[0] == outputs[1], f"{name}: the partitioned decision differs from the whole reduce"
-    print("decision tables byte-identical")
+                      f"{(r['driver_peak'] - r['driver_base']) / args.docs:>6.0f} {worker:>10} "
+                      f"{sent if partitions else '-':>11} {r['kept']:>10,}", flush=True)
+            assert outputs[0].read_bytes() == outputs[1].read_bytes(), f"{name}: the partitioned decision differs"
+            whole = pl.read_parquet(outputs[0])
+            assert pl.read_parquet(outputs[2]).equals(whole, null_equal=True), f"{name}: the ranged decision differs"
+            del whole
+    print("decision tables: partitioned byte-identical, ranged the same table")
 
 
 if __name__ == "__main__":

@@ -161,18 +161,23 @@ def test_a_recipe_combined_range_by_range_writes_the_same_corpus(tmp_path):
 
 
 def test_ranged_combine_as_ray_tasks(tmp_path):
+    """A percentile band and a mix (anneal, loss weights) combined range by range in Ray tasks."""
     ray = pytest.importorskip("ray")
     from datamill.curate.executors.ray import reduce_on_ray
+    from test_mix_partitions import CASES, mix_corpus, mix_stage, summaries
 
-    stage = PercentileBand(PercentileBand.Params(score="q", lower=10, upper=90, per_source=True))
-    files = shard_summaries(stage, scored_corpus(), tmp_path / "s")
+    band = PercentileBand(PercentileBand.Params(score="q", lower=10, upper=90, per_source=True))
+    mix = mix_stage(CASES["weights-epochs-anneal-loss-weights"])
+    cases = [(band, shard_summaries(band, scored_corpus(), tmp_path / "band")),
+             (mix, summaries(mix, mix_corpus(), tmp_path / "mix"))]
     started = not ray.is_initialized()
     if started:
         ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     try:
-        decision = reduce_on_ray(stage, files, 3, combine_memory_mib=0)
-        assert isinstance(decision, DecisionParts)
-        assert decision.collect().equals(stage.reduce(pl.scan_parquet(files)), null_equal=True)
+        for stage, files in cases:
+            decision = reduce_on_ray(stage, files, 3, combine_memory_mib=0)
+            assert isinstance(decision, DecisionParts)
+            assert decision.collect().equals(stage.reduce(pl.scan_parquet(files)), null_equal=True)
     finally:
         if started:
             ray.shutdown()

@@ -91,9 +91,12 @@ def combine_results(stage: BarrierStage, workdir: Path, partitions: int, summary
     """The decision table from every partition's result file; MinHash pairs beyond `combine_memory_mib`
     are joined by partitioned connected components (tasks of `submit`, files under `workdir`)."""
     files = [result_file(workdir, p) for p in range(partitions)]
-    if combines_in_partitions(stage, workdir, partitions, combine_memory_mib) and hasattr(reducer_of(stage), "combine_ranges"):
-        runner = LocalRunner(workdir, submit)
-        return DecisionParts(runner, *reducer_of(stage).combine_ranges(runner, [[f] for f in files], read_stats(workdir)))
+    reducer = reducer_of(stage)
+    if combines_in_partitions(stage, workdir, partitions, combine_memory_mib) and hasattr(reducer, "combine_ranges"):
+        runner = LocalRunner(workdir, submit)  # ranking/mix rows stay in files, cut into `_pos` ranges
+        summaries = pl.scan_parquet(list(summary_files))
+        parts = reducer.combine_ranges(runner, [[f] for f in files], read_stats(workdir), summaries)
+        return DecisionParts(runner, *parts)
     if combines_in_partitions(stage, workdir, partitions, combine_memory_mib):
         return combine_pairs(stage, LocalRunner(workdir, submit), [[f] for f in files], summary_files, partitions)
     results = pl.scan_ipc(files)

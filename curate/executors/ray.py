@@ -219,7 +219,8 @@ def reduce_on_ray(stage: BarrierStage, summary_files: Sequence[Path], partitions
     if combine_memory_mib is not None and hasattr(reducer, "combine_ranges") and reducer.combines_in_ranges(
             stats, combine_memory_mib):  # ranking rows stay in the object store, cut into `_pos` ranges
         runner = RayRunner(MAX_RESTARTS)
-        return DecisionParts(runner, *reducer.combine_ranges(runner, [[ref] for ref in result_refs], stats))
+        return DecisionParts(runner, *reducer.combine_ranges(runner, [[ref] for ref in result_refs], stats,
+                                                             pl.scan_parquet(files)))
     if combine_memory_mib is not None and isinstance(reducer, MinHashPartitions):
         pairs = sum(ray.get([ray.remote(_height).remote(ref) for ref in result_refs]))
         if not pairs_fit(pairs, combine_memory_mib):  # the pairs stay in the object store

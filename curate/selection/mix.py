@@ -205,23 +205,32 @@ class Mix(BarrierStage):
 
     def loss_weights(self, table: pl.DataFrame) -> pl.Series:
         """The `weight` column from the rows' scores and final copies, in the rows' (`_pos`) order."""
+        score, copies = table[SCORE].to_numpy().astype(np.float64), table[COPIES].to_numpy()
+        raw = self.raw_weights(score, self.weight_shift(score, copies > 0))
+        return self.scaled_weights(raw, (raw * copies).sum() / max(copies.sum(), 1))
+
+    def weight_shift(self, score: np.ndarray, kept: np.ndarray) -> float:
+        """Log scale: the largest finite score of a kept row (0 without one); linear: 0, after
+        checking that no kept row has a negative score."""
         p = self.params
-        score = table[SCORE].to_numpy().astype(np.float64)
-        kept = table[COPIES].to_numpy() > 0
         if p.weight_scale == "log":
             finite = np.isfinite(score) & kept
-            shift = score[finite].max() if finite.any() else 0.0
-            raw = np.exp(np.where(np.isfinite(score), score - shift, -np.inf))
-        else:
-            if np.nanmin(np.where(kept, score, np.nan), initial=0.0) < 0:
-                raise ValueError(f"stage {self.name!r}: weight_from column {p.weight_from!r} has negative values; "
-                                 "use weight_scale: log for log-weights")
-            raw = score
-        raw = np.nan_to_num(raw, nan=0.0)
-        copies = table[COPIES].to_numpy()
-        mean = (raw * copies).sum() / max(copies.sum(), 1)
+            return score[finite].max() if finite.any() else 0.0
+        if np.nanmin(np.where(kept, score, np.nan), initial=0.0) < 0:
+            raise ValueError(f"stage {self.name!r}: weight_from column {p.weight_from!r} has negative values; "
+                             "use weight_scale: log for log-weights")
+        return 0.0
+
+    def raw_weights(self, score: np.ndarray, shift: float) -> np.ndarray:
+        """Each row's weight before the corpus mean divides it (row by row)."""
+        if self.params.weight_scale == "log":
+            score = np.exp(np.where(np.isfinite(score), score - shift, -np.inf))
+        return np.nan_to_num(score, nan=0.0)
+
+    def scaled_weights(self, raw: np.ndarray, mean: float) -> pl.Series:
+        """The `weight` column: raw weights over the mean (copies counted), clipped (row by row)."""
         weights = raw / mean if mean > 0 else np.ones_like(raw)
-        return pl.Series(WEIGHT, np.clip(weights, *p.weight_clip))
+        return pl.Series(WEIGHT, np.clip(weights, *self.params.weight_clip))
 
     def apply(self, batch: pl.DataFrame, decision: pl.DataFrame) -> pl.DataFrame:
         joined = batch.join(decision, on=POSITION, how="left", maintain_order="left")

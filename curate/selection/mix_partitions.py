@@ -39,12 +39,21 @@ buckets' rows.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.stage import POSITION
+from datamill.curate.selection import pairwise_sum
+from datamill.curate.selection.ranking_partitions import (
+    SHARD_ROWS,
+    cut_ranges,
+    range_starts,
+    with_shard_rows,
+)
 
 COPIES, U, U2, SCORE = "_mix_copies", "_mix_u", "_mix_u2", "_mix_score"
 """Summary and decision columns of `mix`: copies of a row, its two seeded uniforms, the weight_from score."""
@@ -149,11 +158,11 @@ class MixPartitions:
         and negative parts of its token load."""
         budgeted = pl.col("source").is_in(self.budgeted) if self.budgeted else pl.lit(False)
         load = load_expr()
-        return (summary.with_columns(self.stage.copies().alias(COPIES))
-                .group_by("source", pl.when(budgeted).then(bucket(pl.col(U))).alias(_BUCKET))
-                .agg(load.clip(lower_bound=0).sum().cast(pl.Int64).alias(_LOAD_POS),
-                     load.clip(upper_bound=0).sum().cast(pl.Int64).alias(_LOAD_NEG))
-                .sort("source", _BUCKET, nulls_last=True))
+        return with_shard_rows(summary.with_columns(self.stage.copies().alias(COPIES))
+                               .group_by("source", pl.when(budgeted).then(bucket(pl.col(U))).alias(_BUCKET))
+                               .agg(load.clip(lower_bound=0).sum().cast(pl.Int64).alias(_LOAD_POS),
+                                    load.clip(upper_bound=0).sum().cast(pl.Int64).alias(_LOAD_NEG))
+                               .sort("source", _BUCKET, nulls_last=True), summary)
 
     # --- the cuts, from the stats --------------------------------------------------------------
 
@@ -248,25 +257,45 @@ class MixPartitions:
         decision = rows.select(POSITION, COPIES)
         if self.anneal:
             loads = results.filter(pl.col(POSITION).is_null()).select(PHASE_BUCKET, COPIES).collect()
-            cuts = self.cuts(stats)
-            kept_tokens = (sum(t for s, t in cuts.available.items() if s not in cuts.budgets)
-                           + sum(cuts.kept_in.values())
-                           + int(loads.filter(pl.col(PHASE_BUCKET) == 2 * self.size)[COPIES].sum()))
-            decision = decision.with_columns(self.phases(rows, loads, summaries, float(kept_tokens)))
+            decision = decision.with_columns(self.phases(rows, loads, summaries, self.kept_tokens(stats, loads)))
         if self.weighted:
             decision = decision.with_columns(self.stage.loss_weights(rows))
         return decision
 
-    def phases(self, rows: pl.DataFrame, loads: pl.DataFrame, summaries: pl.LazyFrame,
-               kept_tokens: float) -> pl.Series:
-        """`phase` of every row (in `_pos` order), as `Mix._phases` gives it."""
-        budgets = self.stage.anneal_budgets(kept_tokens)
+    def kept_tokens(self, stats: pl.DataFrame | None, loads: pl.DataFrame) -> float:
+        """Tokens kept by the downsampling: whole sources and IN buckets (stats) plus the walked ones (loads)."""
+        cuts = self.cuts(stats)
+        return float(sum(t for s, t in cuts.available.items() if s not in cuts.budgets) + sum(cuts.kept_in.values())
+                     + int(loads.filter(pl.col(PHASE_BUCKET) == 2 * self.size)[COPIES].sum()))
+
+    def anneal_table(self, loads: pl.DataFrame, budgets: dict) -> tuple[np.ndarray, np.ndarray]:
+        """Per anneal bucket code: IN / OUT / OPEN for phase 1, and the kept load before the bucket."""
         size = self.size
         sums = _dense(loads[PHASE_BUCKET].to_numpy(), loads[COPIES].to_numpy(), 2 * size + 1)
         table, prefix = np.empty(size, dtype=np.int8), np.empty(size, dtype=np.int64)
         for i, source in enumerate(self.anneal):
             part = slice(i * BUCKETS, (i + 1) * BUCKETS)
             table[part], prefix[part] = classify(sums[:size][part], sums[size:2 * size][part], budgets[source])
+        return table, prefix
+
+    def phases(self, rows: pl.DataFrame, loads: pl.DataFrame, summaries: pl.LazyFrame,
+               kept_tokens: float) -> pl.Series:
+        """`phase` of every row (in `_pos` order), as `Mix._phases` gives it."""
+        budgets = self.stage.anneal_budgets(kept_tokens)
+        table, prefix = self.anneal_table(loads, budgets)
+        walked = None
+        if self.open_anneal_rows(rows, table).height:
+            walked = self.walk_open_anneal(summaries, rows, table, prefix, budgets)
+        return self.phase_column(rows, table, walked)
+
+    def open_anneal_rows(self, rows: pl.DataFrame, table: np.ndarray) -> pl.DataFrame:
+        """`_pos` and copies of the rows (kept or not) in an OPEN anneal bucket."""
+        wanted = np.flatnonzero(table == OPEN).tolist()
+        return rows.filter(pl.col(PHASE_BUCKET).is_in(wanted)).select(POSITION, COPIES)
+
+    def phase_column(self, rows: pl.DataFrame, table: np.ndarray, walked: pl.DataFrame | None) -> pl.Series:
+        """`phase` of `rows` (any of them, in their order): the anneal bucket's class, or for a
+        row of an OPEN bucket its `walked` phase."""
         code = rows[PHASE_BUCKET].fill_null(-2).to_numpy()
         kept = rows[COPIES].to_numpy() > 0
         scored = kept & (code >= 0)
@@ -274,10 +303,55 @@ class MixPartitions:
         phase[scored] = table[code[scored]]  # IN = 1 and OUT = 0 are the phases; OPEN rows are walked
         open_rows = np.flatnonzero(scored & (phase == OPEN))
         if len(open_rows):
-            walked = self.walk_open_anneal(summaries, rows, table, prefix, budgets)
             at = _place(walked[POSITION].to_numpy(), rows[POSITION].to_numpy()[open_rows])
             phase[open_rows] = walked["phase"].to_numpy()[at]
         return pl.Series("phase", phase, dtype=pl.Int8).scatter(np.flatnonzero(kept & (code == -1)), None)
+
+    # --- range by range, when the rows do not fit the driver -----------------------------------
+
+    def combines_in_ranges(self, stats: pl.DataFrame | None, memory_mib: int) -> bool:
+        """Whether the one-process `combine` (every row's `_pos`, copies, code) would pass `memory_mib`."""
+        rows = int(stats[SHARD_ROWS].fill_null(0).sum()) if stats is not None and SHARD_ROWS in stats.columns else 0
+        return rows * BYTES_PER_ROW > memory_mib * (1 << 20)
+
+    def combine_ranges(self, runner: Any, results: Sequence[Sequence[Any]], stats: pl.DataFrame,
+                       summaries: pl.LazyFrame | None = None) -> tuple[list[Any], dict[str, pl.DataType]]:
+        """The decision table as `_pos` ranges, the driver never holding every row: a task per
+        partition (`runner`, a `dedup.component_tasks` TaskRunner) cuts its rows into ranges and
+        sends back its anneal loads, rows per range and weight shift; the driver classifies the
+        anneal buckets (walking the OPEN ones' rows, fetched by a task per range) and, for loss
+        weights, adds the ranges' pairwise sums (`pairwise_sum`: numpy's own float mean); a task
+        per range writes its decision rows. Returns the ranges' handles in order and the schema."""
+        starts = range_starts(stats, len(results))
+        ranges = len(starts) + 1
+        outs, infos = runner.map(cut_mix_result, results, (self, starts), ranges)
+        inputs = [[task[r] for task in outs if task[r] is not None] for r in range(ranges)]
+        table = walked = None
+        if self.anneal:
+            loads = pl.concat([i["loads"] for i in infos])
+            budgets = self.stage.anneal_budgets(self.kept_tokens(stats, loads))
+            table, prefix = self.anneal_table(loads, budgets)
+            if (table == OPEN).any():
+                done, found = runner.map(open_rows_of_range, inputs, (self, table), 1)
+                runner.drop([h for task in done for h in task])
+                open_rows = pl.concat([f for f in found if f is not None]).sort(POSITION)
+                if open_rows.height:
+                    walked = self.walk_open_anneal(summaries, open_rows, table, prefix, budgets)
+        weights = None
+        if self.weighted:
+            shifts = [i["shift"] for i in infos if i["shift"] is not None]
+            shift = max(shifts) if shifts else 0.0
+            counts = np.sum([i["counts"] for i in infos], axis=0, dtype=np.int64)
+            offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).tolist()
+            args = (self, shift, starts, offsets, int(counts.sum()))
+            done, pieces = runner.map(weight_sums_of_range, inputs, args, 1)
+            runner.drop([h for task in done for h in task])
+            copies = sum(piece["copies"] for piece in pieces)
+            weights = (shift, pairwise_sum.total(int(counts.sum()), pieces) / max(copies, 1))
+        parts, _ = runner.map(decide_mix_range, inputs, (self, table, walked, weights), 1)
+        runner.drop([h for task in outs for h in task])
+        empty = decide_mix_range([], self, table, None, weights or (0.0, 1.0), infos[0]["schema"])[0][0]
+        return [task[0] for task in parts], dict(empty.schema)
 
     def walk_open_anneal(self, summaries: pl.LazyFrame, rows: pl.DataFrame, table: np.ndarray,
                          prefix: np.ndarray, budgets: dict) -> pl.DataFrame:
@@ -295,3 +369,63 @@ class MixPartitions:
         load = before + load_expr().cum_sum().over(PHASE_BUCKET, order_by=[U2, POSITION])
         budget = pl.col("source").replace_strict(budgets, default=None, return_dtype=pl.Float64)
         return found.select(POSITION, within_budget(load, budget).cast(pl.Int8).alias("phase")).sort(POSITION)
+
+
+BYTES_PER_ROW = 40
+"""Peak memory of the one-process `combine` per row (bench_mix_reduce.py: ~0.6 of the whole reduce's)."""
+
+
+def cut_mix_result(frames: list[pl.DataFrame], reducer: MixPartitions, starts: list[int]) -> tuple[list, dict]:
+    """Task: a partition's result → its rows by `_pos` range (each sorted); info: the anneal load
+    rows, rows per range, the weight shift of its rows (None: no finite kept score), the schema."""
+    result = pl.concat(frames)
+    rows = result.filter(pl.col(POSITION).is_not_null())
+    outs, counts = cut_ranges(rows, starts)
+    shift = None
+    if reducer.weighted:
+        score, kept = rows[SCORE].to_numpy().astype(np.float64), rows[COPIES].to_numpy() > 0
+        if reducer.stage.params.weight_scale != "log" or (np.isfinite(score) & kept).any():
+            shift = reducer.stage.weight_shift(score, kept)  # linear: fails on a negative kept score
+    loads = result.filter(pl.col(POSITION).is_null()).select(PHASE_BUCKET, COPIES) if reducer.anneal else None
+    return outs, {"loads": loads, "counts": counts, "shift": shift, "schema": dict(rows.schema)}
+
+
+def _range_rows(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
+    """A range's rows from its partitions' frames, in `_pos` order (None: none)."""
+    frames = [f for f in frames if f is not None and f.height]
+    return pl.concat(frames).sort(POSITION) if frames else None
+
+
+def open_rows_of_range(frames: list[pl.DataFrame], reducer: MixPartitions, table: np.ndarray) -> tuple[list, Any]:
+    """Task: the range's rows in an OPEN anneal bucket (`_pos`, copies)."""
+    rows = _range_rows(frames)
+    return [pl.DataFrame()], None if rows is None else reducer.open_anneal_rows(rows, table)
+
+
+def weight_sums_of_range(frames: list[pl.DataFrame], reducer: MixPartitions, shift: float, starts: list[int],
+                         offsets: list[int], n: int) -> tuple[list, dict]:
+    """Task: the range's share of the loss weights' mean: pairwise sums (`pairwise_sum.piece_sums`)
+    of raw weight × copies over its rows, which are rows offsets[r] … of all n (r: its range), and copies."""
+    rows = _range_rows(frames)
+    if rows is None:
+        return [pl.DataFrame()], {"nodes": {}, "shared": {}, "copies": 0}
+    offset = offsets[int(np.searchsorted(np.asarray(starts, dtype=np.int64), rows[POSITION][0], side="right"))]
+    score, copies = rows[SCORE].to_numpy().astype(np.float64), rows[COPIES].to_numpy()
+    piece = pairwise_sum.piece_sums(reducer.stage.raw_weights(score, shift) * copies, offset, n)
+    return [pl.DataFrame()], piece | {"copies": int(copies.sum())}
+
+
+def decide_mix_range(frames: list[pl.DataFrame], reducer: MixPartitions, table: np.ndarray | None,
+                     walked: pl.DataFrame | None, weights: tuple[float, float] | None,
+                     schema: dict | None = None) -> tuple[list, dict]:
+    """Task: one `_pos` range of the decision table (`weights`: the shift and mean of the loss weights)."""
+    rows = _range_rows(frames)
+    rows = pl.DataFrame(schema=schema) if rows is None else rows
+    decision = rows.select(POSITION, COPIES)
+    if reducer.anneal:
+        decision = decision.with_columns(reducer.phase_column(rows, table, walked))
+    if reducer.weighted:
+        shift, mean = weights
+        score = rows[SCORE].to_numpy().astype(np.float64)
+        decision = decision.with_columns(reducer.stage.scaled_weights(reducer.stage.raw_weights(score, shift), mean))
+    return [decision], {"rows": decision.height}

@@ -447,8 +447,8 @@ class RankingPartitions:
         rows = int(stats[SHARD_ROWS].fill_null(0).sum()) if stats is not None and SHARD_ROWS in stats.columns else 0
         return rows * BYTES_PER_ROW > memory_mib * (1 << 20)
 
-    def combine_ranges(self, runner: Any, results: Sequence[Sequence[Any]],
-                       stats: pl.DataFrame) -> tuple[list[Any], dict[str, pl.DataType]]:
+    def combine_ranges(self, runner: Any, results: Sequence[Sequence[Any]], stats: pl.DataFrame,
+                       summaries: pl.LazyFrame | None = None) -> tuple[list[Any], dict[str, pl.DataType]]:
         """The decision table without holding every row here: `runner` (a `TaskRunner` of
         `dedup.component_tasks`) cuts each partition's result (`results`: one list of handles per
         partition) into `_pos` ranges and sends back only its candidates; they are decided here,
@@ -504,14 +504,20 @@ def range_starts(stats: pl.DataFrame, partitions: int) -> list[int]:
     return starts
 
 
+def cut_ranges(rows: pl.DataFrame, starts: list[int]) -> tuple[list[pl.DataFrame], list[int]]:
+    """`rows` cut into the `_pos` ranges that `starts` begin (each sorted by `_pos`), and their sizes."""
+    ranges = np.searchsorted(np.asarray(starts, dtype=np.int64), rows[POSITION].to_numpy(), side="right")
+    table = rows.with_columns(pl.Series(_RANGE, ranges, dtype=pl.UInt32)).sort(POSITION)
+    by_range = table.partition_by(_RANGE, as_dict=True, include_key=False)
+    outs = [by_range.get((r,), rows.clear()) for r in range(len(starts) + 1)]
+    return outs, [f.height for f in outs]
+
+
 def bucket_by_range(frames: list[pl.DataFrame], plan: RankPlan, starts: list[int]) -> tuple[list, dict]:
     """Task: one partition's `mark_candidates` rows cut into the `_pos` ranges (each sorted by
     `_pos`); its info: the candidates (slim), the decided rows' `before_counts`, the schema."""
     result = pl.concat(frames)
-    ranges = np.searchsorted(np.asarray(starts, dtype=np.int64), result[POSITION].to_numpy(), side="right")
-    table = result.with_columns(pl.Series(_RANGE, ranges, dtype=pl.UInt32)).sort(POSITION)
-    by_range = table.partition_by(_RANGE, as_dict=True, include_key=False)
-    outs = [by_range.get((r,), result.clear()) for r in range(len(starts) + 1)]
+    outs, _ = cut_ranges(result, starts)
     open_ = result.filter(pl.col(CANDIDATE)) if plan.key is not None else result.clear()
     slim = [c for c in (POSITION, plan.tie_break, plan.group, plan.key, plan.tokens, CANDIDATE, LOW, HIGH)
             if c is not None and c in result.columns] + [c for c in result.columns if c.startswith("_inside_")]
