@@ -6,11 +6,15 @@ nulls; parquet files of 100k rows. Stage: token shares {web .5, code .2, wiki .2
 wiki for 2 epochs, an anneal phase of 10 % of the tokens (wiki, code) and loss weights. Each
 configuration runs in a fresh child process:
 - whole: `stage.reduce(pl.scan_parquet(summaries))`, what the executors do with reduce_partitions: 1;
-- P partitions: `partition_pool.reduce_partitioned` on a spawned pool of --workers processes.
+- P partitions: `partition_pool.reduce_partitioned` on a spawned pool of --workers processes;
+- P ranged: the same with `combine_memory_mib=0`: the rows stay in the partitions' files cut into
+  `_pos` ranges, the decision is written range by range (seconds include writing decision.parquet
+  in every mode).
 Memory: the driver's VmHWM (B/row: above its start) and the largest pool process's peak RSS.
 "walked" counts the rows the driver reads back for the anneal split's buckets (the partitions
 decide every row's copies).
-The decision tables are compared byte for byte.
+The whole and partitioned decision files are compared byte for byte, the ranged one (written by
+pyarrow, range by range) as a table.
 
     python bench/bench_mix_reduce.py [--docs 5000000] [--partitions 8] [--workers 2]
 """
@@ -65,7 +69,8 @@ def generate(docs: int, folder: Path, seed: int = 0) -> None:
         stage.summarize(batch).write_parquet(folder / f"summary-{k:05d}.parquet")
 
 
-def measure(summaries: Path, partitions: int, workers: int, out: Path) -> dict:
+def measure(summaries: Path, partitions: int, workers: int, out: Path, memory_mib: int | None = None) -> dict:
+    from datamill.curate.dedup.components_partitioned import write_decision
     from datamill.curate.dedup.partition_pool import reduce_partitioned
     from datamill.curate.selection.mix_partitions import MixPartitions
 
@@ -86,13 +91,17 @@ def measure(summaries: Path, partitions: int, workers: int, out: Path) -> dict:
         decision = stage.reduce(pl.scan_parquet(files))
     else:
         work = out.with_suffix(".work")
-        decision = reduce_partitioned(stage, files, work, partitions, workers=workers)
-        shutil.rmtree(work, ignore_errors=True)
+        decision = reduce_partitioned(stage, files, work, partitions, workers=workers, combine_memory_mib=memory_mib)
+    write_decision(decision, out)
     seconds = time.perf_counter() - start
-    decision.write_parquet(out)
+    if partitions:
+        shutil.rmtree(work, ignore_errors=True)
     worker = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # the largest pool process
-    return {"seconds": seconds, "driver_peak": peak_rss(), "driver_base": base, "walked": sum(walked), "worker": worker,
-            "kept": int((decision["_mix_copies"] > 0).sum()), "phase1": int(decision["phase"].sum())}
+    driver = peak_rss()
+    counts = pl.scan_parquet(out).select((pl.col("_mix_copies") > 0).sum(),
+                                         pl.col("phase").cast(pl.Int64).sum()).collect()
+    return {"seconds": seconds, "driver_peak": driver, "driver_base": base, "walked": sum(walked), "worker": worker,
+            "kept": int(counts.item(0, 0)), "phase1": int(counts.item(0, 1))}
 
 
 def child(*args) -> dict:
@@ -106,11 +115,12 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=5_000_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
-        summaries, partitions, workers, out = args.measure
-        print(json.dumps(measure(Path(summaries), int(partitions), int(workers), Path(out))))
+        summaries, partitions, workers, out, memory = args.measure
+        memory = None if memory == "none" else int(memory)
+        print(json.dumps(measure(Path(summaries), int(partitions), int(workers), Path(out), memory)))
         return
     print(f"{args.docs:,} rows; partitioned: {args.partitions} partitions on {args.workers} worker processes")
     print(f"{'mode':>14} {'seconds':>8} {'driver MiB':>10} {'B/row':>6} {'worker MiB':>10} {'walked':>9} "
@@ -119,16 +129,19 @@ def main() -> None:
         folder = Path(tmp) / "summaries"
         generate(args.docs, folder)
         outputs = []
-        for partitions, label in ((0, "whole"), (args.partitions, f"{args.partitions} partitions")):
+        modes = ((0, "whole", "none"), (args.partitions, f"{args.partitions} partitions", "none"),
+                 (args.partitions, f"{args.partitions} ranged", 0))
+        for partitions, label, memory in modes:
             out = Path(tmp) / f"decision-{len(outputs)}.parquet"
-            r = child(folder, partitions, args.workers, out)
-            outputs.append(out.read_bytes())
+            r = child(folder, partitions, args.workers, out, memory)
+            outputs.append(out)
             walked, worker = (f"{r['walked']:,}", f"{r['worker'] / MIB:,.0f}") if partitions else ("-", "-")
             print(f"{label:>14} {r['seconds']:>8.1f} {r['driver_peak'] / MIB:>10,.0f} "
                   f"{(r['driver_peak'] - r['driver_base']) / args.docs:>6.0f} {worker:>10} {walked:>9} "
                   f"{r['kept']:>10,} {r['phase1']:>9,}", flush=True)
-        assert outputs[0] == outputs[1], "the partitioned decision differs from the whole reduce"
-    print("decision tables byte-identical")
+        assert outputs[0].read_bytes() == outputs[1].read_bytes(), "the partitioned decision differs"
+        assert pl.read_parquet(outputs[2]).equals(pl.read_parquet(outputs[0]), null_equal=True), "ranged differs"
+    print("decision tables: partitioned byte-identical, ranged the same table")
 
 
 if __name__ == "__main__":

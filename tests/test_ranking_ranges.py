@@ -181,3 +181,17 @@ def test_ranged_combine_as_ray_tasks(tmp_path):
     finally:
         if started:
             ray.shutdown()
+
+
+@pytest.mark.parametrize("budget", [None, {"tokens": 1500}], ids=["no-ranking", "tokens"])
+def test_ifd_ranged(budget, tmp_path):
+    """IFD without a budget ranks nothing (no candidates: every row decided in its partition)."""
+    from datamill.curate.engine.stage import POSITION
+    from datamill.curate.selection.ifd import IFDParams, IFDSelect
+    from test_ranking_partitions import ifd_summary, write_summaries
+
+    stage = IFDSelect(IFDParams(model="unused", budget=budget))
+    files = write_summaries([ifd_summary(90, k).with_columns(pl.col(POSITION) + 90 * k) for k in range(4)],
+                            tmp_path / "s")
+    whole = assert_ranged_equals_whole(stage, files, tmp_path, partitions=(3,))
+    assert {"ifd_too_high", "ifd_no_response"} <= set(whole["_drop_reason"].drop_nulls())

@@ -72,7 +72,10 @@ class ExecutorSpec(BaseModel):
     combine_memory_mib: int = Field(2048, ge=0, description="minhash_dedup with reduce_partitions > 1: most "
                                     "memory (MiB) the one-process union–find of the duplicate pairs may take "
                                     "(~160 B per pair); more pairs are joined by partitioned connected components "
-                                    "in reduce_partitions parallel tasks. Same output for any value.")
+                                    "in reduce_partitions parallel tasks. Ranking barriers and mix: most memory "
+                                    "the driver's combine of every row may take (~110 B per row); beyond it "
+                                    "the rows stay with the partitions and the decision is written range by "
+                                    "range. Same output for any value.")
 
 
 @dataclass(frozen=True)

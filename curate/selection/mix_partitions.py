@@ -35,6 +35,16 @@ Every comparison is the single process's own (`load <= budget + 1e-6` on the sam
 so the decision table is identical for any P. The driver holds the rows' `_pos`, copies, anneal
 code (and score with `weight_from`): ~20 B per row (~28 with weights), plus the OPEN anneal
 buckets' rows.
+
+Beyond the executor's `combine_memory_mib` (~BYTES_PER_ROW per row), `combine_ranges` keeps the
+rows in the partitions' results, cut into `_pos` ranges (whole shards, as for the ranking
+barriers): the driver gets each partition's anneal load rows (and rows per range), classifies
+the anneal buckets, and fetches only the rows of the OPEN ones (a task per range) to walk them
+from the summaries as above. The loss weights' mean is numpy's pairwise float sum of raw weight
+× copies over every row in `_pos` order; its tree depends only on the row count, so each range
+sends the sums of the tree's nodes inside it and the values of the ≤ 2 blocks it shares
+(`pairwise_sum`), and the driver adds them up the tree: the same float to the last bit. A task
+per range then writes its decision rows; the driver holds one range at a time.
 """
 
 from __future__ import annotations
@@ -371,8 +381,8 @@ class MixPartitions:
         return found.select(POSITION, within_budget(load, budget).cast(pl.Int8).alias("phase")).sort(POSITION)
 
 
-BYTES_PER_ROW = 40
-"""Peak memory of the one-process `combine` per row (bench_mix_reduce.py: ~0.6 of the whole reduce's)."""
+BYTES_PER_ROW = 110
+"""Peak memory of the one-process `combine` per row (bench_mix_reduce.py: 102 B at 20M rows, 112–127 B at 5M)."""
 
 
 def cut_mix_result(frames: list[pl.DataFrame], reducer: MixPartitions, starts: list[int]) -> tuple[list, dict]:
