@@ -14,10 +14,12 @@ from datamill.curate.dedup import partition_pool
 from datamill.curate.dedup.component_tasks import LocalRunner
 from datamill.curate.dedup.components_partitioned import DecisionParts, write_decision
 from datamill.curate.dedup.partition_pool import reduce_partitioned
+from datamill.curate.dedup.partitioned import partition_reducer
 from datamill.curate.engine.stage import POSITION
 from datamill.curate.selection import mix_partitions
 from datamill.curate.selection.mix_partitions import COPIES
 from datamill.curate.selection.pairwise_sum import piece_sums, total
+from datamill.curate.selection.ranking_partitions import stats_rows
 from test_mix_partitions import CASES, mix_corpus, mix_stage, summaries
 
 
@@ -100,6 +102,17 @@ def test_the_driver_never_holds_every_row(monkeypatch, tmp_path):
     assert (table[COPIES] == 0).sum() > 0 and table["phase"].sum() > 0
     assert 0 < sum(CountingRunner.received) <= 2 * 2 * 64 * 8 + 2 * 2 * n // 64  # loads, ~two OPEN buckets
     assert sum(CountingRunner.fetched) == n and max(CountingRunner.fetched) <= n // 8
+
+
+def test_the_memory_budget_counts_every_summary_row_once():
+    """Stats have a row per (source, bucket) per shard: the budget counts the shards' rows."""
+    stage = mix_stage(CASES["weights-epochs-anneal-loss-weights"])
+    corpus = mix_corpus(3000)
+    reducer = partition_reducer(stage)
+    stats = pl.concat([reducer.stats(stage.summarize(part)) for part in corpus.iter_slices(1000)])
+    assert stats.height > 3 and stats_rows(stats) == 3000
+    fits = 3000 * mix_partitions.BYTES_PER_ROW / (1 << 20)
+    assert reducer.combines_in_ranges(stats, int(fits)) and not reducer.combines_in_ranges(stats, int(fits) + 1)
 
 
 def test_a_recipe_mixing_range_by_range_writes_the_same_corpus(tmp_path):

@@ -59,9 +59,9 @@ from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.stage import POSITION
 from datamill.curate.selection import pairwise_sum
 from datamill.curate.selection.ranking_partitions import (
-    SHARD_ROWS,
     cut_ranges,
     range_starts,
+    stats_rows,
     with_shard_rows,
 )
 
@@ -321,8 +321,7 @@ class MixPartitions:
 
     def combines_in_ranges(self, stats: pl.DataFrame | None, memory_mib: int) -> bool:
         """Whether the one-process `combine` (every row's `_pos`, copies, code) would pass `memory_mib`."""
-        rows = int(stats[SHARD_ROWS].fill_null(0).sum()) if stats is not None and SHARD_ROWS in stats.columns else 0
-        return rows * BYTES_PER_ROW > memory_mib * (1 << 20)
+        return stats_rows(stats) * BYTES_PER_ROW > memory_mib * (1 << 20)
 
     def combine_ranges(self, runner: Any, results: Sequence[Sequence[Any]], stats: pl.DataFrame,
                        summaries: pl.LazyFrame | None = None) -> tuple[list[Any], dict[str, pl.DataType]]:

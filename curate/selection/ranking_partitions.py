@@ -444,8 +444,7 @@ class RankingPartitions:
 
     def combines_in_ranges(self, stats: pl.DataFrame | None, memory_mib: int) -> bool:
         """Whether the one-process `combine` (every row of every partition) would pass `memory_mib`."""
-        rows = int(stats[SHARD_ROWS].fill_null(0).sum()) if stats is not None and SHARD_ROWS in stats.columns else 0
-        return rows * BYTES_PER_ROW > memory_mib * (1 << 20)
+        return stats_rows(stats) * BYTES_PER_ROW > memory_mib * (1 << 20)
 
     def combine_ranges(self, runner: Any, results: Sequence[Sequence[Any]], stats: pl.DataFrame,
                        summaries: pl.LazyFrame | None = None) -> tuple[list[Any], dict[str, pl.DataType]]:
@@ -488,6 +487,13 @@ def with_shard_rows(stats: pl.DataFrame, summary: pl.DataFrame) -> pl.DataFrame:
     first = summary[POSITION].min() if summary.height else None
     return stats.with_columns(pl.lit(first, dtype=pl.Int64).alias(SHARD_FIRST),
                               pl.lit(summary.height, dtype=pl.Int64).alias(SHARD_ROWS))
+
+
+def stats_rows(stats: pl.DataFrame | None) -> int:
+    """Summary rows of every shard, from stats with `with_shard_rows` (a shard's rows are on each of its stats rows)."""
+    if stats is None or SHARD_ROWS not in stats.columns:
+        return 0
+    return int(stats.select(SHARD_FIRST, SHARD_ROWS).drop_nulls().unique()[SHARD_ROWS].sum())
 
 
 def range_starts(stats: pl.DataFrame, partitions: int) -> list[int]:
