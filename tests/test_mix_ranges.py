@@ -115,7 +115,7 @@ def test_the_memory_budget_counts_every_summary_row_once():
     assert reducer.combines_in_ranges(stats, int(fits)) and not reducer.combines_in_ranges(stats, int(fits) + 1)
 
 
-def test_a_recipe_mixing_range_by_range_writes_the_same_corpus(tmp_path):
+def test_a_recipe_mixing_range_by_range_writes_the_same_corpus(monkeypatch, tmp_path):
     """`reduce_partitions: 3, combine_memory_mib: 0` with epochs, token shares, anneal and loss
     weights: the shards are the bytes of the one-process run."""
     import random
@@ -132,7 +132,10 @@ def test_a_recipe_mixing_range_by_range_writes_the_same_corpus(tmp_path):
                     [{"text": t, "logw": rng.choice([-1.0, 0.0, 0.5, None])} for t in part])
     stages = [{"type": "mix", "epochs": {"wiki": 1.5}, "weights": {"web": 0.5, "wiki": 0.5},
                "anneal": {"fraction": 0.25, "weights": {"wiki": 1}}, "weight_from": "logw"}]
-    shards = {}
+    shards, ranged_calls = {}, []
+    combine_ranges = mix_partitions.MixPartitions.combine_ranges
+    monkeypatch.setattr(mix_partitions.MixPartitions, "combine_ranges",
+                        lambda self, *a: ranged_calls.append(1) or combine_ranges(self, *a))
     for name, executor in (("whole", {}), ("ranged", {"reduce_partitions": 3, "combine_memory_mib": 0})):
         spec = {"name": "mix", "stages": stages, "output": {"dir": str(tmp_path / name)},
                 "sources": [{"type": "jsonl", "path": str(tmp_path / "raw" / f"{n}.jsonl"), "name": n,
@@ -140,4 +143,4 @@ def test_a_recipe_mixing_range_by_range_writes_the_same_corpus(tmp_path):
                 "executor": {"batch_rows": 16, **executor}}
         run_recipe(validate_recipe(spec), workers=1)
         shards[name] = {p.name: p.read_bytes() for p in sorted((tmp_path / name / "shards").iterdir())}
-    assert shards["ranged"] == shards["whole"]
+    assert shards["ranged"] == shards["whole"] and ranged_calls == [1]

@@ -129,7 +129,7 @@ def test_dsir_ranged_on_real_text(tmp_path):
     assert_ranged_equals_whole(stage, shard_summaries(stage, corpus, tmp_path / "s"), tmp_path, partitions=(3,))
 
 
-def test_a_recipe_combined_range_by_range_writes_the_same_corpus(tmp_path):
+def test_a_recipe_combined_range_by_range_writes_the_same_corpus(monkeypatch, tmp_path):
     """`reduce_partitions: 3, combine_memory_mib: 0`: run.py writes the decision range by range;
     the shards are the bytes of the one-process run."""
     import random
@@ -146,7 +146,10 @@ def test_a_recipe_combined_range_by_range_writes_the_same_corpus(tmp_path):
                     [{"text": t, "quality": rng.choice([0.1, 0.5, 0.9, None])} for t in paragraphs[k::3]])
     stages = [{"type": "percentile_band", "score": "quality", "lower": 5, "upper": 80},
               {"type": "budget", "score": "quality", "budget": 0.5, "keep": "lowest"}]
-    shards, decisions = {}, {}
+    shards, decisions, ranged_calls = {}, {}, []
+    combine_ranges = ranking_partitions.RankingPartitions.combine_ranges
+    monkeypatch.setattr(ranking_partitions.RankingPartitions, "combine_ranges",
+                        lambda self, *a: ranged_calls.append(self.stage.name) or combine_ranges(self, *a))
     for name, executor in (("whole", {}), ("ranged", {"reduce_partitions": 3, "combine_memory_mib": 0})):
         spec = {"name": "rank", "stages": stages, "output": {"dir": str(tmp_path / name)},
                 "sources": [{"type": "jsonl", "path": str(tmp_path / "raw" / "*.jsonl"), "name": "web",
@@ -155,7 +158,7 @@ def test_a_recipe_combined_range_by_range_writes_the_same_corpus(tmp_path):
         run_recipe(validate_recipe(spec), workers=1)
         shards[name] = {p.name: p.read_bytes() for p in sorted((tmp_path / name / "shards").iterdir())}
         decisions[name] = [pl.read_parquet(f) for f in sorted((tmp_path / name).rglob("decision.parquet"))]
-    assert shards["ranged"] == shards["whole"]
+    assert shards["ranged"] == shards["whole"] and len(ranged_calls) == 2  # both barriers combined by range
     assert len(decisions["whole"]) == 2 and all(a.equals(b, null_equal=True) for a, b in
                                                 zip(decisions["ranged"], decisions["whole"]))
 
