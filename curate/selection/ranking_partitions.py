@@ -465,12 +465,14 @@ class RankingPartitions:
         return [task[0] for task in parts], dict(self.stage.decision(pl.DataFrame(schema=schema)).schema)
 
     def decide(self, infos: list[dict], total: pl.DataFrame, cuts: pl.DataFrame | None) -> pl.DataFrame:
-        """`_pos` and final `_selected` of every partition's candidates."""
-        open_ = pl.concat([i["candidates"] for i in infos])
+        """`_pos` and final `_selected` of the candidates whose partition guessed wrong (the only
+        rows the range tasks need: the others' `_selected` is already final)."""
+        open_ = pl.concat([i["candidates"] for i in infos]).rename({SELECTED: _GUESS})
         if self.plan.key is None or open_.height == 0:
             return pl.DataFrame(schema={POSITION: open_.schema[POSITION], SELECTED: pl.Boolean})
         before = sum_before_counts([i["before"] for i in infos], self.plan) if cuts is not None else None
-        return decide_candidates(open_, self.plan, total, cuts, before).select(POSITION, SELECTED)
+        decided = decide_candidates(open_, self.plan, total, cuts, before)
+        return decided.filter(pl.col(SELECTED) != pl.col(_GUESS)).select(POSITION, SELECTED)
 
 
 SHARD_FIRST, SHARD_ROWS = "_shard_first_pos", "_shard_rows"
@@ -479,7 +481,7 @@ RANGE_ROWS = 1 << 20
 """Most rows of one `_pos` range of the ranged combine (unless one shard holds more)."""
 BYTES_PER_ROW = 110
 """Peak memory of the one-process combine per summary row (bench_ranking_reduce.py, 20M rows: 101–108 B)."""
-_RANGE = "_pos_range"
+_RANGE, _GUESS = "_pos_range", "_guess"
 
 
 def with_shard_rows(stats: pl.DataFrame, summary: pl.DataFrame) -> pl.DataFrame:
@@ -525,7 +527,7 @@ def bucket_by_range(frames: list[pl.DataFrame], plan: RankPlan, starts: list[int
     result = pl.concat(frames)
     outs, _ = cut_ranges(result, starts)
     open_ = result.filter(pl.col(CANDIDATE)) if plan.key is not None else result.clear()
-    slim = [c for c in (POSITION, plan.tie_break, plan.group, plan.key, plan.tokens, CANDIDATE, LOW, HIGH)
+    slim = [c for c in (POSITION, plan.tie_break, plan.group, plan.key, plan.tokens, SELECTED, CANDIDATE, LOW, HIGH)
             if c is not None and c in result.columns] + [c for c in result.columns if c.startswith("_inside_")]
     info = {"candidates": open_.select(list(dict.fromkeys(slim))), "schema": dict(result.schema),
             "before": before_counts(result.filter(~pl.col(CANDIDATE)), plan) if "_before_0" in result.columns else None}
