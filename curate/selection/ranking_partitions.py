@@ -480,7 +480,7 @@ SHARD_FIRST, SHARD_ROWS = "_shard_first_pos", "_shard_rows"
 RANGE_ROWS = 1 << 20
 """Most rows of one `_pos` range of the ranged combine (unless one shard holds more)."""
 BYTES_PER_ROW = 110
-"""Peak memory of the one-process combine per summary row (bench_ranking_reduce.py, 20M rows: 101–108 B)."""
+"""Peak memory of the one-process combine per summary row (bench_ranking_reduce.py, 20M rows: 101–129 B)."""
 _RANGE, _GUESS = "_pos_range", "_guess"
 
 
