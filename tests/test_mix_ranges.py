@@ -5,29 +5,19 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import polars as pl
 import pytest
 from datamill.curate.dedup import partition_pool
-from datamill.curate.dedup.component_tasks import LocalRunner
-from datamill.curate.dedup.components_partitioned import DecisionParts, write_decision
-from datamill.curate.dedup.partition_pool import reduce_partitioned
 from datamill.curate.dedup.partitioned import partition_reducer
 from datamill.curate.engine.stage import POSITION
 from datamill.curate.selection import mix_partitions
 from datamill.curate.selection.mix_partitions import COPIES
 from datamill.curate.selection.pairwise_sum import piece_sums, total
 from datamill.curate.selection.ranking_partitions import stats_rows
+from ranged_combine import CountingRunner, ranged
 from test_mix_partitions import CASES, mix_corpus, mix_stage, summaries
-
-
-def ranged(stage, files: list[Path], work: Path, partitions: int, workers: int = 1) -> pl.DataFrame:
-    decision = reduce_partitioned(stage, files, work, partitions, workers=workers, combine_memory_mib=0)
-    assert isinstance(decision, DecisionParts), "a budget of 0 MiB must combine range by range"
-    write_decision(decision, work / "decision.parquet")
-    return pl.read_parquet(work / "decision.parquet")
 
 
 def assert_ranged_equals_whole(stage, files: list[Path], tmp_path: Path, partitions=(1, 3, 8)) -> pl.DataFrame:
@@ -65,26 +55,6 @@ def test_pieces_give_numpys_sum_to_the_last_bit():
         assert total(n, pieces) == values.sum(), n
 
 
-class CountingRunner(LocalRunner):
-    """Counts the rows of frames the driver receives in task infos and fetches."""
-
-    received: ClassVar[list[int]] = []
-    fetched: ClassVar[list[int]] = []
-
-    def map(self, fn, inputs, args, outputs):
-        outs, infos = super().map(fn, inputs, args, outputs)
-        for info in infos:
-            frames = [info] if isinstance(info, pl.DataFrame) else [
-                v for v in (info.values() if isinstance(info, dict) else []) if isinstance(v, pl.DataFrame)]
-            CountingRunner.received += [f.height for f in frames]
-        return outs, infos
-
-    def fetch(self, handle):
-        frame = super().fetch(handle)
-        CountingRunner.fetched.append(0 if frame is None else frame.height)
-        return frame
-
-
 def test_the_driver_never_holds_every_row(monkeypatch, tmp_path):
     """24,000 rows in 24 shards, 8 partitions, 64 buckets: the driver receives the anneal loads and
     the rows of the OPEN anneal buckets, and fetches one range at a time."""
@@ -101,7 +71,7 @@ def test_the_driver_never_holds_every_row(monkeypatch, tmp_path):
     assert table.equals(stage.reduce(pl.scan_parquet(files)), null_equal=True)
     assert (table[COPIES] == 0).sum() > 0 and table["phase"].sum() > 0
     assert 0 < sum(CountingRunner.received) <= 2 * 2 * 64 * 8 + 2 * 2 * n // 64  # loads, ~two OPEN buckets
-    assert sum(CountingRunner.fetched) == n and max(CountingRunner.fetched) <= n // 8
+    assert sum(CountingRunner.fetched) == 2 * n and max(CountingRunner.fetched) <= n // 8  # written, then collected
 
 
 def test_the_memory_budget_counts_every_summary_row_once():

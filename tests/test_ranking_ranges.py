@@ -4,7 +4,6 @@ the candidates and never holds every row, and the decision is the one-process ta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import polars as pl
@@ -16,39 +15,13 @@ from datamill.curate.dedup.partition_pool import reduce_partitioned
 from datamill.curate.dedup.partitioned import partition_reducer
 from datamill.curate.selection import ranking_partitions
 from datamill.curate.selection.budget import BudgetStage, PercentileBand
+from ranged_combine import CountingRunner, ranged
 from test_ranking_partitions import (
     PARTITIONS,
     ds_weight_case,
     scored_corpus,
     shard_summaries,
 )
-
-
-class CountingRunner(LocalRunner):
-    """A LocalRunner that counts the rows the driver receives: task infos' frames, and fetched ranges."""
-
-    received: ClassVar[list[int]] = []
-    fetched: ClassVar[list[int]] = []
-
-    def map(self, fn, inputs, args, outputs):
-        outs, infos = super().map(fn, inputs, args, outputs)
-        for info in infos:
-            CountingRunner.received += [v.height for v in info.values() if isinstance(v, pl.DataFrame)]
-        return outs, infos
-
-    def fetch(self, handle):
-        frame = super().fetch(handle)
-        CountingRunner.fetched.append(0 if frame is None else frame.height)
-        return frame
-
-
-def ranged(stage, files: list[Path], work: Path, partitions: int, workers: int = 1) -> pl.DataFrame:
-    decision = reduce_partitioned(stage, files, work, partitions, workers=workers, combine_memory_mib=0)
-    assert isinstance(decision, DecisionParts), "a budget of 0 MiB must combine range by range"
-    write_decision(decision, work / "decision.parquet")  # streamed one range at a time
-    table = pl.read_parquet(work / "decision.parquet")
-    assert decision.collect().equals(table, null_equal=True)
-    return table
 
 
 def assert_ranged_equals_whole(stage, files: list[Path], tmp_path: Path, partitions=PARTITIONS) -> pl.DataFrame:
