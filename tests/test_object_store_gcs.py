@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 
 import polars as pl
 import pytest
@@ -24,6 +23,7 @@ from datamill.curate.cli import app
 from datamill.curate.engine.layout import RunLayout
 from datamill.curate.engine.recipe import validate_recipe
 from datamill.curate.executors.run import RunError, run_recipe
+from run_lock_checks import assert_a_dead_runs_lock_is_taken_over
 
 gcsfs = pytest.importorskip("gcsfs", reason="gcsfs is not installed (dev extra)")
 emulator = pytest.importorskip("gcp_storage_emulator.server", reason="gcp-storage-emulator is not installed (dev extra)")
@@ -225,9 +225,4 @@ def test_the_gcs_run_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(gcs
     finally:
         holder.release()
     assert not gcs.exists(f"{BUCKET}/locked/state/run.lock")
-    dead = {"pid": 1, "host": "gone", "started_at": "2026-01-01T00:00:00+00:00", "token": "x",
-            "heartbeat": time.time() - 3600}
-    gcs.pipe_file(f"{BUCKET}/locked/state/run.lock", json.dumps(dead).encode())
-    monkeypatch.setattr(lock_module, "SETTLE_S", 0.0)
-    with lock_module.RunLock(url) as taken:
-        assert json.loads(gcs.cat_file(f"{BUCKET}/locked/state/run.lock"))["token"] == taken._token
+    assert_a_dead_runs_lock_is_taken_over(gcs, f"{BUCKET}/locked/state/run.lock", url, monkeypatch)

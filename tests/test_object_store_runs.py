@@ -16,6 +16,7 @@ from datamill.curate.cli import app
 from datamill.curate.engine.layout import RunLayout
 from datamill.curate.engine.recipe import validate_recipe
 from datamill.curate.executors.run import RunError, run_recipe
+from run_lock_checks import assert_a_dead_runs_lock_is_taken_over
 
 s3fs = pytest.importorskip("s3fs", reason="s3fs is not installed (pip install datamill[s3])")
 pytest.importorskip("moto.server", reason="moto[server] is not installed (dev extra)")
@@ -138,14 +139,8 @@ def test_a_held_s3_lock_refuses_a_second_run_and_a_stale_one_is_taken_over(store
     finally:
         holder.release()
     assert not store.exists(f"{BUCKET}/locked/state/run.lock")
-    # a dead run's lock: no heartbeat for longer than stale_after_s → taken over
-    dead = {"pid": 1, "host": "gone", "started_at": "2026-01-01T00:00:00+00:00", "token": "x",
-            "heartbeat": time.time() - 3600}
-    store.pipe_file(f"{BUCKET}/locked/state/run.lock", json.dumps(dead).encode())
-    monkeypatch.setattr(lock_module, "SETTLE_S", 0.0)
-    with lock_module.RunLock(url) as taken:
-        assert json.loads(store.cat_file(f"{BUCKET}/locked/state/run.lock"))["token"] == taken._token
-    assert not store.exists(f"{BUCKET}/locked/state/run.lock")
+    assert_a_dead_runs_lock_is_taken_over(store, f"{BUCKET}/locked/state/run.lock", url, monkeypatch)
+
 
 
 def test_fresh_clears_the_prefix_export_reads_an_s3_run_and_versionless_stores_rehash(store, inputs, disk_run,
