@@ -25,7 +25,6 @@ import argparse
 import json
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import measure_in_child  # noqa: E402
 
 FILE_ROWS = 100_000
 MIB = 1 << 20
@@ -104,12 +106,6 @@ def measure(summaries: Path, partitions: int, workers: int, out: Path, memory_mi
             "kept": int(counts.item(0, 0)), "phase1": int(counts.item(0, 1))}
 
 
-def child(*args) -> dict:
-    command = [sys.executable, __file__, "--measure", *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=5_000_000)
@@ -133,7 +129,7 @@ def main() -> None:
                  (args.partitions, f"{args.partitions} ranged", 0))
         for partitions, label, memory in modes:
             out = Path(tmp) / f"decision-{len(outputs)}.parquet"
-            r = child(folder, partitions, args.workers, out, memory)
+            r = measure_in_child(__file__, folder, partitions, args.workers, out, memory)
             outputs.append(out)
             walked, worker = (f"{r['walked']:,}", f"{r['worker'] / MIB:,.0f}") if partitions else ("-", "-")
             print(f"{label:>14} {r['seconds']:>8.1f} {r['driver_peak'] / MIB:>10,.0f} "

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import measure_in_child  # noqa: E402
 
 FILE_ROWS = 100_000
 MIB = 1 << 20
@@ -113,12 +115,6 @@ def candidates(summaries: Path, name: str, tokens_total: int, partitions: int) -
                for p in range(partitions))
 
 
-def child(*args) -> dict:
-    command = [sys.executable, __file__, "--measure", *map(str, args)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=5_000_000)
@@ -144,7 +140,7 @@ def main() -> None:
                      (args.partitions, f"{args.partitions} ranged", 0))
             for partitions, label, memory in modes:
                 out = Path(tmp) / f"decision-{len(outputs)}.parquet"
-                r = child(folder, name, total, partitions, args.workers, out, memory)
+                r = measure_in_child(__file__, folder, name, total, partitions, args.workers, out, memory)
                 outputs.append(out)
                 worker = f"{r['worker_peak'] / MIB:,.0f}" if partitions else "-"
                 print(f"{name:>24} {label:>14} {r['seconds']:>8.1f} {r['driver_peak'] / MIB:>10,.0f} "

@@ -30,7 +30,6 @@ import argparse
 import json
 import multiprocessing
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +38,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import measure_in_child  # noqa: E402
 
 FILE_ROWS = 100_000
 MIB = 1 << 20
@@ -165,12 +167,6 @@ def measure(summaries: Path, partitions: int, workers: int, out: Path) -> dict:
             "decision_rows": decision.height, **phases}
 
 
-def child(summaries: Path, partitions: int, workers: int, out: Path) -> dict:
-    command = [sys.executable, __file__, "--measure", str(summaries), str(partitions), str(workers), str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, nargs="+", default=[1_000_000, 5_000_000])
@@ -203,7 +199,7 @@ def main() -> None:
                      "ray": (-args.partitions, f"ray {args.partitions} part.")}
             for partitions, label in [modes[m] for m in args.modes]:
                 out = Path(tmp) / f"decision-{docs}-{partitions}.parquet"
-                r = child(folder, partitions, args.workers, out)
+                r = measure_in_child(__file__, folder, partitions, args.workers, out)
                 driver = (r["driver_peak"] - r["driver_base"]) / docs
                 worker = (r["worker_peak"] - r["worker_base"]) / docs if r["worker_peak"] else 0
                 rows[partitions] = out.read_bytes()

@@ -1,7 +1,11 @@
-"""Timing helper shared by the benchmarks: best wall-clock time over repeated runs."""
+"""Timing helpers shared by the benchmarks: best wall-clock time over repeated runs, and a
+measurement in a fresh child process."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import TypeVar
@@ -18,3 +22,11 @@ def fastest(run: Callable[[], T], repeat: int) -> tuple[float, T]:
         result = run()
         best = min(best, time.perf_counter() - start)
     return best, result
+
+
+def measure_in_child(script: str, *args) -> dict:
+    """Run `python script --measure ARGS…` in a fresh process (so its peak memory is its own) and
+    return the JSON object it prints last."""
+    command = [sys.executable, script, "--measure", *map(str, args)]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
