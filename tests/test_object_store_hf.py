@@ -4,7 +4,8 @@ Hub's HTTP API on 127.0.0.1 that serves one folder as the dataset repo `user/cor
 There is no Hub emulator to install (the Hub's server is not published; huggingface_hub's own tests use
 its staging Hub online), so the stub answers only the four read calls HfFileSystem makes for what
 datamill does with an hf:// input — repo info, tree listing, paths-info and `resolve` downloads (with
-Range) — shaped as the Hub answers them. Writing a run directory to hf:// (commits) is not covered.
+Range) — shaped as the Hub answers them. A run directory on hf:// is refused up front (every object
+written would be a Hub commit).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 
 from conftest import make_documents, write_jsonl
 from datamill.curate.engine.paths import local_copy
-from datamill.curate.engine.recipe import validate_recipe
+from datamill.curate.engine.recipe import RecipeError, load_recipe, validate_recipe
 from datamill.curate.executors.run import run_recipe
 
 hub = pytest.importorskip("huggingface_hub")
@@ -145,3 +146,12 @@ def test_an_hf_file_and_folder_are_copied_once_for_libraries_that_need_real_file
     assert local_copy(f"hf://datasets/{REPO}/raw/b.jsonl") == copy
     folder = Path(local_copy(f"hf://datasets/{REPO}/raw"))
     assert sorted(p.name for p in folder.iterdir()) == ["a.jsonl", "b.jsonl"]
+
+
+def test_an_hf_output_dir_is_refused_before_anything_is_written(tmp_path):
+    write_jsonl(tmp_path / "in.jsonl", make_documents(3))
+    (tmp_path / "r.yaml").write_text(f"name: r\nsources: [{{type: jsonl, path: {tmp_path / 'in.jsonl'}}}]\n"
+                                     "output: {dir: 'hf://datasets/user/runs/web'}\n")
+    with pytest.raises(RecipeError, match=r"output.dir: hf://datasets/user/runs/web cannot hold a run directory: .*"
+                                          r"commit.*datamill export RUN_DIR --format hf"):
+        load_recipe(tmp_path / "r.yaml")

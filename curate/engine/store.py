@@ -81,8 +81,20 @@ def mirror_origin(path: str | Path) -> str | None:
     return None
 
 
+NOT_A_RUN_STORE = {
+    "hf": "the Hugging Face Hub makes a commit of every object written (a run writes thousands: shards, "
+          "markers, heartbeats) and rate-limits commits; run into a local folder, s3:// or gs://, then "
+          "publish the corpus with `datamill export RUN_DIR --format hf` and upload that folder",
+}
+"""Stores that can be read from but are refused as `output.dir`, with why."""
+
+
 def output_store_problems(url: str) -> list[str]:
-    """Why `output.dir: <url>` cannot be used (its filesystem package is missing), as problem lines."""
+    """Why `output.dir: <url>` cannot be used (a store that is no place for a run directory, or its
+    filesystem package is missing), as problem lines."""
+    scheme = url.split("://", 1)[0].lower()
+    if scheme in NOT_A_RUN_STORE:
+        return [f"output.dir: {url} cannot hold a run directory: {NOT_A_RUN_STORE[scheme]}"]
     try:
         filesystem(url)
     except (ImportError, ValueError) as err:
