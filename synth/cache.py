@@ -14,8 +14,9 @@ mirror of the run (`engine.store.local_mirror`), and the cache keeps the store i
 workers on other machines share one cache: entries missing locally are fetched from the store (one
 concurrent batch of GETs per `generate` call; absent ones are generated), new entries are uploaded
 after each chunk (one concurrent batch of PUTs) and the tally with them — all before the stage hands
-its records back, so before the shard's done marker. A worker killed mid-chunk loses at most that
-chunk's entries to the other machines.
+its records back, so before the shard's done marker. Entries not yet uploaded are listed in a journal
+beside them (`.unsent.<pid>`), so those of a worker killed mid-chunk are uploaded by the next cache
+opened on the folder, on that machine.
 """
 
 from __future__ import annotations
@@ -59,6 +60,10 @@ def choice_key(model_id: str, chat: Chat, choices: list[str], prefix: str) -> st
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+JOURNAL = ".unsent."
+"""Journal file name prefix (then the writing process's pid) in a store-backed cache folder."""
+
+
 class GenerationCache:
     """Completions stored one file per key under a folder (kept in step with the store when the
     folder is inside a remote run's mirror)."""
@@ -70,6 +75,10 @@ class GenerationCache:
         """The cache's prefix on the run's object store, or None for a local cache."""
         self.unsent: dict[str, Path] = {}
         """Entries written here and not yet on the store, by key."""
+        self.journal = self.folder / f"{JOURNAL}{os.getpid()}"
+        """This process's list of the keys in `unsent`: what a crash would leave unsent."""
+        if self.store is not None:
+            self.send_journals()
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
@@ -101,6 +110,19 @@ class GenerationCache:
             return
         self.store.fs.pipe({self.store.key(self.name(k)): p.read_bytes() for k, p in self.unsent.items()})
         self.unsent.clear()
+        self.journal.unlink(missing_ok=True)
+
+    def send_journals(self) -> None:
+        """Upload the entries that the journals in the folder list (left by processes killed before
+        their flush, or written by one still running: a PUT of the same bytes again is harmless)."""
+        journals = list(self.folder.glob(f"{JOURNAL}*")) if self.folder.is_dir() else []
+        for journal in journals:
+            for key in journal.read_text(encoding="utf-8").split():
+                if self.path(key).is_file():
+                    self.unsent[key] = self.path(key)
+        self.flush()
+        for journal in journals:
+            journal.unlink(missing_ok=True)
 
     def get(self, key: str) -> Completion | None:
         path = self.path(key)
@@ -132,6 +154,8 @@ class GenerationCache:
         self.replace(key, "w", lambda f: json.dump(value, f, ensure_ascii=False))
         if self.store is not None:
             self.unsent[key] = self.path(key)
+            with open(self.journal, "a", encoding="utf-8") as journal:
+                journal.write(key + "\n")
 
     def write_raw(self, key: str, data: bytes) -> None:
         """Store the entry's bytes as they are (fetched from the store)."""

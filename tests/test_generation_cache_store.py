@@ -74,3 +74,25 @@ def test_entries_and_tallies_reach_the_store_and_serve_other_machines(s3_endpoin
     third = Echo()
     generator(third, tmp_path / "machine-3", monkeypatch).generate(CHATS, params)
     assert third.made == 0
+
+
+def test_entries_of_a_worker_killed_before_its_upload_reach_the_store_with_the_next_cache(
+        s3_endpoint, tmp_path, monkeypatch):
+    fs = s3fs.S3FileSystem()
+    if not fs.exists("gen-cache"):
+        fs.mkdir("gen-cache")
+    killed = generator(Echo(), tmp_path / "machine-k", monkeypatch)
+    for i in range(3):  # written locally, then the process dies before its chunk's flush
+        killed.cache.put(f"{i:02d}killed", Completion(f"answer {i}", "stop", 2))
+    del killed
+    fs.invalidate_cache()
+    assert not fs.exists("gen-cache/run/state/generation_cache/00/00killed.json")
+    reopened = generator(Echo(), tmp_path / "machine-k", monkeypatch)  # a later run on the same machine
+    fs.invalidate_cache()
+    assert fs.cat_file("gen-cache/run/state/generation_cache/02/02killed.json") == \
+        reopened.cache.path("02killed").read_bytes()
+    assert not list(reopened.cache.folder.glob(".unsent.*"))  # nothing left to send
+    backend = Echo()
+    elsewhere = generator(backend, tmp_path / "machine-x", monkeypatch)
+    elsewhere.cache.prefetch(["01killed"])
+    assert elsewhere.cache.get("01killed").text == "answer 1"
