@@ -92,15 +92,15 @@ def combine_results(stage: BarrierStage, workdir: Path, partitions: int, summary
     are joined by partitioned connected components (tasks of `submit`, files under `workdir`)."""
     files = [result_file(workdir, p) for p in range(partitions)]
     reducer = reducer_of(stage)
-    if combines_in_partitions(stage, workdir, partitions, combine_memory_mib) and hasattr(reducer, "combine_ranges"):
+    in_partitions = combines_in_partitions(stage, workdir, partitions, combine_memory_mib)
+    if in_partitions and hasattr(reducer, "combine_ranges"):
         runner = LocalRunner(workdir, submit)  # ranking/mix rows stay in files, cut into `_pos` ranges
         summaries = pl.scan_parquet(list(summary_files))
         parts = reducer.combine_ranges(runner, [[f] for f in files], read_stats(workdir), summaries)
         return DecisionParts(runner, *parts)
-    if combines_in_partitions(stage, workdir, partitions, combine_memory_mib):
+    if in_partitions:
         return combine_pairs(stage, LocalRunner(workdir, submit), [[f] for f in files], summary_files, partitions)
-    results = pl.scan_ipc(files)
-    return reducer_of(stage).combine(results, pl.scan_parquet(list(summary_files)), read_stats(workdir))
+    return reducer.combine(pl.scan_ipc(files), pl.scan_parquet(list(summary_files)), read_stats(workdir))
 
 
 def combines_in_partitions(stage: BarrierStage, workdir: Path, partitions: int, combine_memory_mib: int | None) -> bool:
