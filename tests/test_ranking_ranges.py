@@ -46,6 +46,21 @@ def test_ranged_combine_gives_the_one_process_decision(stage, tmp_path):
     assert 0 < whole["_drop_reason"].null_count() < whole.height
 
 
+def test_the_decision_file_has_the_same_bytes_however_it_was_reduced(monkeypatch, tmp_path):
+    """The one-process table and the ranged one (ranges straddling row groups) make one file."""
+    from datamill.curate.dedup import components_partitioned
+
+    monkeypatch.setattr(components_partitioned, "DECISION_ROW_GROUP", 700)
+    stage = BudgetStage(BudgetStage.Params(score="q", budget=0.3, per_source=True))
+    files = shard_summaries(stage, scored_corpus(), tmp_path / "s")
+    write_decision(stage.reduce(pl.scan_parquet(files)), tmp_path / "whole.parquet")
+    for p in (3, 8):
+        decision = reduce_partitioned(stage, files, tmp_path / f"work-{p}", p, combine_memory_mib=0)
+        assert isinstance(decision, DecisionParts) and len(decision.handles) > 1
+        write_decision(decision, tmp_path / f"ranged-{p}.parquet")
+        assert (tmp_path / f"ranged-{p}.parquet").read_bytes() == (tmp_path / "whole.parquet").read_bytes(), p
+
+
 def test_ranged_combine_with_coarse_samples_and_scores_from_the_corpus(monkeypatch, tmp_path):
     monkeypatch.setattr(ranking_partitions, "SAMPLES", 3)
     assert_ranged_equals_whole(*ds_weight_case(tmp_path / "ds"), tmp_path / "ds", partitions=(3,))

@@ -278,7 +278,7 @@ def decide(frames: list[pl.DataFrame], dtype: pl.DataType, pos_dtype: pl.DataTyp
 
 class DecisionParts:
     """A decision table held as sorted `_pos` ranges (one frame per range, in order), fetched one at
-    a time: `write` streams them into one parquet file, `collect` joins them (tests, small runs)."""
+    a time: `write_decision` streams them into one parquet file, `collect` joins them (tests, small runs)."""
 
     def __init__(self, runner: TaskRunner, handles: list[Handle], schema: dict[str, pl.DataType]):
         self.runner, self.handles, self.schema = runner, handles, schema
@@ -292,28 +292,31 @@ class DecisionParts:
     def collect(self) -> pl.DataFrame:
         return pl.concat([pl.DataFrame(schema=self.schema), *self], how="vertical")
 
-    def write(self, target: Path) -> None:
-        import pyarrow.parquet as pq
 
-        writer = None
-        try:
-            for frame in self:
-                table = frame.to_arrow()
-                writer = writer or pq.ParquetWriter(str(target), table.schema)
-                writer.write_table(table)
-        finally:
-            if writer is not None:
-                writer.close()
-        if writer is None:
-            pl.DataFrame(schema=self.schema).write_parquet(target)
+DECISION_ROW_GROUP = 1 << 20
+"""Rows per row group of a written decision table, whichever way it was made."""
 
 
 def write_decision(decision: pl.DataFrame | DecisionParts, target: Path) -> None:
-    """Write a barrier's decision table (a frame, or the ranges of a partitioned one) to `target`."""
-    if isinstance(decision, DecisionParts):
-        decision.write(target)
-    else:
-        decision.write_parquet(target)
+    """Write a barrier's decision table (a frame, or the ranges of a partitioned one, streamed one
+    range at a time) to `target` with one writer and row groups of `DECISION_ROW_GROUP` rows, so
+    the file's bytes depend only on the table, not on how it was reduced."""
+    import pyarrow.parquet as pq
+
+    frames = [decision] if isinstance(decision, pl.DataFrame) else iter(decision)
+    schema = pl.DataFrame(schema=decision.schema).to_arrow().schema
+    pending: list[pl.DataFrame] = []
+    rows = 0
+    with pq.ParquetWriter(str(target), schema) as writer:
+        for frame in frames:
+            pending.append(frame)
+            rows += frame.height
+            while rows >= DECISION_ROW_GROUP:
+                joined = pl.concat(pending, how="vertical")
+                writer.write_table(joined.head(DECISION_ROW_GROUP).to_arrow(), row_group_size=DECISION_ROW_GROUP)
+                pending, rows = [joined.slice(DECISION_ROW_GROUP)], joined.height - DECISION_ROW_GROUP
+        if rows:  # an empty table is the schema and no row group
+            writer.write_table(pl.concat(pending, how="vertical").to_arrow(), row_group_size=DECISION_ROW_GROUP)
 
 
 def keep_mode(keep: str, verified: bool) -> str:
