@@ -40,18 +40,10 @@ import numpy as np
 import polars as pl
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import measure_in_child  # noqa: E402
+from timing import measure_in_child, peak_rss  # noqa: E402
 
 FILE_ROWS = 100_000
 MIB = 1 << 20
-
-
-def peak_rss() -> int:
-    """This process's peak resident set in bytes (VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def generate(docs: int, bands: int, folder: Path, seed: int = 0) -> list[Path]:
