@@ -10,7 +10,7 @@ files, as that many MinHash partitions leave them.
 Each mode runs in a fresh child process (`--measure`):
 - union-find: `MinHashDedup.decisions` on all pairs read into one process (today's combine);
 - partitioned: `components_partitioned.partitioned_decisions` in --partitions partitions on a
-  spawned pool of --workers processes (`component_tasks.LocalRunner`), the decision then
+  spawned pool of --workers processes (`engine.partition_tasks.LocalRunner`), the decision then
   streamed range by range into one parquet file (as `reduce_barrier` writes it).
 Memory: peak RSS (VmHWM) of the driver and of the largest pool process (noted by each task), and how
 much each grew above its imports — the largest single process is what must fit on one machine. The two decision
@@ -33,12 +33,9 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from datamill.curate.dedup.component_tasks import LocalRunner
-from datamill.curate.dedup.components_partitioned import (
-    partitioned_decisions,
-    write_decision,
-)
+from datamill.curate.dedup.components_partitioned import partitioned_decisions
 from datamill.curate.dedup.minhash_stage import MinHashDedup
+from datamill.curate.engine.partition_tasks import LocalRunner, write_decision
 from datamill.curate.engine.stage import POSITION
 
 ROWS_PER_SHARD = 100_000

@@ -48,8 +48,8 @@ def timed_reduce(stage, files: list[Path], partitions: int, workers: int, out: P
     (`partitions` 0) or partitioned on a pool of `workers` (combined range by range past `memory_mib`)."""
     import polars as pl
 
-    from datamill.curate.dedup.components_partitioned import write_decision
     from datamill.curate.dedup.partition_pool import reduce_partitioned
+    from datamill.curate.engine.partition_tasks import write_decision
 
     start = time.perf_counter()
     work = out.with_suffix(".work")

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import ClassVar
 
 import polars as pl
-from datamill.curate.dedup.component_tasks import LocalRunner
-from datamill.curate.dedup.components_partitioned import DecisionParts, write_decision
 from datamill.curate.dedup.partition_pool import reduce_partitioned
+from datamill.curate.engine.partition_tasks import DecisionParts, LocalRunner, write_decision
 
 
 def ranged(stage, files: list[Path], work: Path, partitions: int, workers: int = 1) -> pl.DataFrame:

@@ -11,16 +11,11 @@ import numpy as np
 import polars as pl
 import pytest
 from conftest import recipe_dict
-from datamill.curate.dedup.component_tasks import LocalRunner
 from datamill.curate.dedup.components import connected_components
-from datamill.curate.dedup.components_partitioned import (
-    DecisionParts,
-    combine_pairs,
-    partitioned_decisions,
-    write_decision,
-)
+from datamill.curate.dedup.components_partitioned import combine_pairs, partitioned_decisions
 from datamill.curate.dedup.minhash_stage import MinHashDedup
 from datamill.curate.dedup.partition_pool import reduce_partitioned
+from datamill.curate.engine.partition_tasks import DecisionParts, LocalRunner, write_decision
 from datamill.curate.engine.recipe import validate_recipe
 from datamill.curate.engine.stage import POSITION
 from datamill.curate.executors.run import run_recipe

@@ -9,9 +9,9 @@ import numpy as np
 import polars as pl
 import pytest
 from datamill.curate.dedup import partition_pool
-from datamill.curate.dedup.component_tasks import LocalRunner
-from datamill.curate.dedup.components_partitioned import DecisionParts, write_decision
 from datamill.curate.dedup.partition_pool import reduce_partitioned
+from datamill.curate.engine import partition_tasks
+from datamill.curate.engine.partition_tasks import DecisionParts, LocalRunner, write_decision
 from datamill.curate.dedup.partitioned import partition_reducer
 from datamill.curate.selection import ranking_partitions
 from datamill.curate.selection.budget import BudgetStage, PercentileBand
@@ -48,9 +48,7 @@ def test_ranged_combine_gives_the_one_process_decision(stage, tmp_path):
 
 def test_the_decision_file_has_the_same_bytes_however_it_was_reduced(monkeypatch, tmp_path):
     """The one-process table and the ranged one (ranges straddling row groups) make one file."""
-    from datamill.curate.dedup import components_partitioned
-
-    monkeypatch.setattr(components_partitioned, "DECISION_ROW_GROUP", 700)
+    monkeypatch.setattr(partition_tasks, "DECISION_ROW_GROUP", 700)
     stage = BudgetStage(BudgetStage.Params(score="q", budget=0.3, per_source=True))
     files = shard_summaries(stage, scored_corpus(), tmp_path / "s")
     write_decision(stage.reduce(pl.scan_parquet(files)), tmp_path / "whole.parquet")

@@ -5,7 +5,7 @@ The MinHash combine (`MinHashDedup.decisions`) joins every duplicate pair in one
 decision table with alternating Large-Star / Small-Star rounds (Kiveris et al., "Connected
 Components in MapReduce and Beyond", SoCC 2014) over edge frames partitioned by a hash of the node
 id, each round's partitions run as parallel tasks by a `TaskRunner` (the local process pool or Ray
-tasks, `component_tasks.py`):
+tasks, `engine/partition_tasks.py`):
 
 - Large-Star at node u (all its neighbours): every larger neighbour v is re-linked to the smallest
   of u and its neighbours; Small-Star at u (its smaller neighbours): u and each of them are
@@ -28,12 +28,13 @@ in its centre's partition. Every step's output goes to files (local) or Ray's ob
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import polars as pl
+from datamill.curate.engine.partition_tasks import DecisionParts, Handle, TaskRunner, regroup
 from datamill.curate.engine.paths import local_copy
 from datamill.curate.engine.stage import DROP_REASON, POSITION
 
@@ -48,27 +49,6 @@ CLUSTER, CLUSTER_SIZE, REASON, KEEP_KEY = "dup_cluster", "dup_cluster_size", "ne
 
 BYTES_PER_PAIR = 160
 """Peak memory of the one-process union–find and decision table per duplicate pair (bench_components.py: 142–159 B)."""
-
-Handle = Any
-"""Where a task's output frame is: a file (local runner) or a Ray object reference; None: empty."""
-
-
-class TaskRunner(Protocol):
-    """Runs one step: `fn(frames, *args) -> (frames_out, info)` once per input list, in parallel."""
-
-    def map(self, fn: Callable, inputs: Sequence[Sequence[Handle]], args: tuple,
-            outputs: int) -> tuple[list[list[Handle]], list[Any]]:
-        """Per task i (inputs[i] its frames): its `outputs` output handles, and the infos."""
-        ...
-
-    def fetch(self, handle: Handle) -> pl.DataFrame | None:
-        """The frame behind a handle (None for an empty one)."""
-        ...
-
-    def drop(self, handles: Sequence[Handle]) -> None:
-        """Forget frames no step needs any more."""
-        ...
-
 
 def pairs_fit(pairs: int, budget_mib: int) -> bool:
     """Whether `pairs` duplicate pairs fit the one-process union–find within `budget_mib` MiB."""
@@ -258,12 +238,12 @@ def decide(frames: list[pl.DataFrame], dtype: pl.DataType, pos_dtype: pl.DataTyp
            keep: str) -> tuple[list, dict]:
     """One `_pos` range of the decision table, sorted (keep="verified": a member is dropped exactly
     when it has a smaller partner in the original pairs)."""
-    rows = [f for f in frames if f is not None and CLUSTER in f.columns]
-    rows = pl.concat(rows) if rows else pl.DataFrame(
-        schema={POSITION: dtype, CLUSTER: dtype, CLUSTER_SIZE: pl.UInt32, DROP: pl.Boolean})
+    rows = _with(frames, CLUSTER)
+    if rows is None:
+        rows = pl.DataFrame(schema={POSITION: dtype, CLUSTER: dtype, CLUSTER_SIZE: pl.UInt32, DROP: pl.Boolean})
     if keep == "verified":
-        flags = [f for f in frames if f is not None and NODE in f.columns]
-        flagged = pl.concat(flags)[NODE] if flags else pl.Series(NODE, [], dtype=dtype)
+        flags = _with(frames, NODE)
+        flagged = flags[NODE] if flags is not None else pl.Series(NODE, [], dtype=dtype)
         rows = rows.with_columns(pl.col(POSITION).is_in(flagged.implode()).alias(DROP))
     part = rows.sort(POSITION).select(
         pl.col(POSITION).cast(pos_dtype),
@@ -275,49 +255,6 @@ def decide(frames: list[pl.DataFrame], dtype: pl.DataType, pos_dtype: pl.DataTyp
 
 
 # --- the driver -----------------------------------------------------------------------------
-
-class DecisionParts:
-    """A decision table held as sorted `_pos` ranges (one frame per range, in order), fetched one at
-    a time: `write_decision` streams them into one parquet file, `collect` joins them (tests, small runs)."""
-
-    def __init__(self, runner: TaskRunner, handles: list[Handle], schema: dict[str, pl.DataType]):
-        self.runner, self.handles, self.schema = runner, handles, schema
-
-    def __iter__(self) -> Iterator[pl.DataFrame]:
-        for handle in self.handles:
-            frame = self.runner.fetch(handle)
-            if frame is not None and frame.height:
-                yield frame
-
-    def collect(self) -> pl.DataFrame:
-        return pl.concat([pl.DataFrame(schema=self.schema), *self], how="vertical")
-
-
-DECISION_ROW_GROUP = 1 << 20
-"""Rows per row group of a written decision table, whichever way it was made."""
-
-
-def write_decision(decision: pl.DataFrame | DecisionParts, target: Path) -> None:
-    """Write a barrier's decision table (a frame, or the ranges of a partitioned one, streamed one
-    range at a time) to `target` with one writer and row groups of `DECISION_ROW_GROUP` rows, so
-    the file's bytes depend only on the table, not on how it was reduced."""
-    import pyarrow.parquet as pq
-
-    frames = [decision] if isinstance(decision, pl.DataFrame) else iter(decision)
-    schema = pl.DataFrame(schema=decision.schema).to_arrow().schema
-    pending: list[pl.DataFrame] = []
-    rows = 0
-    with pq.ParquetWriter(str(target), schema) as writer:
-        for frame in frames:
-            pending.append(frame)
-            rows += frame.height
-            while rows >= DECISION_ROW_GROUP:
-                joined = pl.concat(pending, how="vertical")
-                writer.write_table(joined.head(DECISION_ROW_GROUP).to_arrow(), row_group_size=DECISION_ROW_GROUP)
-                pending, rows = [joined.slice(DECISION_ROW_GROUP)], joined.height - DECISION_ROW_GROUP
-        if rows:  # an empty table is the schema and no row group
-            writer.write_table(pl.concat(pending, how="vertical").to_arrow(), row_group_size=DECISION_ROW_GROUP)
-
 
 def keep_mode(keep: str, verified: bool) -> str:
     """How `clusters`/`decide` pick keepers for a `minhash_dedup` keep rule."""
@@ -363,7 +300,7 @@ def partitioned_decisions(
         return DecisionParts(runner, [], schema)
     cuts = range_cuts(min(lows), max(i["high"] for i in infos if i["high"] is not None), partitions)
     pairs, P = sum(i["pairs"] for i in infos), partitions
-    edges, rounds, limit = _regroup(outs, P), 0, max_rounds(2 * pairs)
+    edges, rounds, limit = regroup(outs, P), 0, max_rounds(2 * pairs)
     flags: list[list[Handle]] = [[] for _ in range(P)]
     finished: list[list[Handle]] = [[] for _ in range(P)]  # records (centre, leaf) of finished stars
     while True:
@@ -375,8 +312,8 @@ def partitioned_decisions(
                                  3 * P if first_verified else 2 * P)
         runner.drop([h for task in edges for h in task])
         if first_verified:
-            flags = _regroup([task[2 * P:] for task in outs], P)
-        edges, notes = _regroup([t[:P] for t in outs], P), _regroup([t[P:2 * P] for t in outs], P)
+            flags = regroup([task[2 * P:] for task in outs], P)
+        edges, notes = regroup([t[:P] for t in outs], P), regroup([t[P:2 * P] for t in outs], P)
         if sum(i["violations"] for i in infos) == 0:  # every component left is a star at its smallest node
             runner.drop([h for task in notes for h in task])
             break
@@ -385,21 +322,16 @@ def partitioned_decisions(
         runner.drop([h for task in inputs for h in task])
         for p, task in enumerate(outs):  # a partition's finished stars stay with it
             finished[p] += [task[P]] if task[P] is not None else []
-        edges = _regroup([t[:P] for t in outs], P)
+        edges = regroup([t[:P] for t in outs], P)
     if stats is not None:
         stats.update(rounds=rounds, pairs=pairs)
     outs, _ = runner.map(to_centres, edges, (P, dtype), P)
     runner.drop([h for task in edges for h in task])
-    stars = [c + f for c, f in zip(_regroup(outs, P), finished)]
+    stars = [c + f for c, f in zip(regroup(outs, P), finished)]
     outs, _ = runner.map(clusters, stars, (P, dtype, cuts, keep, files), P)
     runner.drop([h for task in stars for h in task])
-    inputs = [rows + flag for rows, flag in zip(_regroup(outs, P), flags)]
+    inputs = [rows + flag for rows, flag in zip(regroup(outs, P), flags)]
     outs, _ = runner.map(decide, inputs, (dtype, pos_dtype, keep), 1)
     runner.drop([h for task in inputs for h in task])
     return DecisionParts(runner, [task[0] for task in outs], schema)
-
-
-def _regroup(outs: list[list[Handle]], partitions: int) -> list[list[Handle]]:
-    """Outputs per source task → inputs per destination partition."""
-    return [[task[p] for task in outs if task[p] is not None] for p in range(partitions)]
 

@@ -27,9 +27,9 @@ from pathlib import Path
 
 import polars as pl
 
-from datamill.curate.dedup.component_tasks import LocalRunner
-from datamill.curate.dedup.components_partitioned import DecisionParts, combine_pairs, pairs_fit
+from datamill.curate.dedup.components_partitioned import combine_pairs, pairs_fit
 from datamill.curate.dedup.partitioned import MinHashPartitions, PartitionReducer, partition_reducer
+from datamill.curate.engine.partition_tasks import DecisionParts, LocalRunner
 from datamill.curate.engine.stage import BarrierStage
 
 

@@ -14,7 +14,7 @@ P partition frames and its statistics into Ray's object store, one task per part
 frames of that partition, and the driver combines the partition results (duplicate pairs,
 candidates) into the decision table — the same table as the single-process reduce. MinHash pairs
 beyond `executor.combine_memory_mib` stay in the object store and are joined by partitioned
-connected components in Ray tasks (`dedup.components_partitioned`, `component_tasks.RayRunner`).
+connected components in Ray tasks (`dedup.components_partitioned`, `engine.partition_tasks.RayRunner`).
 
 A worker that dies (killed, out of memory) is restarted by Ray and its shard re-run from scratch:
 a shard's files only appear by rename with its done marker, so a retry never duplicates output.
@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from datamill.curate.dedup.component_tasks import RayRunner
-from datamill.curate.dedup.components_partitioned import DecisionParts, combine_pairs, pairs_fit
+from datamill.curate.dedup.components_partitioned import combine_pairs, pairs_fit
 from datamill.curate.dedup.partitioned import MinHashPartitions, partition_reducer
 from datamill.curate.engine.layout import RunLayout
+from datamill.curate.engine.partition_tasks import DecisionParts, RayRunner
 from datamill.curate.engine.paths import local_copy
 from datamill.curate.engine.pipeline import Pipeline, Segment
 from datamill.curate.engine.recipe import Recipe

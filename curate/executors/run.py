@@ -25,10 +25,10 @@ from typing import Any, ClassVar, TypeVar
 
 import polars as pl
 
-from datamill.curate.dedup.components_partitioned import DecisionParts, write_decision
 from datamill.curate.dedup.partition_pool import reduce_partitioned
 from datamill.curate.dedup.partitioned import partition_reducer
 from datamill.curate.engine.layout import RunLayout
+from datamill.curate.engine.partition_tasks import DecisionParts, write_decision
 from datamill.curate.engine.lock import RunLock, RunLocked
 from datamill.curate.engine.pipeline import Pipeline, Segment
 from datamill.curate.engine.plugins import load_plugins

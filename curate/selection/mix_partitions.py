@@ -55,6 +55,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from datamill.curate.engine.partition_tasks import regroup
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.stage import POSITION
 from datamill.curate.selection import pairwise_sum
@@ -326,7 +327,7 @@ class MixPartitions:
     def combine_ranges(self, runner: Any, results: Sequence[Sequence[Any]], stats: pl.DataFrame,
                        summaries: pl.LazyFrame | None = None) -> tuple[list[Any], dict[str, pl.DataType]]:
         """The decision table as `_pos` ranges, the driver never holding every row: a task per
-        partition (`runner`, a `dedup.component_tasks` TaskRunner) cuts its rows into ranges and
+        partition (`runner`, an `engine.partition_tasks.TaskRunner`) cuts its rows into ranges and
         sends back its anneal loads, rows per range and weight shift; the driver classifies the
         anneal buckets (walking the OPEN ones' rows, fetched by a task per range) and, for loss
         weights, adds the ranges' pairwise sums (`pairwise_sum`: numpy's own float mean); a task
@@ -334,7 +335,7 @@ class MixPartitions:
         starts = range_starts(stats, len(results))
         ranges = len(starts) + 1
         outs, infos = runner.map(cut_mix_result, results, (self, starts), ranges)
-        inputs = [[task[r] for task in outs if task[r] is not None] for r in range(ranges)]
+        inputs = regroup(outs, ranges)
         table = walked = None
         if self.anneal:
             loads = pl.concat([i["loads"] for i in infos])

@@ -39,7 +39,7 @@ counts that `stats` adds; each range sorted) and sends the driver only its candi
 cut-based selections, per group the count of its decided rows below each cut's first point);
 the driver decides the candidates exactly as `merge_candidates` does; a task per range applies
 their decisions to the range's rows and writes its part of the decision table. The ranges in
-order are the table (`dedup.components_partitioned.DecisionParts`, written one range at a time),
+order are the table (`engine.partition_tasks.DecisionParts`, written one range at a time),
 so the driver holds the candidates and one range, never every row.
 """
 
@@ -52,6 +52,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from datamill.curate.engine.partition_tasks import regroup
 from datamill.curate.engine.records import TOKENS
 from datamill.curate.engine.stage import POSITION
 
@@ -448,8 +449,8 @@ class RankingPartitions:
 
     def combine_ranges(self, runner: Any, results: Sequence[Sequence[Any]], stats: pl.DataFrame,
                        summaries: pl.LazyFrame | None = None) -> tuple[list[Any], dict[str, pl.DataType]]:
-        """The decision table without holding every row here: `runner` (a `TaskRunner` of
-        `dedup.component_tasks`) cuts each partition's result (`results`: one list of handles per
+        """The decision table without holding every row here: `runner` (an
+        `engine.partition_tasks.TaskRunner`) cuts each partition's result (`results`: one list of handles per
         partition) into `_pos` ranges and sends back only its candidates; they are decided here,
         then one task per range applies their decisions and writes that range's decision rows.
         Returns the ranges' handles in `_pos` order and the decision's schema (a `DecisionParts`)."""
@@ -459,8 +460,7 @@ class RankingPartitions:
         outs, infos = runner.map(bucket_by_range, results, (self.plan, ranges), len(ranges) + 1)
         schema = infos[0]["schema"]
         decided = self.decide(infos, total, cuts)
-        runner_inputs = [[task[r] for task in outs if task[r] is not None] for r in range(len(ranges) + 1)]
-        parts, _ = runner.map(decide_range, runner_inputs, (self.stage, decided, schema), 1)
+        parts, _ = runner.map(decide_range, regroup(outs, len(ranges) + 1), (self.stage, decided, schema), 1)
         runner.drop([h for task in outs for h in task])
         return [task[0] for task in parts], dict(self.stage.decision(pl.DataFrame(schema=schema)).schema)
 
